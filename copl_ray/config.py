@@ -1,0 +1,340 @@
+"""Typed configuration tree for every copl-ray stage.
+
+One tree ``Config(data, gnn, adapt, reward, train, eval, serve, run)`` of frozen-ish
+dataclasses, loaded from a YAML preset shipped in ``copl_ray/presets/`` (or any YAML
+path) and modified with ``a.b.c=value`` overrides (torchtune style)::
+
+    cfg = load_config("tiny", ["gnn.epochs=50", "reward.num_experts=4"])
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the full key path,
+e.g. ``gnn.epochs: expected int, got 'many'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message starts with the full key path."""
+
+
+# --------------------------------------------------------------------------- tree
+@dataclass
+class SyntheticConfig:
+    """Generative model of the embedded synthetic data (see copl_ray/data/synthetic.py)."""
+
+    n_prompts: int = 400
+    responses_per_prompt: int = 4
+    label_noise: float = 0.0  # probability a user's label is flipped (sets the accuracy ceiling)
+    max_rating: int = 5
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "ufp", "own", "ukp"] = "synthetic"
+    path: str | None = None  # own file / ukp folder / local UF-P files (None = HF hub by name)
+    n_groups: int = 2  # UF-P-2 / UF-P-4 (synthetic: 2 or 4 attribute groups)
+    n_users: int = 200  # seen users, evenly over groups
+    n_unseen_users: int = 20  # unseen users, evenly over groups
+    labels_per_user: int = 8  # n: ALL gives exactly n, AVG uniform in [1, 2n-1]
+    sampling: Literal["all", "avg"] = "all"
+    val_pair: bool = True  # hold one of a user's n labels out as GNN validation pair
+    test_pairs_seen: int = 10
+    test_pairs_unseen: int = 50
+    heldout_prompt_frac: float = 0.1
+    tie_policy: Literal["coin", "drop"] = "coin"
+    ufp2_require_disagreement: bool = False  # UF-P-2: keep only helpfulness != honesty pairs
+    max_tokens: int = 1024  # token-length filter (UF-P)
+    length_tokenizer: str | None = None  # tokenizer for the length filter (None = whitespace)
+    ukp_min_labels: int = 10  # UKP: workers with fewer non-tie judgments are dropped (counted)
+    seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class GNNConfig:
+    dim: int = 512
+    layers: int = 4
+    message: Literal["paper", "reference"] = "paper"
+    leaky_slope: float = 0.2
+    edge_dropout: float = 0.1
+    l2: float = 1e-6
+    epochs: int = 300
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    schedule: Literal["minibatch", "full"] = "minibatch"  # full = all annotations per step
+    batch_size: int = 1024  # pairs per step when schedule=minibatch
+    normalize_embeddings: bool = True  # L2-normalise exported user embeddings
+    use_gpu: bool = False
+    eval_every: int = 1  # epochs
+    seed: int = 0
+    tsne: bool = True
+
+
+@dataclass
+class AdaptConfig:
+    hops: int = 2
+    include_negative: bool = False  # also users who rejected what the new user rejected
+    gamma: Literal["sum", "mean"] = "sum"
+    kappa: float = 0.07
+    user_opt_steps: int = 50
+    user_opt_lr: float = 1e-2
+    variants: list[str] = field(default_factory=lambda: ["weighted", "naive", "user_opt"])
+
+
+@dataclass
+class RewardConfig:
+    backbone: str = "tiny-gemma"  # "tiny-gemma" (built from config) or an HF name/path
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # GemmaConfig overrides
+    tokenizer_vocab: int = 1000  # locally trained tokenizer for tiny-gemma
+    max_length: int = 128
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    num_experts: int = 8
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    gate_hidden: int = 256
+    top_k: int = 1
+    temperature: float = 1.0
+    gate_noise: float = 0.1
+    gate_per_module: bool = False  # official code: one gate per wrapped module
+    gate_squared: bool = False  # official bug B3 (expert scaled by p^2), kept as a switch
+    load_balance_coef: float = 0.0
+    baseline_rank: int = 64
+    models: list[str] = field(default_factory=lambda: ["copl", "uniform", "oracle"])
+    train_on_val_pairs: bool = False  # official code trains on the GNN validation pair (B7)
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # STACK.md: 1.0 deadlocks Ray Data + Train on 2 CPUs
+    zero_stage: int = 2
+    offload: bool = False
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    lr: float = 5e-5
+    weight_decay: float = 0.001
+    warmup_ratio: float = 0.03
+    batch_size: int = 32  # pairs per worker per step
+    epochs: int = 1
+    max_steps: int = -1  # -1 = epochs decide
+    eval_every: int = 100  # steps
+    ckpt_every: int = 500  # steps
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    label_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # Fig. 2
+    batch_size: int = 64
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: int = 8
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    max_responses: int = 16
+    max_chars: int = 8000
+    max_annotations: int = 64
+    auth_token_env: str = "COPL_SERVE_TOKEN"
+    batch_max_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/tiny"
+    stages: list[str] = field(default_factory=lambda: ["data", "gnn", "reward", "eval", "report"])
+    ray_address: str | None = None  # None = start a local Ray
+    num_cpus: int | None = None  # logical CPUs for a local Ray (None = machine)
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    gnn: GNNConfig = field(default_factory=GNNConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections: a stage's artifact is reused when it matches."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ conversion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; raise ConfigError naming ``path``."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{path}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = get_args(tp)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected bool, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected str, got {value!r}")
+    raise ConfigError(f"{path}: unsupported type {tp!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+    return key.strip().split("."), value
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = data.pop("extends", None)  # a preset may extend another preset
+    if parent is not None:
+        return _merge(_read_yaml(_preset_path(parent)), data)
+    return data
+
+
+def _preset_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    raise ConfigError(
+        f"config {name_or_path!r}: no such file or preset (presets: {', '.join(list_presets())})"
+    )
+
+
+def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) -> Config:
+    """Load a preset name or YAML path, apply ``a.b=c`` overrides, validate everything."""
+    raw = _read_yaml(_preset_path(name_or_path))
+    raw.setdefault("name", Path(name_or_path).stem)
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
+        node[keys[-1]] = value
+    return _build(Config, raw)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return _build(Config, values)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(cfg.to_yaml())

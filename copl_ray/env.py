@@ -1,0 +1,35 @@
+"""Process environment every copl-ray entry point and Ray worker sets first.
+
+CPU and GPU runs differ in config, not code: DeepSpeed picks its accelerator from
+``DS_ACCELERATOR`` (cpu when no CUDA device is visible), nothing reaches a model hub,
+and compiled DeepSpeed ops are cached inside the workspace.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def setup_env() -> dict[str, str]:
+    """Set defaults (never overriding the user's) and return them for Ray runtime_env."""
+    env: dict[str, str] = {}
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch always importable in practice
+        has_cuda = False
+    defaults = {
+        "HF_HUB_OFFLINE": "1" if not os.environ.get("COPL_ALLOW_HUB") else "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_AUTH_MODE": "disabled",
+        "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "copl_ray" / "torch_extensions"),
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+    }
+    if not has_cuda:
+        defaults["DS_ACCELERATOR"] = "cpu"
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+        env[k] = os.environ[k]
+    return env
