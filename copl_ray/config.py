@@ -39,6 +39,7 @@ class SyntheticConfig:
     responses_per_prompt: int = 4
     label_noise: float = 0.0  # probability a user's label is flipped (sets the accuracy ceiling)
     max_rating: int = 5
+    response_words: int = 30  # fixed words per response (> n_groups * max_rating)
 
 
 @dataclass
@@ -59,6 +60,11 @@ class DataConfig:
     max_tokens: int = 1024  # token-length filter (UF-P)
     length_tokenizer: str | None = None  # tokenizer for the length filter (None = whitespace)
     ukp_min_labels: int = 10  # UKP: workers with fewer non-tie judgments are dropped (counted)
+    test_pool: Literal["all", "pool"] = "all"  # test candidates: all held-out pairs / pool filter
+    ufp_ratings: str = "openbmb/UltraFeedback"  # HF name or local parquet/jsonl file
+    ufp_pairs: str = "argilla/ultrafeedback-binarized-preferences-cleaned"  # HF name or file
+    user_test_frac: float = 0.2  # own data / UKP: share of each user's labels held out as test
+    own_min_labels: int = 3  # own data: users with fewer labels are dropped (counted)
     seed: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -82,6 +88,10 @@ class GNNConfig:
     eval_every: int = 1  # epochs
     seed: int = 0
     tsne: bool = True
+    ckpt_every: int = 10  # epochs between Ray Train checkpoints (and always the last)
+    cpus_per_worker: float = 1.0  # Ray Train worker CPU request (keep <= 1 on 2-CPU machines)
+    max_failures: int = 1  # Ray Train restarts a failed worker from its last checkpoint
+    truth_pairs_per_user: int = 50  # known groups: held-out survey-pool pairs scored per user
 
 
 @dataclass
@@ -93,6 +103,8 @@ class AdaptConfig:
     user_opt_steps: int = 50
     user_opt_lr: float = 1e-2
     variants: list[str] = field(default_factory=lambda: ["weighted", "naive", "user_opt"])
+    max_hops: int = 6  # no neighbour within `hops`: widen by 2 up to this, then mean seen user
+    renormalize: bool = True  # re-L2-normalise adapted embeddings when exports are normalised
 
 
 @dataclass
@@ -116,6 +128,9 @@ class RewardConfig:
     baseline_rank: int = 64
     models: list[str] = field(default_factory=lambda: ["copl", "uniform", "oracle"])
     train_on_val_pairs: bool = False  # official code trains on the GNN validation pair (B7)
+    backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # frozen backbone
+    adapter_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # MoLE/LoRA, gate, head
+    seed: int = 0  # seeded init of tiny-gemma weights, adapters, gates and head
 
 
 @dataclass
@@ -136,6 +151,12 @@ class TrainConfig:
     eval_every: int = 100  # steps
     ckpt_every: int = 500  # steps
     seed: int = 0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient clipping
+    log_every: int = 10  # steps between progress lines / ray.train.report on rank 0
+    keep_checkpoints: int = 2  # Ray Train checkpoints kept per model
+    max_failures: int = 0  # Ray Train restarts from the latest checkpoint on worker failure
+    val_fraction: float = 0.05  # survey slice held out for validation when no "val" split
 
 
 @dataclass
@@ -159,6 +180,9 @@ class ServeConfig:
     auth_token_env: str = "COPL_SERVE_TOKEN"
     batch_max_size: int = 32
     batch_wait_timeout_s: float = 0.005
+    model: str = "copl"  # reward model of the run served (run_dir/reward/<model>)
+    adapt_variant: Literal["weighted", "naive"] = "weighted"  # optimisation-free only
+    users_dir: str | None = None  # adapted-user store (None = run_dir/serve/users)
 
 
 @dataclass

@@ -47,3 +47,21 @@ def ukp_path() -> Path:
             f"UKPConvArg1 not found at {SHARED_UKP} (it ships in ../shared beside the checkout)"
         )
     return SHARED_UKP
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory):
+    """The full tiny pipeline (data → gnn → reward → eval → report), run ONCE per session.
+
+    Returns the :class:`copl_ray.artifacts.RunDir`; reuses the session's Ray. Set
+    ``COPL_TINY_RUN_DIR`` to reuse an existing run directory across sessions (stages whose
+    markers match the config are reused, so a finished run costs nothing).
+    """
+    from copl_ray.artifacts import RunDir
+    from copl_ray.config import load_config
+    from copl_ray.pipeline import run_pipeline
+
+    root = os.environ.get("COPL_TINY_RUN_DIR") or str(tmp_path_factory.mktemp("tiny_run"))
+    cfg = load_config("tiny", [f"run.dir={root}"])
+    run_pipeline(cfg)
+    return RunDir(root)

@@ -1,0 +1,335 @@
+"""Benchmark the Serve app: /v1/score latency + throughput, user creation, HTTP overhead.
+
+    python benchmarks/serve.py --run-dir runs/tiny                  # 60 s per concurrency
+    python benchmarks/serve.py --run-dir runs/tiny --duration 15    # shortened
+
+Measures, on loopback only (127.0.0.1), one replica:
+
+1. in process: ``RewardScorer.score`` (tokenise + forward) of one request — the baseline;
+2. ``POST /v1/score`` at concurrency 1, 8, 64 (closed loop, each client sends its next
+   request when the previous answers; users drawn at random so batches mix users):
+   p50/p99 latency, throughput, errors. Overhead = p50(HTTP, c=1) − p50(in process);
+3. user creation (16 labels) against a synthetic GNN artifact with 10,000 seen users:
+   the adaptation alone (in process) and ``POST /v1/users`` end to end.
+
+If ``--run-dir`` has no trained reward model, the tiny pipeline (data, gnn, reward) is
+run into it first. Every loop is bounded by ``--duration`` / ``--n``. Prints a table and
+writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} | {cpu} | {os.cpu_count()} CPUs | {platform.system()}"
+
+
+# ---------------------------------------------------------------- run directories
+def ensure_run(run_dir: Path) -> None:
+    from copl_ray.config import load_config
+    from copl_ray.pipeline import run_pipeline
+
+    if (run_dir / "reward" / "copl" / "_SUCCESS").exists() or (
+        run_dir / "reward" / "copl" / "reward_config.json"
+    ).exists():
+        return
+    print(f"[bench] no trained run at {run_dir}: running the tiny pipeline (data, gnn, reward)")
+    run_pipeline(load_config("tiny", [f"run.dir={run_dir}"]), "data,gnn,reward")
+
+
+def build_large_gnn_run(src: Path, dst: Path, n_users: int, labels: int, seed: int = 0) -> None:
+    """A run dir sharing ``src``'s data/reward/tokenizer, with a synthetic GNN of n_users.
+
+    Users: random unit embeddings; each labels ``labels`` random pairs of the data (one
+    positive edge to the chosen, one negative edge to the rejected response). Response
+    embeddings are the trained ones of ``src``, so response ids and texts match.
+    """
+    import pandas as pd
+    import torch
+
+    from copl_ray.data.tables import PreferenceTables
+    from copl_ray.graph.artifacts import GNNArtifacts, write_user_table
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    (dst / "gnn").mkdir(parents=True)
+    for name in ("data", "reward", "tokenizer", "config.yaml"):
+        if (src / name).exists():
+            os.symlink(src / name, dst / name)
+    real = GNNArtifacts.load(src / "gnn")
+    pairs = PreferenceTables.read(src / "data").pairs
+    known = set(real.response_ids.tolist())
+    pairs = pairs[pairs["response_a"].isin(known) & pairs["response_b"].isin(known)]
+    rng = np.random.default_rng(seed)
+    emb = torch.nn.functional.normalize(torch.randn(n_users, real.dim), dim=1)
+    pick = rng.integers(0, len(pairs), size=(n_users, labels))
+    flip = rng.random((n_users, labels)) < 0.5
+    a = pairs["response_a"].to_numpy()[pick]
+    b = pairs["response_b"].to_numpy()[pick]
+    chosen, rejected = np.where(flip, b, a), np.where(flip, a, b)
+    users = np.repeat(np.arange(n_users), labels)
+    node = pd.Index(real.response_ids)
+    pos = torch.from_numpy(np.stack([users, node.get_indexer(chosen.ravel())]))
+    neg = torch.from_numpy(np.stack([users, node.get_indexer(rejected.ravel())]))
+    ids = [f"s{i:05d}" for i in range(n_users)]
+    GNNArtifacts(
+        ids, emb, real.response_ids, real.response_embeddings, pos, neg, real.normalized
+    ).save(dst / "gnn")
+    write_user_table(
+        pd.DataFrame(
+            {
+                "user_id": ids,
+                "embedding": list(emb.numpy()),
+                "seen": True,
+                "kind": "trained",
+                "n_neighbors": 0,
+                "fallback": False,
+            }
+        ),
+        dst / "gnn" / "user_embeddings.parquet",
+    )
+
+
+# ---------------------------------------------------------------------- load test
+async def closed_loop(url: str, bodies: list[dict], concurrency: int, duration: float) -> dict:
+    import aiohttp
+
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    stop = time.perf_counter() + duration
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def client(i: int, session) -> None:
+        rng = random.Random(i)
+        while time.perf_counter() < stop:
+            body = rng.choice(bodies)
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json=body) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+                        continue
+            except Exception as e:  # counted, never hidden
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                continue
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
+    wall = time.perf_counter() - t0
+    out = _pct(lat) if lat else {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
+    out.update(concurrency=concurrency, rps=len(lat) / wall, errors=sum(errors.values()))
+    out["error_kinds"] = errors
+    return out
+
+
+def time_calls(fn, n: int, warmup: int = 5) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    xs = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        xs.append(time.perf_counter() - t0)
+    return _pct(xs)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", default="runs/tiny")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per concurrency")
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--responses", type=int, default=4, help="responses per /v1/score request")
+    ap.add_argument("--adapt-users", type=int, default=10_000)
+    ap.add_argument("--labels", type=int, default=16)
+    ap.add_argument("--n", type=int, default=200, help="repetitions of the timed single calls")
+    ap.add_argument("--batch-wait-ms", type=float, default=1.0)
+    ap.add_argument("--work-dir", default="/tmp/copl_serve_bench")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    from copl_ray.env import setup_env
+
+    env = setup_env()
+    import ray
+    import requests
+    from ray import serve
+
+    from copl_ray.data.tables import PreferenceTables
+    from copl_ray.serving.adapter import UserAdapter
+    from copl_ray.serving.scorer import RewardScorer
+    from serve_app.app import build_app
+
+    run_dir = Path(args.run_dir).resolve()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    results: dict = {"machine": machine(), "args": vars(args)}
+    try:
+        ensure_run(run_dir)
+        tables = PreferenceTables.read(run_dir / "data")
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        base = f"http://127.0.0.1:{port}"
+        common = {
+            "num_replicas": 1,
+            "num_cpus": 1,
+            "batch_wait_timeout_s": args.batch_wait_ms / 1e3,
+            "batch_max_size": 64,
+            "max_responses": max(16, args.responses),
+            "auth_token_env": "COPL_BENCH_UNSET_TOKEN",
+        }
+        serve.run(
+            build_app(
+                {"run_dir": str(run_dir), "users_dir": str(work / "users"), **common}
+            ),
+            name="bench",
+            route_prefix="/",
+        )
+
+        # requests: random users x random prompts, `responses` responses each
+        scorer = RewardScorer(run_dir)
+        users = scorer.users.ids
+        rng = random.Random(0)
+        by_prompt = tables.responses.groupby("prompt_id")
+        prompts = [
+            (str(g["prompt"].iloc[0]), [str(t) for t in g["text"]][: args.responses])
+            for _, g in by_prompt
+        ]
+        prompts = [p for p in prompts if len(p[1]) == args.responses] or prompts
+        bodies = [
+            {"user_id": rng.choice(users), "prompt": p, "responses": rs}
+            for p, rs in (rng.choice(prompts) for _ in range(512))
+        ]
+        b0 = bodies[0]
+        emb0 = scorer.users.get(b0["user_id"]).embedding
+        results["in_process"] = time_calls(
+            lambda: scorer.score(emb0, b0["prompt"], b0["responses"]), args.n
+        )
+        sess = requests.Session()
+        results["http_single"] = time_calls(
+            lambda: sess.post(f"{base}/v1/score", json=b0, timeout=30).raise_for_status(), args.n
+        )
+        results["overhead_ms_p50"] = (
+            results["http_single"]["p50_ms"] - results["in_process"]["p50_ms"]
+        )
+        results["overhead_ratio_p50"] = (
+            results["http_single"]["p50_ms"] / results["in_process"]["p50_ms"]
+        )
+
+        results["load"] = []
+        for c in (int(x) for x in args.concurrency.split(",")):
+            r = asyncio.run(closed_loop(f"{base}/v1/score", bodies, c, args.duration))
+            print(f"[bench] concurrency {c}: {r}")
+            results["load"].append(r)
+        serve.delete("bench")
+
+        # user creation against 10,000 seen users
+        big = work / f"run_{args.adapt_users}_users"
+        build_large_gnn_run(run_dir, big, args.adapt_users, labels=8)
+        adapter = UserAdapter(big)
+        known = set(adapter.artifacts.response_ids.tolist())
+        pairs = tables.pairs[
+            tables.pairs["response_a"].isin(known) & tables.pairs["response_b"].isin(known)
+        ].sample(args.labels, random_state=1)
+        text = tables.responses.set_index("response_id")
+        anns = [
+            {
+                "prompt": str(text.loc[a, "prompt"]),
+                "chosen": str(text.loc[a, "text"]),
+                "rejected": str(text.loc[b, "text"]),
+            }
+            for a, b in zip(pairs["response_a"], pairs["response_b"])
+        ]
+        resolved = adapter.resolve([(x["prompt"], x["chosen"], x["rejected"]) for x in anns])
+        results["adapt_in_process"] = time_calls(lambda: adapter.adapt(resolved), args.n)
+        res = adapter.adapt(resolved)
+        results["adapt_neighbors"] = res.n_neighbors
+        serve.run(
+            build_app({"run_dir": str(big), "users_dir": str(work / "users_big"), **common}),
+            name="bench_big",
+            route_prefix="/",
+        )
+        results["create_user_http"] = time_calls(
+            lambda: sess.post(
+                f"{base}/v1/users", json={"annotations": anns}, timeout=30
+            ).raise_for_status(),
+            max(20, args.n // 4),
+        )
+        serve.delete("bench_big")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print_table(results)
+    out = Path(args.out or work / "serve_bench.json")
+    out.write_text(json.dumps(results, indent=2))
+    print(f"[bench] wrote {out}")
+    return results
+
+
+def print_table(r: dict) -> None:
+    print(f"\nmachine: {r['machine']}")
+    ip, hs = r["in_process"], r["http_single"]
+    print(f"in-process score (1 request): p50 {ip['p50_ms']:.2f} ms  p99 {ip['p99_ms']:.2f} ms")
+    print(f"HTTP /v1/score, sequential:    p50 {hs['p50_ms']:.2f} ms  p99 {hs['p99_ms']:.2f} ms")
+    print(
+        f"overhead p50: {r['overhead_ms_p50']:.2f} ms (goal <= 5), "
+        f"ratio {r['overhead_ratio_p50']:.2f}x"
+    )
+    print("concurrency | p50 ms | p99 ms | req/s | errors")
+    for x in r["load"]:
+        print(
+            f"{x['concurrency']:>11} | {x['p50_ms']:6.1f} | {x['p99_ms']:6.1f} | "
+            f"{x['rps']:5.1f} | {x['errors']}"
+        )
+    a, h = r["adapt_in_process"], r["create_user_http"]
+    print(
+        f"adaptation (16 labels, {r['args']['adapt_users']} seen users, in process): "
+        f"p50 {a['p50_ms']:.2f} ms  p99 {a['p99_ms']:.2f} ms (goal <= 5); "
+        f"neighbours {r['adapt_neighbors']}"
+    )
+    print(f"POST /v1/users end to end: p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Ray Data pipeline: annotation parquet -> tokenised preference pairs, streamed to workers.
+
+One row per annotation ``(user, chosen, rejected)``::
+
+    read_parquet(annotations) -> random_shuffle(seed) -> map_batches(join + tokenize)
+
+``map_batches`` joins the response texts (``format_text(prompt, text)``) and the user
+lookup (``user_index``, ``group``) by a broadcast join: both lookups are small next to
+the tokenised pairs (one entry per response / user) and travel once through the object
+store. Tokens are right-padded to a fixed ``max_length`` so every row has the same shape
+and ``iter_torch_batches`` yields 2-D tensors. The dataset is lazy: it is executed by the
+Ray Train workers (``TorchTrainer(datasets=...)`` + ``ray.train.get_dataset_shard``),
+never materialised on the driver.
+
+Output columns: ``user_id:str, group:str ("" unknown), pair_id:int64, user_index:int64
+(row into the user-embedding table), controversial:int8 (1/0, -1 unknown),
+chosen_input_ids / chosen_attention_mask / rejected_input_ids / rejected_attention_mask:
+int32 [max_length]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from copl_ray.data.tables import format_text
+
+TOKEN_COLUMNS = (
+    "chosen_input_ids",
+    "chosen_attention_mask",
+    "rejected_input_ids",
+    "rejected_attention_mask",
+)
+NUMERIC_COLUMNS = ("pair_id", "user_index", "controversial", *TOKEN_COLUMNS)
+
+
+@dataclass
+class UserTable:
+    """Users a dataset may contain: ``user_index`` = position in ``user_ids``."""
+
+    user_ids: list[str]
+    groups: list[str]  # "" where unknown
+
+    def index_of(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.user_ids)}
+
+
+# ----------------------------------------------------------------- tokenisation
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(tokenizer_dir: str):
+    from copl_ray.reward.backbone import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    tok.padding_side = "right"  # fixed-shape rows; the model reads the last non-pad token
+    return tok
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded, truncated ``(input_ids, attention_mask)``, both int32 ``[B, max_length]``."""
+    if len(texts) == 0:  # a batch whose rows were all filtered out
+        empty = np.zeros((0, max_length), dtype=np.int32)
+        return empty, empty.copy()
+    enc = tokenizer(
+        list(texts),
+        max_length=max_length,
+        truncation=True,
+        padding="max_length",
+        return_tensors="np",
+    )
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+class _Lookups:
+    """Response texts and users, resolved from the object store once per Ray worker process."""
+
+    _cache: dict[str, tuple[pd.Series, pd.Series, pd.DataFrame]] = {}
+
+    @classmethod
+    def get(cls, key: str, ref) -> tuple[pd.Series, pd.Series, pd.DataFrame]:
+        if key not in cls._cache:
+            import ray
+
+            cls._cache.clear()  # one pipeline's lookups at a time per worker
+            cls._cache[key] = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+        return cls._cache[key]
+
+
+def join_and_tokenize(
+    batch: pd.DataFrame,
+    *,
+    lookup_key: str,
+    lookup_ref,
+    tokenizer_dir: str,
+    max_length: int,
+    splits: tuple[str, ...],
+    slice_fraction: float = 0.0,
+    take_slice: bool = False,
+) -> dict[str, np.ndarray]:
+    """Annotations batch -> tokenised pairs (rows of other splits / users are dropped).
+
+    ``slice_fraction > 0`` keeps only the deterministic slice (``take_slice``) or only the
+    rest: a validation slice of the survey split when the data has no val split.
+    """
+    texts, controversial, users = _Lookups.get(lookup_key, lookup_ref)
+    batch = batch[batch["split"].isin(splits)]
+    if slice_fraction > 0:
+        in_slice = holdout_mask(
+            batch["user_id"].to_numpy(), batch["pair_id"].to_numpy(), slice_fraction
+        )
+        batch = batch[in_slice == take_slice]
+    user_index = users["user_index"].reindex(batch["user_id"].to_numpy()).to_numpy()
+    keep = ~pd.isna(user_index)
+    batch = batch[keep]
+    user_index = user_index[keep].astype(np.int64)
+    chosen = texts.reindex(batch["chosen"].to_numpy()).to_numpy()
+    rejected = texts.reindex(batch["rejected"].to_numpy()).to_numpy()
+    ok = ~(pd.isna(chosen) | pd.isna(rejected))  # unknown response ids: counted by the driver
+    batch, user_index, chosen, rejected = batch[ok], user_index[ok], chosen[ok], rejected[ok]
+    tok = _cached_tokenizer(tokenizer_dir)
+    c_ids, c_mask = tokenize_texts(tok, list(chosen), max_length)
+    r_ids, r_mask = tokenize_texts(tok, list(rejected), max_length)
+    contr = controversial.reindex(batch["pair_id"].to_numpy()).to_numpy()
+    return {
+        "user_id": batch["user_id"].to_numpy(dtype=object),
+        "group": users["group"].reindex(batch["user_id"].to_numpy()).to_numpy(dtype=object),
+        "pair_id": batch["pair_id"].to_numpy(dtype=np.int64),
+        "user_index": user_index,
+        "controversial": contr.astype(np.int8),
+        "chosen_input_ids": c_ids,
+        "chosen_attention_mask": c_mask,
+        "rejected_input_ids": r_ids,
+        "rejected_attention_mask": r_mask,
+    }
+
+
+# ----------------------------------------------------------------- driver side
+def read_lookups(
+    data_dir: str | Path, users: UserTable
+) -> tuple[pd.Series, pd.Series, pd.DataFrame]:
+    """Small broadcast tables: response_id -> model text, pair_id -> controversial, users."""
+    data_dir = Path(data_dir)
+    resp = pq.read_table(data_dir / "responses.parquet").to_pandas()
+    texts = pd.Series(
+        [format_text(p, t) for p, t in zip(resp["prompt"], resp["text"])],
+        index=resp["response_id"].to_numpy(),
+    )
+    pairs = pq.read_table(data_dir / "pairs.parquet", columns=["pair_id", "controversial"])
+    pairs = pairs.to_pandas()
+    contr = pairs["controversial"].map({True: 1, False: 0}).fillna(-1).astype(np.int8)
+    controversial = pd.Series(contr.to_numpy(), index=pairs["pair_id"].to_numpy())
+    frame = pd.DataFrame(
+        {"user_index": np.arange(len(users.user_ids)), "group": users.groups},
+        index=users.user_ids,
+    )
+    return texts, controversial, frame
+
+
+def count_pairs(
+    data_dir: str | Path,
+    users: Iterable[str],
+    splits: tuple[str, ...],
+    texts: pd.Series,
+    slice_fraction: float = 0.0,
+    take_slice: bool = False,
+) -> dict[str, int]:
+    """Rows the pipeline will yield and rows it drops (by reason), from id columns only."""
+    ann = pq.read_table(
+        Path(data_dir) / "annotations.parquet",
+        columns=["user_id", "pair_id", "chosen", "rejected", "split"],
+    ).to_pandas()
+    ann = ann[ann["split"].isin(splits) & ann["user_id"].isin(set(users))]
+    if slice_fraction > 0:
+        in_slice = holdout_mask(
+            ann["user_id"].to_numpy(), ann["pair_id"].to_numpy(), slice_fraction
+        )
+        ann = ann[in_slice == take_slice]
+    known = ann["chosen"].isin(texts.index) & ann["rejected"].isin(texts.index)
+    return {"rows": int(known.sum()), "dropped_unknown_response": int((~known).sum())}
+
+
+def pair_dataset(
+    data_dir: str | Path,
+    *,
+    users: UserTable,
+    tokenizer_dir: str | Path,
+    max_length: int,
+    splits: tuple[str, ...] = ("survey",),
+    only_users: Iterable[str] | None = None,
+    slice_fraction: float = 0.0,
+    take_slice: bool = False,
+    seed: int | None = 0,
+    shuffle: bool = True,
+    lookups: tuple[pd.Series, pd.Series, pd.DataFrame] | None = None,
+    batch_size: int = 256,
+):
+    """Lazy ``ray.data.Dataset`` of tokenised pairs of ``users`` in ``splits``.
+
+    ``user_index`` is the user's row in ``users`` (the embedding table); ``only_users``
+    restricts the rows to some of them (Oracle trains one group at a time) without changing
+    indices. Caller must have initialised Ray. ``lookups`` (from :func:`read_lookups`) may
+    be shared between datasets built from the same data folder.
+    """
+    import ray
+
+    lookups = lookups if lookups is not None else read_lookups(data_dir, users)
+    texts, controversial, frame = lookups
+    if only_users is not None:
+        frame = frame[frame.index.isin(set(only_users))]
+    key = f"{zlib.crc32(','.join(frame.index).encode())}-{len(texts)}-{Path(data_dir)}"
+    ref = ray.put((texts, controversial, frame))
+    ds = ray.data.read_parquet(
+        str(Path(data_dir) / "annotations.parquet"),
+        columns=["user_id", "pair_id", "chosen", "rejected", "split"],
+    )
+    if shuffle:
+        ds = ds.random_shuffle(seed=seed)
+    return ds.map_batches(
+        join_and_tokenize,
+        batch_format="pandas",
+        batch_size=batch_size,
+        fn_kwargs={
+            "lookup_key": key,
+            "lookup_ref": ref,
+            "tokenizer_dir": str(tokenizer_dir),
+            "max_length": int(max_length),
+            "splits": tuple(splits),
+            "slice_fraction": float(slice_fraction),
+            "take_slice": bool(take_slice),
+        },
+    )
+
+
+def holdout_mask(user_ids: np.ndarray, pair_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic pseudo-random slice of rows (a validation slice when no val split)."""
+    keys = [f"{u}:{p}" for u, p in zip(user_ids, pair_ids)]
+    h = np.array([zlib.crc32(k.encode()) % 10_000 for k in keys])
+    return h < int(fraction * 10_000)
+
+
+def collate_pairs(batch: dict[str, np.ndarray]) -> dict:
+    """numpy batch -> torch: token columns as int64 ``[B, L]``, ids as tensors, strings kept."""
+    import torch
+
+    out: dict = {}
+    for k, v in batch.items():
+        if k in TOKEN_COLUMNS or k in ("pair_id", "user_index"):
+            out[k] = torch.as_tensor(np.asarray(v), dtype=torch.long)
+        elif k == "controversial":
+            out[k] = torch.as_tensor(np.asarray(v), dtype=torch.int8)
+        else:
+            out[k] = np.asarray(v)
+    return out

@@ -1,0 +1,151 @@
+"""What the GNN stage leaves in ``run.gnn`` and how serving/adaptation reads it back.
+
+Files (all safetensors/parquet/JSON, never pickle)::
+
+    model.safetensors                 best GNN weights (``CoPLGNN`` state dict)
+    gnn_config.json                   GNNShape + export switches
+    graph.safetensors                 pos_edge_index, neg_edge_index  [2, E] (user, response) node ids
+    graph.json                        user_ids (node order), n_users, n_responses, normalized
+    response_embeddings.safetensors   response_ids [R] int64, embeddings [R, d] float32
+    user_embeddings.parquet           every user: user_id, embedding, seen, kind, n_neighbors, fallback
+
+``GNNArtifacts`` holds the **trained** (seen) users in graph node order at the export
+scale (L2-normalised when ``normalized``), the raw last-layer response embeddings, and
+the signed edge lists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+USER_EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("embedding", pa.list_(pa.float32())),
+        ("seen", pa.bool_()),
+        ("kind", pa.string()),
+        ("n_neighbors", pa.int32()),
+        ("fallback", pa.bool_()),
+    ]
+)
+
+
+@dataclass
+class GNNArtifacts:
+    user_ids: list[str]  # seen users, graph node order
+    user_embeddings: torch.Tensor  # [U, d] export scale
+    response_ids: np.ndarray  # [R] int64, graph node order
+    response_embeddings: torch.Tensor  # [R, d] raw last layer
+    pos_edge_index: torch.Tensor  # [2, E+]
+    neg_edge_index: torch.Tensor  # [2, E-]
+    normalized: bool
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_responses(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.user_embeddings.shape[1])
+
+    def response_index(self, response_ids) -> np.ndarray:
+        """Node index per response id, -1 where the response is not in the graph."""
+        return pd.Index(self.response_ids).get_indexer(np.asarray(response_ids, dtype=np.int64))
+
+    def binary_adjacency(self, sign: str) -> torch.Tensor:
+        """``[U, R]`` 0/1 CSR of the positive (``"pos"``) or negative edges."""
+        edges = self.pos_edge_index if sign == "pos" else self.neg_edge_index
+        vals = torch.ones(edges.shape[1])
+        coo = torch.sparse_coo_tensor(edges, vals, (self.n_users, self.n_responses)).coalesce()
+        return torch.sparse_coo_tensor(
+            coo.indices(), torch.ones_like(coo.values()), coo.shape
+        ).to_sparse_csr()
+
+    def mean_user(self) -> torch.Tensor:
+        """The mean seen user (at export scale): the last-resort fallback embedding."""
+        mean = self.user_embeddings.mean(0)
+        return torch.nn.functional.normalize(mean, dim=0) if self.normalized else mean
+
+    # ------------------------------------------------------------------ io
+    def save(self, gnn_dir: str | Path) -> None:
+        """Graph, response embeddings and graph.json (user embeddings: ``write_user_table``)."""
+        d = Path(gnn_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {
+                "pos_edge_index": self.pos_edge_index.contiguous(),
+                "neg_edge_index": self.neg_edge_index.contiguous(),
+            },
+            str(d / "graph.safetensors"),
+        )
+        save_file(
+            {
+                "response_ids": torch.from_numpy(self.response_ids.astype(np.int64)),
+                "embeddings": self.response_embeddings.float().contiguous(),
+            },
+            str(d / "response_embeddings.safetensors"),
+        )
+        (d / "graph.json").write_text(
+            json.dumps(
+                {
+                    "user_ids": self.user_ids,
+                    "n_users": self.n_users,
+                    "n_responses": self.n_responses,
+                    "normalized": self.normalized,
+                }
+            )
+        )
+
+    @classmethod
+    def load(cls, gnn_dir: str | Path) -> GNNArtifacts:
+        d = Path(gnn_dir)
+        for name in ("graph.json", "graph.safetensors", "response_embeddings.safetensors",
+                     "user_embeddings.parquet"):  # fmt: skip
+            if not (d / name).exists():
+                raise FileNotFoundError(f"GNN artifacts: {d / name} is missing (run the gnn stage)")
+        meta = json.loads((d / "graph.json").read_text())
+        graph = load_file(str(d / "graph.safetensors"))
+        resp = load_file(str(d / "response_embeddings.safetensors"))
+        table = pq.read_table(d / "user_embeddings.parquet").to_pandas()
+        trained = table[table["kind"] == "trained"].set_index("user_id")
+        missing = [u for u in meta["user_ids"] if u not in trained.index]
+        if missing:
+            raise ValueError(
+                f"{d / 'user_embeddings.parquet'}: {len(missing)} graph users have no trained "
+                f"embedding (first: {missing[0]!r})"
+            )
+        emb = np.stack(trained.loc[meta["user_ids"], "embedding"].to_numpy()).astype(np.float32)
+        return cls(
+            user_ids=list(meta["user_ids"]),
+            user_embeddings=torch.from_numpy(emb),
+            response_ids=resp["response_ids"].numpy(),
+            response_embeddings=resp["embeddings"],
+            pos_edge_index=graph["pos_edge_index"],
+            neg_edge_index=graph["neg_edge_index"],
+            normalized=bool(meta["normalized"]),
+        )
+
+
+def write_user_table(rows: pd.DataFrame, path: str | Path) -> None:
+    """Write ``user_embeddings.parquet`` in the contract schema (embedding as list<float32>)."""
+    df = rows[[f.name for f in USER_EMBEDDINGS_SCHEMA]].copy()
+    df["embedding"] = [np.asarray(e, dtype=np.float32) for e in df["embedding"]]
+    df["n_neighbors"] = df["n_neighbors"].astype(np.int32)
+    pq.write_table(pa.Table.from_pandas(df, schema=USER_EMBEDDINGS_SCHEMA, preserve_index=False), path)
+
+
+def read_user_table(path: str | Path) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas()

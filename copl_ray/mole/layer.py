@@ -1,0 +1,193 @@
+"""MoLE building blocks: the gate, the route context and the wrapped linear layer.
+
+Stacked-dense batching (ANCHORS.md §C.1). All ``E = M + 1`` LoRA blocks of one layer live
+in one ``A ∈ R^{E·r × d_in}`` (block 0 = shared) and one ``B ∈ R^{d_out × E·r}``. For a batch
+whose row ``b`` belongs to a user with gate ``w_b ∈ R^M``::
+
+    s_b = [1_r, w_b1·1_r, ..., w_bM·1_r] ∈ R^{E·r}
+    y_b = W0 x_b + (α/r) · B (s_b ⊙ (A dropout(x_b)))
+        = W0 x_b + (α/r) · (B_s A_s + Σ_i w_bi B_i A_i) x_b
+
+Two GEMMs and one broadcast multiply per layer whatever the routes: no Python loop over
+samples or experts, no data-dependent shapes, every parameter touched on every step (so
+ZeRO-3 prefetching never meets an idle expert).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GateOutput:
+    """One gate evaluation for ``B`` users and ``G`` gates (G = 1: one global gate)."""
+
+    logits: torch.Tensor  # [G, B, M] fp32, noise included
+    probs: torch.Tensor  # [G, B, M] softmax(logits / τ), fp32
+    weights: torch.Tensor  # [G, B, M] applied expert weights (top-k masked; p² if squared)
+    top_idx: torch.Tensor  # [G, B, k] chosen experts
+    balance_loss: torch.Tensor  # scalar, Switch loss M·Σ f_i P_i (mean over gates)
+
+    def usage(self) -> torch.Tensor:
+        """[G, M] number of users routed to each expert (top-k assignments)."""
+        g, _, m = self.probs.shape
+        counts = torch.zeros(g, m, device=self.top_idx.device)
+        return counts.scatter_add_(1, self.top_idx.flatten(1), torch.ones_like(
+            self.top_idx.flatten(1), dtype=counts.dtype))
+
+
+class MoLEGate(nn.Module):
+    """``G`` independent 2-layer MLP gates ``z = W2 relu(W1 e + b1) + b2``, batched.
+
+    The ``G`` gates (one global gate, or one per wrapped module as in the official code)
+    are stacked into ``[G, ...]`` parameters and evaluated with two einsums. Everything is
+    at least fp32 (autocast off): a bf16 softmax flips near-tied top-1 choices (REFERENCE.md B3).
+    """
+
+    def __init__(self, user_dim: int, hidden: int, num_experts: int, n_gates: int = 1) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(n_gates, user_dim, hidden))
+        self.b1 = nn.Parameter(torch.empty(n_gates, hidden))
+        self.w2 = nn.Parameter(torch.empty(n_gates, hidden, num_experts))
+        self.b2 = nn.Parameter(torch.empty(n_gates, num_experts))
+        # nn.Linear's default init, per gate: U(±1/sqrt(fan_in)).
+        for w, b, fan_in in ((self.w1, self.b1, user_dim), (self.w2, self.b2, hidden)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    @property
+    def n_gates(self) -> int:
+        return self.w1.shape[0]
+
+    def logits(self, user_emb: torch.Tensor) -> torch.Tensor:
+        # at least fp32 (fp64 stays fp64, which the exactness tests use)
+        dt = torch.promote_types(torch.float32, self.w1.dtype)
+        with torch.autocast(device_type=user_emb.device.type, enabled=False):
+            h = torch.einsum("bd,gdh->gbh", user_emb.to(dt), self.w1.to(dt)) + self.b1.to(dt)[:, None]
+            z = torch.einsum("gbh,ghm->gbm", torch.relu(h), self.w2.to(dt))
+            return z + self.b2.to(dt)[:, None]
+
+    def forward(self, user_emb: torch.Tensor, *, top_k: int, temperature: float, noise: float,
+                squared: bool = False) -> GateOutput:
+        """``w_i = softmax(z/τ)_i`` if ``i`` is among the top-k of ``z`` (+noise), else 0."""
+        if user_emb.dim() != 2 or user_emb.shape[1] != self.w1.shape[1]:
+            raise ValueError(
+                f"user_emb: expected shape [B, {self.w1.shape[1]}], got {tuple(user_emb.shape)}")
+        z = self.logits(user_emb)
+        if noise > 0:
+            z = z + noise * torch.randn_like(z)
+        probs = torch.softmax(z / temperature, dim=-1)
+        top_p, top_idx = probs.topk(top_k, dim=-1)
+        applied = top_p * top_p if squared else top_p
+        weights = torch.zeros_like(probs).scatter(-1, top_idx, applied)
+        m = probs.shape[-1]
+        # Switch Transformer: f_i = share of top-k assignments to i, P_i = mean prob of i.
+        assign = torch.zeros_like(probs).scatter(-1, top_idx, 1.0) / top_k
+        balance = m * (assign.mean(1) * probs.mean(1)).sum(-1).mean()
+        return GateOutput(z, probs, weights, top_idx, balance)
+
+
+class RouteContext:
+    """Per-forward routing state shared by all MoLE layers of ONE model.
+
+    Why a context object rather than per-layer attributes set in a loop (official code):
+    the model computes the gate ONCE per forward and stores one ``[G, N, E·r]`` scale
+    tensor here; every wrapped layer holds a reference to the same context and reads its
+    gate row ``G_index``. ``lock`` (re-entrant) is held by the model for the whole
+    set-route + forward, so two threads sharing one model (e.g. a threaded server
+    replica) can never see each other's routes. The scale stays set after the forward
+    so gradient-checkpoint recomputation during backward reads the same route (same
+    tensor, same noise); the next forward replaces it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.scale: torch.Tensor | None = None  # [G, N, E·r]
+
+    def set(self, scale: torch.Tensor | None) -> None:
+        self.scale = scale
+
+    def read(self, gate_index: int, n_rows: int, where: str) -> torch.Tensor:
+        if self.scale is None:
+            raise RuntimeError(
+                f"MoLE layer {where!r} called without a route: call the MoLE model with "
+                "user_emb=... (or inside MoLEModel.routed(...))")
+        if self.scale.shape[1] != n_rows:
+            raise RuntimeError(
+                f"MoLE layer {where!r}: route set for {self.scale.shape[1]} rows but the input "
+                f"has {n_rows}")
+        return self.scale[gate_index]
+
+
+def expand_scale(weights: torch.Tensor, rank: int, shared: bool = True) -> torch.Tensor:
+    """``[..., M]`` gate weights → ``[..., (M+1)·r]`` block scales ``[1_r, w_1 1_r, ...]``."""
+    w = weights.repeat_interleave(rank, dim=-1)
+    if not shared:
+        return w
+    ones = torch.ones(*weights.shape[:-1], rank, dtype=w.dtype, device=w.device)
+    return torch.cat([ones, w], dim=-1)
+
+
+class MoLELinear(nn.Module):
+    """``y = W0 x + (α/r) B (s_u ⊙ A dropout(x))`` with stacked experts (module docstring).
+
+    ``num_experts = 0`` makes this a plain LoRA of rank ``r`` (no route needed).
+    """
+
+    def __init__(self, base_layer: nn.Linear, *, rank: int, num_experts: int, alpha: float,
+                 dropout: float, route: RouteContext | None, gate_index: int = 0,
+                 name: str = "", dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"{name}: MoLE wraps nn.Linear only, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.rank, self.num_experts, self.scaling = rank, num_experts, alpha / rank
+        self.name, self.gate_index = name, gate_index
+        self.route = route  # plain object shared by all layers of the model (not a submodule)
+        if num_experts > 0 and route is None:
+            raise ValueError(f"{name}: a RouteContext is required when num_experts > 0")
+        e = num_experts + 1
+        dev = base_layer.weight.device
+        self.lora_A = nn.Parameter(torch.empty(e * rank, base_layer.in_features, dtype=dtype,
+                                               device=dev))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, e * rank, dtype=dtype,
+                                               device=dev))
+        # peft's init: A ~ kaiming_uniform(a=√5) (fan_in = d_in for every block), B = 0.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # some HF code reads .weight of projections
+        return self.base_layer.weight
+
+    def block(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_i [r, d_in], B_i [d_out, r]) of block ``i`` (0 = shared, 1..M = experts)."""
+        sl = slice(i * self.rank, (i + 1) * self.rank)
+        return self.lora_A[sl], self.lora_B[:, sl]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        h = F.linear(self.lora_dropout(x.to(self.lora_A.dtype)), self.lora_A)  # [N, ..., E·r]
+        if self.num_experts > 0:
+            s = self.route.read(self.gate_index, x.shape[0], self.name)  # [N, E·r]
+            h = h * s.view(s.shape[0], *([1] * (h.dim() - 2)), s.shape[1]).to(h.dtype)
+        return out + (F.linear(h, self.lora_B) * self.scaling).to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+                f"experts={self.num_experts}, gate={self.gate_index}")

@@ -1,0 +1,259 @@
+"""The run report: ``report.json`` (for tools), ``report.md`` + PNGs (for people).
+
+``build_report(cfg, run)`` reads whatever the run directory holds (any stage may be
+missing: its section is then null/empty) and writes ``run.report_json``,
+``run.report_md``, ``report_labels_curve.png`` and ``report_accuracy.png``.
+
+report.json schema (``schema_version`` 1; stable: fields are only ever added)
+-----------------------------------------------------------------------------
+All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run".
+
+- ``schema_version``: int (1)
+- ``name``: config name; ``run_dir``: the run directory (local path or URI)
+- ``created``: ISO-8601 UTC time the report was written
+- ``data``: null | {``source``, ``n_users_seen``, ``n_users_unseen``, ``n_responses``,
+  ``n_pairs``, ``n_pool_pairs``, ``n_annotations``: {split: int},
+  ``labels_per_user``: {min, median, max}, ``controversial_share``, ``groups``: [str],
+  ``drops``: {reason: int}, ``n_dropped``: int (sum of drops), ``notes``: [str]}
+- ``gnn``: {``heldout_accuracy``, ``val_accuracy``, ``test_accuracy_in_graph``,
+  ``best_epoch``, ``epochs``, ``ari``, ``seconds``} (each null when unknown)
+- ``models``: {name: {``seen``: S, ``unseen``: S, ``training``: {scalar metrics of
+  reward/<name>/metrics.json}}} where
+  S = {``overall``, ``common``, ``controversial``, ``by_group``: {group: acc},
+  ``n_pairs``: int|null, ``n_users``: int|null}
+- ``adaptation``: {variant: {``unseen``: S, ``gnn_accuracy``: acc|null}}
+- ``labels_curve``: null | {``counts``: [int], ``accuracy``: [acc] or {model: [acc]}}
+  (unseen-user accuracy when adapted from that many labels, Fig. 2)
+- ``expert_usage``: the eval stage's expert-allocation record, verbatim (Fig. 3)
+- ``paper``: null unless ``data.source == "ufp"``; then {``column``: e.g. "UF-P-2-ALL",
+  ``backbone``, ``seen``: {model: acc}, ``unseen``: {model: acc}, ``common``: {model: acc},
+  ``controversial``: {model: acc}} (METHOD.md §6, converted from % to fractions)
+- ``timings``: {``<stage>_s``: float|null for data, gnn, reward, eval; ``total_s``}
+  (wall seconds of the run that produced each artifact)
+- ``executed``: [stages executed by the invocation that wrote this report]
+- ``figures``: {``tsne``, ``expert_allocation``, ``labels_curve``, ``accuracy``}: paths
+  relative to the run directory, null when absent
+- ``config``: the resolved config (same tree as config.yaml)
+- ``versions``: {package: version} (python, copl-ray, ray, torch, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from copl_ray.artifacts import RunDir
+from copl_ray.config import Config
+
+SCHEMA_VERSION = 1
+STAGES = ("data", "gnn", "reward", "eval")
+SPLIT_KEYS = ("overall", "common", "controversial", "by_group", "n_pairs", "n_users")
+MODEL_ORDER = ("oracle", "uniform", "copl", "no_gnn", "no_mole")
+MODEL_NAMES = {
+    "oracle": "Oracle (per-group BTL)",
+    "uniform": "Uniform (one BTL)",
+    "copl": "CoPL",
+    "no_gnn": "CoPL w/o GNN (learned user emb.)",
+    "no_mole": "CoPL w/o MoLE (user token, one LoRA)",
+    "i2e": "I2E (paper)",
+    "vpl": "VPL (paper)",
+    "pal": "PAL (paper)",
+}
+PACKAGES = ("copl-ray", "ray", "torch", "torch-geometric", "transformers", "peft",
+            "deepspeed", "datasets", "pyarrow", "numpy", "scikit-learn")  # fmt: skip
+
+# METHOD.md §6 (accuracy %, gemma-2b-it, mean of 3 seeds); columns UF-P-{2,4}-{ALL,AVG}.
+_COLS = ("UF-P-2-ALL", "UF-P-2-AVG", "UF-P-4-ALL", "UF-P-4-AVG")
+PAPER_SEEN = {
+    "oracle": (64.53, 64.53, 61.52, 61.52),
+    "uniform": (61.82, 61.82, 56.15, 56.15),
+    "i2e": (61.48, 61.49, 57.21, 57.44),
+    "vpl": (61.11, 61.86, 56.04, 56.77),
+    "pal": (59.95, 61.53, 56.95, 57.37),
+    "copl": (63.81, 63.45, 62.57, 62.08),
+    "no_gnn": (62.09, None, 56.75, None),  # Table 3 (ALL columns only)
+    "no_mole": (62.69, None, 62.28, None),
+}
+PAPER_SEEN_7B = {"copl": (63.90, 63.48, 62.90, 61.93)}
+PAPER_UNSEEN = {"copl": (63.92, 63.26, 61.62, 61.97), "uniform": (62.82, 62.82, 55.65, 55.65)}
+PAPER_T2 = {  # UF-P-2-ALL only
+    "controversial": {"oracle": 57.68, "uniform": 49.86, "copl": 56.89},
+    "common": {"oracle": 71.86, "uniform": 74.52, "copl": 71.23},
+}
+
+
+class ReportError(ValueError):
+    """An artifact does not follow its contract; the message names file and key."""
+
+
+# ---------------------------------------------------------------------- reading
+def _load_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: invalid JSON ({e})") from None
+
+
+def _acc(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ReportError(
+            f"{where}: expected an accuracy in [0, 1] or null, got {value!r}"
+        ) from None
+    if math.isnan(v):
+        return None
+    if not 0.0 <= v <= 1.0:
+        raise ReportError(f"{where}: accuracy {v} outside [0, 1]")
+    return v
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def normalize_split(s: dict | None, where: str) -> dict[str, Any]:
+    """One S record with every key present, accuracies checked to lie in [0, 1]."""
+    s = s or {}
+    return {
+        "overall": _acc(s.get("overall"), f"{where}.overall"),
+        "common": _acc(s.get("common"), f"{where}.common"),
+        "controversial": _acc(s.get("controversial"), f"{where}.controversial"),
+        "by_group": {
+            str(g): _acc(a, f"{where}.by_group.{g}") for g, a in (s.get("by_group") or {}).items()
+        },
+        "n_pairs": _count(s.get("n_pairs")),
+        "n_users": _count(s.get("n_users")),
+    }
+
+
+def _scalars(d: dict | None) -> dict[str, Any]:
+    return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str, bool))}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def paper_numbers(cfg: Config) -> dict[str, Any] | None:
+    """The paper's figures for the UF-P variant this config builds (fractions), else None."""
+    if cfg.data.source != "ufp" or cfg.data.n_groups not in (2, 4):
+        return None
+    column = f"UF-P-{cfg.data.n_groups}-{cfg.data.sampling.upper()}"
+    j = _COLS.index(column)
+    seven_b = "7b" in cfg.reward.backbone.lower()
+    seen_table = PAPER_SEEN_7B if seven_b else PAPER_SEEN  # 7b: the paper has CoPL seen only
+
+    def col(table: dict[str, tuple]) -> dict[str, float]:
+        return {m: v[j] / 100 for m, v in table.items() if v[j] is not None}
+
+    t2 = column == "UF-P-2-ALL" and not seven_b
+    return {
+        "column": column,
+        "backbone": "gemma-7b-it" if seven_b else "gemma-2b-it",
+        "seen": col(seen_table),
+        "unseen": {} if seven_b else col(PAPER_UNSEEN),
+        "common": {m: v / 100 for m, v in PAPER_T2["common"].items()} if t2 else {},
+        "controversial": {m: v / 100 for m, v in PAPER_T2["controversial"].items()} if t2 else {},
+    }
+
+
+def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) -> dict:
+    """Everything report.json holds, read from the run directory (see module docstring)."""
+    data = _load_json(run.data / "summary.json")
+    if data is not None:
+        data = dict(data)
+        data["n_dropped"] = int(sum((data.get("drops") or {}).values()))
+    gm = _load_json(run.gnn / "metrics.json") or {}
+    gnn_keys = ("heldout_accuracy", "val_accuracy", "test_accuracy_in_graph")
+    gnn = {k: _acc(gm.get(k), f"gnn/metrics.json:{k}") for k in gnn_keys}
+    gnn.update({k: gm.get(k) for k in ("best_epoch", "epochs", "ari", "seconds")})
+
+    results = _load_json(run.eval / "results.json") or {}
+    where = "eval/results.json"
+    names = list(dict.fromkeys([*cfg.reward.models, *(results.get("models") or {})]))
+    models = {}
+    for name in names:
+        r = (results.get("models") or {}).get(name) or {}
+        models[name] = {
+            "seen": normalize_split(r.get("seen"), f"{where}:models.{name}.seen"),
+            "unseen": normalize_split(r.get("unseen"), f"{where}:models.{name}.unseen"),
+            "training": _scalars(_load_json(run.reward(name) / "metrics.json")),
+        }
+    gnn_adapt = gm.get("adaptation") or {}
+    variants = list(dict.fromkeys([*(results.get("adaptation") or {}), *gnn_adapt]))
+    adaptation = {
+        v: {
+            "unseen": normalize_split(
+                ((results.get("adaptation") or {}).get(v) or {}).get("unseen"),
+                f"{where}:adaptation.{v}.unseen",
+            ),
+            "gnn_accuracy": _acc(
+                (gnn_adapt.get(v) or {}).get("gnn_accuracy"), f"gnn/metrics.json:adaptation.{v}"
+            ),
+        }
+        for v in variants
+    }
+    curve = results.get("labels_curve")
+    if curve is not None:
+        acc = curve.get("accuracy")
+        check = acc.values() if isinstance(acc, dict) else [acc]
+        for i, series in enumerate(check):
+            for a in series or []:
+                _acc(a, f"{where}:labels_curve.accuracy[{i}]")
+
+    timings = {f"{s}_s": run.stage_seconds(s) for s in STAGES}
+    done = [t for t in timings.values() if t is not None]
+    timings["total_s"] = round(sum(done), 3) if done else None
+    figures = {
+        "tsne": "gnn/tsne.png" if (run.gnn / "tsne.png").exists() else None,
+        "expert_allocation": (
+            "eval/expert_allocation.png" if (run.eval / "expert_allocation.png").exists() else None
+        ),
+        "labels_curve": None,
+        "accuracy": None,
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name,
+        "run_dir": cfg.run.dir,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": data,
+        "gnn": gnn,
+        "models": models,
+        "adaptation": adaptation,
+        "labels_curve": curve,
+        "expert_usage": results.get("expert_usage"),
+        "paper": paper_numbers(cfg),
+        "timings": timings,
+        "executed": sorted(executed or {}, key=STAGES.index),
+        "figures": figures,
+        "config": cfg.to_dict(),
+        "versions": _versions(),
+    }
+
+
+def build_report(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) -> Path:
+    """Write report.json, report.md and the report PNGs into ``run``; return report.json."""
+    from copl_ray.report_md import render_markdown, write_figures
+
+    report = collect(cfg, run, executed)
+    report["figures"].update(write_figures(report, run.root))
+    run.report_json.write_text(json.dumps(report, indent=2, default=str))
+    run.report_md.write_text(render_markdown(report))
+    return run.report_json

@@ -1,0 +1,266 @@
+"""Markdown and figures of the run report (the data comes from ``copl_ray.report.collect``).
+
+Tables follow the paper: Table 1 (models × seen/unseen), Table 2 (common vs
+controversial pairs), Table 4 (adaptation variants), Table 5 (GNN accuracy), Fig. 2
+(unseen accuracy vs number of labels), Fig. 1/4 (t-SNE), Fig. 3 (expert allocation).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from copl_ray.report import MODEL_NAMES, MODEL_ORDER, STAGES
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def _n(v: Any) -> str:
+    return "—" if v is None else str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def _ordered(names) -> list[str]:
+    names = list(names)
+    return [m for m in MODEL_ORDER if m in names] + [m for m in names if m not in MODEL_ORDER]
+
+
+def _name(m: str) -> str:
+    return MODEL_NAMES.get(m, m)
+
+
+# ----------------------------------------------------------------------- sections
+def _table1(rep: dict) -> list[str]:
+    paper = rep.get("paper")
+    header = ["Model", "Seen acc. %", "seen users / pairs", "Unseen acc. %",
+              "unseen users / pairs"]  # fmt: skip
+    if paper:
+        header += [f"paper seen % ({paper['column']})", "paper unseen %"]
+    rows = []
+    names = _ordered(rep["models"])
+    if paper:  # the paper's other baselines, for reference
+        names += [m for m in ("i2e", "vpl", "pal") if m in paper["seen"]]
+    for m in names:
+        r = rep["models"].get(m)
+        seen, unseen = (r["seen"], r["unseen"]) if r else ({}, {})
+        row = [
+            _name(m),
+            _pct(seen.get("overall")),
+            f"{_n(seen.get('n_users'))} / {_n(seen.get('n_pairs'))}",
+            _pct(unseen.get("overall")),
+            f"{_n(unseen.get('n_users'))} / {_n(unseen.get('n_pairs'))}",
+        ]
+        if paper:
+            row += [_pct(paper["seen"].get(m)), _pct(paper["unseen"].get(m))]
+        rows.append(row)
+    return [
+        "## Reward-model accuracy (Table 1 / Table 3)",
+        "",
+        "Per-user pairwise accuracy on held-out test pairs: *seen* users trained on; *unseen*",
+        "users adapted from their few survey labels without any gradient step.",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def _table2(rep: dict) -> list[str]:
+    paper = rep.get("paper") or {}
+    header = ["Model", "users", "common %", "controversial %"]
+    if paper.get("common"):
+        header += ["paper common %", "paper controversial %"]
+    rows = []
+    for m in _ordered(rep["models"]):
+        for split in ("seen", "unseen"):
+            s = rep["models"][m][split]
+            if s["common"] is None and s["controversial"] is None:
+                continue
+            row = [_name(m), split, _pct(s["common"]), _pct(s["controversial"])]
+            if paper.get("common"):
+                ok = split == "seen"
+                row += [
+                    _pct(paper["common"].get(m) if ok else None),
+                    _pct(paper["controversial"].get(m) if ok else None),
+                ]
+            rows.append(row)
+    groups = sorted({g for r in rep["models"].values() for g in r["seen"]["by_group"]})
+    out = ["## Common vs controversial pairs (Table 2)", ""]
+    out += _table(header, rows) if rows else ["No common/controversial split in this data.", ""]
+    if groups:
+        rows = [
+            [_name(m), split, *(_pct(rep["models"][m][split]["by_group"].get(g)) for g in groups)]
+            for m in _ordered(rep["models"])
+            for split in ("seen", "unseen")
+            if rep["models"][m][split]["by_group"]
+        ]
+        out += ["Accuracy by preference group (%):", ""]
+        out += _table(["Model", "users", *groups], rows)
+    return out
+
+
+def _gnn(rep: dict) -> list[str]:
+    g = rep["gnn"]
+    rows = [
+        ["held-out (seen users' val pair)", _pct(g["heldout_accuracy"])],
+        ["validation", _pct(g["val_accuracy"])],
+        ["test pairs scored in-graph", _pct(g["test_accuracy_in_graph"])],
+        ["best epoch / epochs", f"{_n(g['best_epoch'])} / {_n(g['epochs'])}"],
+    ]
+    if g.get("ari") is not None:
+        rows.append(["ARI of user clusters vs true groups", f"{g['ari']:.3f}"])
+    out = ["## GNN (Table 5)", "", *_table(["metric", "value"], rows)]
+    if rep["adaptation"]:
+        rows = [
+            [
+                v,
+                _pct(a["unseen"]["overall"]),
+                _pct(a["unseen"]["common"]),
+                _pct(a["unseen"]["controversial"]),
+                _pct(a["gnn_accuracy"]),
+                _n(a["unseen"]["n_users"]),
+            ]  # fmt: skip
+            for v, a in rep["adaptation"].items()
+        ]
+        out += ["### Adaptation of unseen users (Table 4)", ""]
+        out += _table(
+            ["variant", "reward acc. %", "common %", "controversial %", "GNN acc. %", "users"],
+            rows,
+        )
+    return out
+
+
+def _figures(rep: dict) -> list[str]:
+    f = rep["figures"]
+    out = ["## Figures", ""]
+    items = [
+        ("labels_curve", "Fig. 2 — unseen-user accuracy vs number of labels"),
+        ("tsne", "Fig. 1/4 — t-SNE of GNN user embeddings"),
+        ("expert_allocation", "Fig. 3 — expert allocation by group"),
+        ("accuracy", "Accuracy by model, seen vs unseen"),
+    ]
+    for key, title in items:
+        out += [f"**{title}**", "", f"![{key}]({f[key]})" if f.get(key) else "(not produced)", ""]
+    curve = rep.get("labels_curve")
+    if curve:
+        acc = (
+            curve["accuracy"]
+            if isinstance(curve["accuracy"], dict)
+            else {"copl": curve["accuracy"]}
+        )
+        rows = [[_name(m), *(_pct(a) for a in series)] for m, series in acc.items()]
+        out += _table(["labels →", *(str(c) for c in curve["counts"])], rows)
+    return out
+
+
+def _data(rep: dict) -> list[str]:
+    d = rep["data"]
+    if d is None:
+        return ["## Data", "", "Data stage not run.", ""]
+    rows = [
+        ["source", d.get("source")],
+        ["users seen / unseen", f"{d.get('n_users_seen')} / {d.get('n_users_unseen')}"],
+        ["groups", ", ".join(d.get("groups") or []) or "unknown"],
+        ["responses / pairs", f"{d.get('n_responses')} / {d.get('n_pairs')}"],
+        ["annotations by split", ", ".join(f"{k} {v}" for k, v in (d.get("n_annotations") or {}).items())],
+        ["labels per seen user", ", ".join(f"{k} {v:g}" for k, v in (d.get("labels_per_user") or {}).items())],
+        ["controversial share", _pct(d.get("controversial_share")) + " %"],
+    ]  # fmt: skip
+    out = ["## Data", "", *_table(["", ""], [[str(a), str(b)] for a, b in rows])]
+    drops = d.get("drops") or {}
+    out += [f"Dropped rows: {d.get('n_dropped', 0)} in total.", ""]
+    if drops:
+        out += _table(["reason", "count"], [[k, str(v)] for k, v in sorted(drops.items())])
+    out += [f"- note: {n}" for n in d.get("notes") or []] + ([""] if d.get("notes") else [])
+    return out
+
+
+def _run_info(rep: dict) -> list[str]:
+    t = rep["timings"]
+    rows = [
+        [s, "—" if t.get(f"{s}_s") is None else f"{t[f'{s}_s']:.1f}",
+         "this run" if s in rep["executed"] else ("reused" if t.get(f"{s}_s") else "—")]
+        for s in STAGES
+    ]  # fmt: skip
+    rows.append(["total", "—" if t["total_s"] is None else f"{t['total_s']:.1f}", ""])
+    out = ["## Wall time per stage (s)", "", *_table(["stage", "seconds", ""], rows)]
+    out += ["## Package versions", ""]
+    out += _table(["package", "version"], [[k, _n(v)] for k, v in rep["versions"].items()])
+    if rep.get("expert_usage") is not None:
+        out += ["## Expert usage (raw)", "", "```json",
+                json.dumps(rep["expert_usage"])[:4000], "```", ""]  # fmt: skip
+    out += ["## Resolved config", "", "```yaml", yaml.safe_dump(rep["config"], sort_keys=False),
+            "```", ""]  # fmt: skip
+    return out
+
+
+def render_markdown(rep: dict) -> str:
+    head = [
+        f"# copl-ray run report — {rep['name']}",
+        "",
+        f"Run directory: `{rep['run_dir']}` · written {rep['created']} · "
+        f"report.json schema v{rep['schema_version']}",
+        "",
+    ]
+    if rep.get("paper"):
+        p = rep["paper"]
+        head += [f"Paper figures: CoPL paper, {p['column']}, {p['backbone']}, mean of 3 seeds.", ""]
+    body = _table1(rep) + _table2(rep) + _gnn(rep) + _figures(rep) + _data(rep) + _run_info(rep)
+    return "\n".join(head + body)
+
+
+# ------------------------------------------------------------------------ figures
+def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
+    """Fig. 2 (labels curve) and an accuracy bar chart; returns relative paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str | None] = {"labels_curve": None, "accuracy": None}
+    curve = rep.get("labels_curve")
+    if curve and curve.get("counts"):
+        acc = (
+            curve["accuracy"]
+            if isinstance(curve["accuracy"], dict)
+            else {"copl": curve["accuracy"]}
+        )
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m, series in acc.items():
+            pts = [(c, a) for c, a in zip(curve["counts"], series) if a is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=_name(m))
+        uni = (rep["models"].get("uniform") or {}).get("unseen", {}).get("overall")
+        if uni is not None:
+            ax.axhline(uni, ls="--", c="gray", label="Uniform (unseen)")
+        ax.set(xlabel="labels per unseen user", ylabel="accuracy", xscale="log", title="Fig. 2")
+        ax.set_xticks(curve["counts"], [str(c) for c in curve["counts"]])
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(root / "report_labels_curve.png", dpi=120)
+        plt.close(fig)
+        out["labels_curve"] = "report_labels_curve.png"
+    names = [m for m in _ordered(rep["models"]) if rep["models"][m]["seen"]["overall"] is not None
+             or rep["models"][m]["unseen"]["overall"] is not None]  # fmt: skip
+    if names:
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+        for k, split in enumerate(("seen", "unseen")):
+            vals = [rep["models"][m][split]["overall"] or 0.0 for m in names]
+            ax.bar([i + (k - 0.5) * 0.38 for i in range(len(names))], vals, 0.38, label=split)
+        ax.set_xticks(range(len(names)), names)
+        ax.set(ylabel="pairwise accuracy", ylim=(0, 1), title="Accuracy by model")
+        ax.axhline(0.5, ls=":", c="gray")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(root / "report_accuracy.png", dpi=120)
+        plt.close(fig)
+        out["accuracy"] = "report_accuracy.png"
+    return out

@@ -1,0 +1,195 @@
+"""PersonalRewardModel: frozen backbone + MoLE adapters + linear ``score`` head.
+
+``f(u, x) = score(h_last(x; W0 + ΔW_u))`` where ``h_last`` is the final hidden state of the
+last non-pad token (position ids from the attention mask, so left and right padding give
+the same score) and ``ΔW_u`` the MoLE update gated by the user (copl_ray/mole). Variants
+(METHOD.md §3, §7, Table 3):
+
+- ``copl``    — MoLE (M experts of rank r + shared) gated by the frozen GNN embedding ``e_u``;
+- ``uniform`` — one LoRA of rank ``baseline_rank``, no user input (Oracle = one per group);
+- ``no_gnn``  — MoLE gated by a free learnable table ``nn.Embedding(n_users, user_dim)``;
+- ``no_mole`` — ``e_u`` → Linear → one extra input token prepended (via ``inputs_embeds``),
+  plus one LoRA of rank ``baseline_rank``.
+
+Baseline LoRAs keep the scaling ``α/r`` of the MoLE (their α is ``alpha·baseline_rank/rank``).
+Batching of pairs: pass ``[chosen_1..B, rejected_1..B]`` (2B rows) with ``B`` users; the
+gate (and its training noise) is computed once per user and shared by both rows.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from copl_ray.mole import MoLEConfig, MoLEModel
+from copl_ray.reward.backbone import DTYPES, build_backbone
+
+VARIANTS = ("copl", "uniform", "no_gnn", "no_mole")
+
+
+def btl_loss(scores_chosen: torch.Tensor, scores_rejected: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry–Luce loss ``mean(−log σ(c − r))``."""
+    return -F.logsigmoid(scores_chosen.float() - scores_rejected.float()).mean()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position with mask 1 in each row (left or right padding)."""
+    if (attention_mask.sum(1) == 0).any():
+        bad = (attention_mask.sum(1) == 0).nonzero()[:, 0].tolist()
+        raise ValueError(f"attention_mask: rows {bad} have no token")
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (pos * attention_mask.long()).argmax(1)
+
+
+def _tile(x: torch.Tensor | None, n_rows: int, what: str) -> torch.Tensor | None:
+    if x is None:
+        return None
+    if x.shape[0] == 0 or n_rows % x.shape[0]:
+        raise ValueError(f"{what}: {x.shape[0]} rows do not divide the {n_rows} input rows")
+    return x.repeat(n_rows // x.shape[0], *([1] * (x.dim() - 1)))
+
+
+class PersonalRewardModel(nn.Module):
+    def __init__(self, backbone: nn.Module, reward_cfg: Any, variant: str, user_dim: int,
+                 n_users: int | None = None, tokenizer: Any | None = None) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
+        if variant == "no_gnn" and not n_users:
+            raise ValueError("variant 'no_gnn' needs n_users (size of the user table)")
+        self.reward_cfg, self.variant = reward_cfg, variant
+        self.user_dim, self.n_users, self.tokenizer = user_dim, n_users, tokenizer
+        adapter_dtype = DTYPES[reward_cfg.adapter_dtype]
+        hidden = backbone.config.get_text_config().hidden_size
+        with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
+            torch.manual_seed(reward_cfg.seed + 1)
+            if variant in ("copl", "no_gnn"):
+                mole_cfg = MoLEConfig.from_reward_config(reward_cfg, user_dim)
+            else:
+                r = reward_cfg.baseline_rank
+                mole_cfg = MoLEConfig.from_reward_config(
+                    reward_cfg, None, num_experts=0, rank=r,
+                    alpha=reward_cfg.alpha * r / reward_cfg.rank)
+            self.mole = MoLEModel(backbone, mole_cfg)
+            dev = next(backbone.parameters()).device
+            self.score = nn.Linear(hidden, 1, bias=False, dtype=adapter_dtype, device=dev)
+            nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden))
+            self.user_table = self.user_proj = None
+            if variant == "no_gnn":
+                self.user_table = nn.Embedding(n_users, user_dim, dtype=adapter_dtype,
+                                               device=dev)
+                nn.init.normal_(self.user_table.weight, std=1.0 / math.sqrt(user_dim))
+            if variant == "no_mole":
+                self.user_proj = nn.Linear(user_dim, hidden, dtype=adapter_dtype, device=dev)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def build(cls, reward_cfg: Any, variant: str, user_dim: int, n_users: int | None = None,
+              tokenizer: Any | None = None) -> PersonalRewardModel:
+        """Backbone from ``reward_cfg`` (:func:`build_backbone`), adapters, head; seeded."""
+        return cls(build_backbone(reward_cfg, tokenizer), reward_cfg, variant, user_dim,
+                   n_users, tokenizer)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.mole.model
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """Load-balancing term of the last forward (coef·M·Σ f_i P_i); 0 without a gate."""
+        return self.mole.aux_loss
+
+    def expert_usage(self) -> torch.Tensor | None:
+        return self.mole.expert_usage()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------- routing
+    def gate_input(self, user_emb: torch.Tensor | None, user_index: torch.Tensor | None
+                   ) -> torch.Tensor | None:
+        """What drives the gate / user token: ``e_u`` (copl, no_mole) or the table row."""
+        if self.variant == "uniform":
+            return None
+        if self.variant == "no_gnn":
+            if user_index is None:
+                raise ValueError("variant 'no_gnn' needs user_index (LongTensor [B])")
+            if user_index.numel() and (user_index.min() < 0 or user_index.max() >= self.n_users):
+                raise ValueError(f"user_index: values must be in [0, {self.n_users}), got "
+                                 f"[{int(user_index.min())}, {int(user_index.max())}]")
+            return self.user_table(user_index)
+        if user_emb is None:
+            raise ValueError(f"variant {self.variant!r} needs user_emb [B, {self.user_dim}]")
+        if user_emb.dim() != 2 or user_emb.shape[1] != self.user_dim:
+            raise ValueError(f"user_emb: expected shape [B, {self.user_dim}], got "
+                             f"{tuple(user_emb.shape)}")
+        return user_emb
+
+    def gate_weights(self, user_emb: torch.Tensor | None = None,
+                     user_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Expert weights without noise: ``[B, M]``, or ``[n_modules, B, M]`` per-module."""
+        if self.mole.gate is None:
+            raise ValueError(f"variant {self.variant!r} has no gate")
+        return self.mole.gate_weights(self.gate_input(user_emb, user_index))
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                user_emb: torch.Tensor | None = None,
+                user_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[N]`` fp32. ``user_emb``/``user_index`` have ``B`` rows, ``N = k·B``."""
+        n = input_ids.shape[0]
+        gate_in = self.gate_input(user_emb, user_index)
+        mask = attention_mask.long()
+        kwargs: dict[str, Any] = {}
+        if self.variant == "no_mole":
+            embed = self.backbone.get_input_embeddings()
+            token = self.user_proj(_tile(gate_in, n, "user_emb").to(self.user_proj.weight.dtype))
+            kwargs["inputs_embeds"] = torch.cat(
+                [token[:, None].to(embed.weight.dtype), embed(input_ids)], 1)
+            mask = torch.cat([mask.new_ones(n, 1), mask], 1)
+            gate_in = None  # the user enters as a token, the LoRA is shared
+        else:
+            kwargs["input_ids"] = input_ids
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        with self.mole.routed(gate_in, n):
+            hidden = self.backbone(attention_mask=mask, position_ids=position_ids,
+                                   use_cache=False, **kwargs).last_hidden_state
+        pooled = hidden[torch.arange(n, device=hidden.device), last_token_index(mask)]
+        return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
+
+    def score_texts(self, texts: list[str], user_emb: torch.Tensor | None = None,
+                    user_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokenise with the model's tokenizer (right padding, truncation) and score."""
+        if self.tokenizer is None:
+            raise ValueError("score_texts needs a tokenizer (build/load with one)")
+        enc = self.tokenizer(texts, padding=True, truncation=True,
+                             max_length=self.reward_cfg.max_length, return_tensors="pt")
+        dev = self.score.weight.device
+        return self(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), user_emb,
+                    user_index)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, out_dir: str | Path) -> Path:
+        """``model.safetensors`` + ``reward_config.json`` (+ ``tokenizer/``); see export.py."""
+        from copl_ray.reward.export import save_reward_model
+
+        return save_reward_model(self, out_dir)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu"
+             ) -> PersonalRewardModel:
+        from copl_ray.reward.export import load_reward_model
+
+        return load_reward_model(model_dir, device)
+
+    def export_user_peft(self, user_emb: torch.Tensor | None, out_dir: str | Path,
+                         user_index: int | None = None) -> Path:
+        """One user → standard PEFT LoRA folder + ``score`` head (see export.py)."""
+        from copl_ray.reward.export import export_user_peft
+
+        return export_user_peft(self, user_emb, out_dir, user_index)

@@ -1,0 +1,318 @@
+"""Reward stage: train every model of ``cfg.reward.models`` with Ray Train + DeepSpeed.
+
+``run_reward_stage(cfg, run)`` (driver side; Ray must be initialised) writes
+``run.reward(name)/`` = ``PersonalRewardModel.save`` output + ``tokenizer/`` +
+``metrics.json`` for each model:
+
+============  =========================================================================
+copl          MoLE gated by the frozen GNN user embedding (run.gnn/user_embeddings.parquet)
+uniform       one LoRA (rank ``baseline_rank``), no user input: one BTL model for everyone
+oracle        one ``uniform`` per true group, trained on that group's users only; saved
+              as ``run.reward("oracle")/<group>/`` (needs known groups)
+no_gnn        MoLE gated by a free learnable user-embedding table (indexed by user_index)
+no_mole       GNN embedding projected to one extra input token + one LoRA (baseline_rank)
+============  =========================================================================
+
+Training set: survey pairs of seen users (+ their val pair when
+``reward.train_on_val_pairs``, the official code's choice, REFERENCE.md B7). Validation
+during training: the val split, or a ``train.val_fraction`` slice of the survey split
+held out of training when the data has no val split.
+
+Each model is one ``TorchTrainer`` run named ``<model>-<config hash>`` under
+``run.root/reward/_ray``; rerunning the stage after an interruption resumes every model
+from its latest checkpoint (Ray Train V2 restores the run's checkpoint list by name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from copl_ray.artifacts import RunDir
+from copl_ray.config import Config, ConfigError
+from copl_ray.data.ray_data import UserTable, count_pairs, pair_dataset, read_lookups
+from copl_ray.data.tables import format_text
+from copl_ray.reward.ds_config import warmup_steps
+
+MODELS = ("copl", "uniform", "oracle", "no_gnn", "no_mole")
+NEEDS_GNN = ("copl", "no_mole")
+TOKENIZER_STAMP = "copl_tokenizer_source.json"
+
+
+class RewardTrainingError(RuntimeError):
+    """A reward model's Ray Train run failed (the message names the model)."""
+
+
+# ------------------------------------------------------------------ inputs
+def prepare_tokenizer(cfg: Config, run: RunDir) -> Path:
+    """``run.root/tokenizer``: trained on the data's texts for tiny-gemma, else the backbone's.
+
+    Reused when its stamp (backbone, vocab size, data summary) matches.
+    """
+    from copl_ray.reward.backbone import load_tokenizer, train_tokenizer
+
+    out = run.root / "tokenizer"
+    summary = (
+        (run.data / "summary.json").read_text() if (run.data / "summary.json").exists() else ""
+    )
+    stamp = {
+        "backbone": cfg.reward.backbone,
+        "vocab": cfg.reward.tokenizer_vocab,
+        "data": hashlib.sha256(summary.encode()).hexdigest()[:16],
+    }
+    stamp_file = out / TOKENIZER_STAMP
+    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    if cfg.reward.backbone == "tiny-gemma":
+        resp = pq.read_table(run.data / "responses.parquet").to_pandas()
+        # The vocabulary only (no labels) is learnt from every response text.
+        texts = [format_text(p, t) for p, t in zip(resp["prompt"], resp["text"])]
+        train_tokenizer(texts, cfg.reward.tokenizer_vocab, out)
+    else:
+        load_tokenizer(cfg.reward.backbone).save_pretrained(str(out))
+    stamp_file.write_text(json.dumps(stamp))
+    return out
+
+
+def load_user_table(cfg: Config, run: RunDir, need_embeddings: bool):
+    """Seen users in embedding-table order, with groups and (optionally) their embeddings."""
+    users = pq.read_table(run.data / "users.parquet").to_pandas()
+    group_of = dict(zip(users["user_id"], users["group"].fillna("")))
+    emb_file = run.gnn / "user_embeddings.parquet"
+    if emb_file.exists():
+        emb = pq.read_table(emb_file).to_pandas()
+        emb = emb[emb["seen"]]
+        ids = emb["user_id"].astype(str).tolist()
+        table = np.stack(emb["embedding"].to_numpy()).astype(np.float32)
+    elif need_embeddings:
+        raise FileNotFoundError(
+            f"{emb_file}: missing; reward.models {cfg.reward.models} include a model gated by "
+            "GNN user embeddings (run the gnn stage first)"
+        )
+    else:
+        ids = users.loc[users["seen"], "user_id"].astype(str).tolist()
+        table = None
+    return UserTable(ids, [group_of.get(u) or "" for u in ids]), table
+
+
+def model_jobs(
+    cfg: Config, users: UserTable
+) -> list[tuple[str, str, Path | None, list[str] | None]]:
+    """``(job name, variant, sub-folder, only_users)`` for every model to train."""
+    jobs: list[tuple[str, str, Path | None, list[str] | None]] = []
+    for name in cfg.reward.models:
+        if name not in MODELS:
+            raise ConfigError(f"reward.models: unknown model {name!r} (known: {', '.join(MODELS)})")
+        if name != "oracle":
+            jobs.append((name, name, None, None))
+            continue
+        groups = sorted({g for g in users.groups if g})
+        if not groups:
+            raise ConfigError("reward.models: 'oracle' needs known user groups; this data has none")
+        for g in groups:
+            members = [u for u, ug in zip(users.user_ids, users.groups) if ug == g]
+            jobs.append((f"oracle-{g}", "uniform", Path(g), members))
+    return jobs
+
+
+# ------------------------------------------------------------------ one model
+def train_reward_model(
+    cfg: Config,
+    run: RunDir,
+    *,
+    job: str,
+    variant: str,
+    out_dir: Path,
+    users: UserTable,
+    user_embeddings: np.ndarray | None,
+    tokenizer_dir: Path,
+    lookups,
+    only_users: list[str] | None = None,
+    interrupt_at_step: int | None = None,
+) -> dict[str, Any]:
+    """Fit one model with a ``TorchTrainer``; copy the final model into ``out_dir``."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from copl_ray.env import setup_env
+
+    tc = cfg.train
+    world = tc.num_workers
+    member_ids = only_users if only_users is not None else [u for u in users.user_ids if u]
+    has_val_split = (
+        bool(count_pairs(run.data, member_ids, ("val",), lookups[0])["rows"])
+        and not cfg.reward.train_on_val_pairs
+    )
+    train_splits = ("survey", "val") if cfg.reward.train_on_val_pairs else ("survey",)
+    val_slice = 0.0 if has_val_split else tc.val_fraction
+    counts = count_pairs(run.data, member_ids, train_splits, lookups[0], val_slice, False)
+    rows = counts["rows"]
+    if rows < world:
+        raise ValueError(f"reward model {job!r}: {rows} training pairs for {world} workers")
+    micro = min(tc.batch_size, rows // world)
+    steps_per_epoch = max(1, rows // (world * micro * tc.grad_accum))
+    total = tc.max_steps if tc.max_steps > 0 else steps_per_epoch * tc.epochs
+    common = dict(
+        users=users,
+        tokenizer_dir=tokenizer_dir,
+        max_length=cfg.reward.max_length,
+        only_users=only_users,
+        lookups=lookups,
+    )
+    datasets = {
+        "train": pair_dataset(
+            run.data,
+            splits=train_splits,
+            slice_fraction=val_slice,
+            take_slice=False,
+            seed=tc.seed,
+            **common,
+        )
+    }
+    if has_val_split:
+        datasets["val"] = pair_dataset(run.data, splits=("val",), shuffle=False, **common)
+    elif val_slice > 0:
+        datasets["val"] = pair_dataset(
+            run.data,
+            splits=("survey",),
+            slice_fraction=val_slice,
+            take_slice=True,
+            shuffle=False,
+            **common,
+        )
+    loop_config = {
+        "cfg": cfg.to_dict(),
+        "name": job,
+        "variant": variant,
+        "tokenizer_dir": str(tokenizer_dir),
+        # no_gnn learns its own table; without GNN embeddings it takes the GNN width.
+        "user_dim": int(user_embeddings.shape[1]) if user_embeddings is not None else cfg.gnn.dim,
+        "n_users": len(users.user_ids),
+        "user_embeddings": user_embeddings if variant in ("copl", "no_mole") else None,
+        "micro_batch": micro,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "warmup_steps": warmup_steps(tc, total),
+        "has_val": "val" in datasets,
+        "shuffle_buffer": max(4 * micro, 512),
+        "torch_threads": max(1, int(tc.cpus_per_worker)),
+        "interrupt_at_step": interrupt_at_step,
+    }
+    storage = (run.root / "reward" / "_ray").resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    run_name = f"{job}-{cfg.section_hash('data', 'gnn', 'reward', 'train')}"
+    trainer = TorchTrainer(
+        train_loop_per_worker=_train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=world,
+            use_gpu=tc.use_gpu,
+            resources_per_worker={"CPU": tc.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            worker_runtime_env={"env_vars": setup_env()},
+        ),
+        datasets=datasets,
+    )
+    t0 = time.time()
+    print(
+        f"[reward] {job}: variant={variant} pairs={rows} workers={world} micro_batch={micro} "
+        f"steps={total} zero_stage={tc.zero_stage}",
+        flush=True,
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; name the model, keep the cause
+        raise RewardTrainingError(f"reward model {job!r} training failed: {e}") from e
+    if result.checkpoint is None:
+        raise RewardTrainingError(f"reward model {job!r}: the run reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        d = Path(d)
+        state = json.loads((d / "trainer_state.json").read_text())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.copytree(d / "model", out_dir)
+    if not (out_dir / "tokenizer").exists():
+        shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
+    if variant == "no_gnn":
+        (out_dir / "user_ids.json").write_text(json.dumps(users.user_ids))
+    last = result.metrics or {}
+    val_curve = state.get("val_curve", [])
+    metrics = {
+        "model": job,
+        "variant": variant,
+        "train_pairs": rows,
+        "dropped_unknown_response": counts["dropped_unknown_response"],
+        "users": len(member_ids),
+        "micro_batch": micro,
+        "world_size": world,
+        "steps": state["step"],
+        "total_steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "zero_stage": tc.zero_stage,
+        "val_source": "val"
+        if has_val_split
+        else (f"survey slice {val_slice}" if val_slice else None),
+        "val_accuracy": val_curve[-1]["val_acc"] if val_curve else None,
+        "val_curve": val_curve,
+        "loss_curve": state.get("history", []),
+        "tokens_per_s": last.get("tokens_per_s"),
+        "resumed_from_step": last.get("resumed_from_step"),
+        "seconds": round(time.time() - t0, 2),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    # Imported lazily so that the driver never imports deepspeed (ANCHORS B7).
+    from copl_ray.reward.train import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
+# ------------------------------------------------------------------ stage
+def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
+    """Train every model of ``cfg.reward.models``; return ``{model: metrics}``."""
+    t0 = time.time()
+    need_gnn = any(m in NEEDS_GNN for m in cfg.reward.models)
+    users, table = load_user_table(cfg, run, need_gnn)
+    tokenizer_dir = prepare_tokenizer(cfg, run)
+    lookups = read_lookups(run.data, users)
+    out: dict[str, Any] = {"models": {}}
+    for job, variant, sub, only in model_jobs(cfg, users):
+        model_name = job.split("-", 1)[0] if sub is not None else job
+        out_dir = run.reward(model_name) / sub if sub is not None else run.reward(model_name)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        m = train_reward_model(
+            cfg,
+            run,
+            job=job,
+            variant=variant,
+            out_dir=out_dir,
+            users=users,
+            user_embeddings=table,
+            tokenizer_dir=tokenizer_dir,
+            lookups=lookups,
+            only_users=only,
+        )
+        out["models"][job] = {k: m[k] for k in ("val_accuracy", "steps", "seconds", "train_pairs")}
+    if "oracle" in cfg.reward.models:
+        groups = sorted({g for g in users.groups if g})
+        (run.reward("oracle") / "groups.json").write_text(json.dumps(groups))
+    out["seconds"] = round(time.time() - t0, 2)
+    return out

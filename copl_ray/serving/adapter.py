@@ -1,0 +1,122 @@
+"""Adapt a user who arrives over HTTP with a few labelled pairs — no gradient step.
+
+Labels arrive as texts ``{prompt, chosen, rejected}``. Each text is mapped to a
+response id of the run by an exact ``(prompt, text)`` match against
+``data/responses.parquet``; a text that matches nothing keeps id ``-1`` and is
+counted (``n_unknown``) — it cannot reach any neighbour in the graph, exactly as the
+adaptation contract treats an unknown id. The embedding is then (METHOD.md §4)::
+
+    e_u* = Σ_{u ∈ N^+_u*(k)} w_{u,u*} e_u,   w = softmax_u(γ_{u,u*} / κ),
+    γ_{u,u*} = Σ_{(a≻b) ∈ D_u*} log σ(s_ua − s_ub)
+
+computed by :func:`copl_ray.graph.adapt.adapt_unseen_users` (variant ``weighted``; or
+``naive``). ``user_opt`` runs gradient steps and is refused here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from copl_ray.artifacts import RunDir
+from copl_ray.config import AdaptConfig, config_from_dict
+from copl_ray.serving.scorer import require, response_index
+from copl_ray.serving.store import Annotation
+
+OPTIMIZATION_FREE_VARIANTS = ("weighted", "naive")
+UNKNOWN_ID = -1
+
+
+@dataclass
+class AdaptResult:
+    embedding: np.ndarray  # [D] float32
+    n_neighbors: int
+    fallback: bool  # no positive-edge neighbour: the contract's fallback embedding
+    n_unknown: int  # annotation texts that are not responses of the run
+
+
+def run_adapt_config(run: RunDir) -> AdaptConfig:
+    """The ``adapt`` section the pipeline saved in ``run_dir/config.yaml`` (defaults if none).
+
+    Only this section is read, so a run saved by an older or newer config tree still serves.
+    """
+    path = run.root / "config.yaml"
+    if not path.exists():
+        return AdaptConfig()
+    saved = yaml.safe_load(path.read_text()) or {}
+    return config_from_dict({"adapt": saved.get("adapt") or {}}).adapt
+
+
+class UserAdapter:
+    """GNN artifacts + response lookup of one run; adapts one user per call."""
+
+    def __init__(
+        self, run_dir: str | Path, adapt_cfg: AdaptConfig | None = None, variant: str = "weighted"
+    ):
+        from copl_ray.graph.artifacts import GNNArtifacts
+
+        if variant not in OPTIMIZATION_FREE_VARIANTS:
+            raise ValueError(
+                f"serve.adapt_variant: {variant!r} is not optimisation-free "
+                f"(choose one of {list(OPTIMIZATION_FREE_VARIANTS)})"
+            )
+        self.run = RunDir(run_dir)
+        self.cfg = adapt_cfg if adapt_cfg is not None else run_adapt_config(self.run)
+        self.variant = variant
+        require(self.run.gnn, "GNN stage output")
+        self.artifacts = GNNArtifacts.load(self.run.gnn)
+        responses = pq.read_table(
+            require(self.run.data / "responses.parquet", "responses table of the data stage"),
+            columns=["response_id", "prompt", "text"],
+        ).to_pandas()
+        self.index = response_index(responses)
+
+    def resolve(self, items: list[tuple[str, str, str]]) -> list[Annotation]:
+        """Texts -> annotations with response ids (None where the text is not in the run)."""
+        out = []
+        for prompt, chosen, rejected in items:
+            out.append(
+                Annotation(
+                    prompt=prompt,
+                    chosen=chosen,
+                    rejected=rejected,
+                    chosen_id=self.index.get((prompt, chosen)),
+                    rejected_id=self.index.get((prompt, rejected)),
+                )
+            )
+        return out
+
+    def adapt(self, annotations: list[Annotation], user_id: str = "new") -> AdaptResult:
+        """The optimisation-free embedding of one user from all of their annotations."""
+        from copl_ray.graph.adapt import adapt_unseen_users
+
+        chosen = [UNKNOWN_ID if a.chosen_id is None else a.chosen_id for a in annotations]
+        rejected = [UNKNOWN_ID if a.rejected_id is None else a.rejected_id for a in annotations]
+        n_unknown = sum(a.chosen_id is None for a in annotations) + sum(
+            a.rejected_id is None for a in annotations
+        )
+        df = pd.DataFrame(
+            {
+                "user_id": [user_id] * len(annotations),
+                "chosen": np.asarray(chosen, dtype=np.int64),
+                "rejected": np.asarray(rejected, dtype=np.int64),
+            }
+        )
+        out = adapt_unseen_users(self.artifacts, df, self.cfg, variant=self.variant)
+        row = out.loc[out["user_id"] == user_id]
+        if len(row) != 1:
+            raise RuntimeError(
+                f"adapt_unseen_users returned {len(row)} rows for one user (contract: exactly one)"
+            )
+        r = row.iloc[0]
+        return AdaptResult(
+            embedding=np.asarray(r["embedding"], dtype=np.float32),
+            n_neighbors=int(r["n_neighbors"]),
+            fallback=bool(r["fallback"]),
+            n_unknown=n_unknown,
+        )

@@ -1,0 +1,195 @@
+"""The adapted-user store: users created over HTTP, shared by every replica.
+
+Layout: one JSON document per user, ``<store_dir>/<user_id>.json`` (default
+``store_dir = run_dir/serve/users``)::
+
+    {"user_id": "new-…", "embedding": [float32 …], "n_neighbors": 12, "fallback": false,
+     "n_unknown": 0, "annotations": [{"prompt", "chosen", "rejected",
+     "chosen_id", "rejected_id"}, …], "created_at": …, "updated_at": …, "version": 2}
+
+Why this store (and not an in-replica dict, a JSONL log or sqlite):
+
+- *Visible to every replica at once.* Replicas of one deployment share the run
+  directory (one machine: the local disk; a multi-node cluster: the run dir is on
+  shared storage — NFS/EFS/Filestore — exactly as the training stages require). A
+  replica that misses a user in its cache re-reads the file, and a cached user is
+  re-validated with one ``stat`` (mtime + size) so a refinement made on another
+  replica is seen on the next request.
+- *Survives replica restart and redeploy.* Nothing lives only in process memory.
+- *Atomic without a server.* Each write goes to a temporary file in the same folder
+  and is published with ``os.replace`` (atomic on POSIX and on NFS), so a reader sees
+  the old or the new document, never half of one. A refinement's read-modify-write
+  holds an exclusive ``fcntl.flock`` on ``<user_id>.lock`` so two replicas refining
+  the same user concurrently cannot drop each other's labels. One file per user
+  means no shared append log to lock or compact, and no sqlite (whose locking is
+  unreliable on network filesystems).
+- *No pickle.* Documents are JSON; float32 embeddings round-trip exactly through
+  JSON doubles.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# User ids become file names: a strict alphabet keeps a request from escaping the folder.
+USER_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$"
+_USER_ID = re.compile(USER_ID_PATTERN)
+NEW_USER_PREFIX = "new-"
+
+
+class StoreError(RuntimeError):
+    """The store folder or one of its documents cannot be used; the message names the file."""
+
+
+@dataclass
+class Annotation:
+    """One label of a created user: texts as received plus the response ids they map to."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_id: int | None = None  # None: the text is not a response of the run's data
+    rejected_id: int | None = None
+
+
+@dataclass
+class AdaptedUser:
+    user_id: str
+    embedding: np.ndarray  # [D] float32, the scale the reward model sees
+    n_neighbors: int
+    fallback: bool
+    n_unknown: int
+    annotations: list[Annotation] = field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    version: int = 1
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["embedding"] = [float(x) for x in np.asarray(self.embedding, dtype=np.float32)]
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdaptedUser:
+        d = json.loads(text)
+        d["embedding"] = np.asarray(d["embedding"], dtype=np.float32)
+        d["annotations"] = [Annotation(**a) for a in d.get("annotations", [])]
+        return cls(**d)
+
+
+def valid_user_id(user_id: str) -> bool:
+    return bool(_USER_ID.match(user_id)) and ".." not in user_id
+
+
+def new_user_id() -> str:
+    return f"{NEW_USER_PREFIX}{uuid.uuid4().hex[:20]}"
+
+
+class UserStore:
+    """Folder of adapted users with a stat-validated in-process cache."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"user store {self.folder}: cannot create folder: {e}") from None
+        if not os.access(self.folder, os.W_OK):
+            raise StoreError(f"user store {self.folder}: folder is not writable")
+        self._cache: dict[str, tuple[tuple[int, int], AdaptedUser]] = {}
+
+    def _path(self, user_id: str) -> Path:
+        if not valid_user_id(user_id):
+            raise KeyError(user_id)
+        return self.folder / f"{user_id}.json"
+
+    def get(self, user_id: str) -> AdaptedUser | None:
+        """The user, or None; re-reads the file when another replica changed it."""
+        if not valid_user_id(user_id):
+            return None
+        path = self.folder / f"{user_id}.json"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._cache.pop(user_id, None)
+            return None
+        if st.st_size == 0:  # id reserved by create(), document not published yet
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        hit = self._cache.get(user_id)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        try:
+            user = AdaptedUser.from_json(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError) as e:
+            raise StoreError(f"user store {path}: unreadable document: {e}") from None
+        self._cache[user_id] = (stamp, user)
+        return user
+
+    def put(self, user: AdaptedUser) -> None:
+        """Publish ``user`` atomically (temp file in the same folder + os.replace)."""
+        path = self._path(user.user_id)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{user.user_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(user.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._cache.pop(user.user_id, None)
+
+    def create(self, make: Callable[[str], AdaptedUser]) -> AdaptedUser:
+        """Reserve a fresh id (O_EXCL, so two replicas never hand out the same one) and store
+        ``make(user_id)``."""
+        for _ in range(8):
+            user_id = new_user_id()
+            try:
+                fd = os.open(self._path(user_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            try:
+                user = make(user_id)
+                self.put(user)
+            except BaseException:
+                self._path(user_id).unlink(missing_ok=True)
+                raise
+            return user
+        raise StoreError(f"user store {self.folder}: could not reserve a fresh user id")
+
+    @contextmanager
+    def locked(self, user_id: str) -> Iterator[None]:
+        """Exclusive cross-process lock for a read-modify-write of one user."""
+        lock_path = self.folder / f"{user_id}.lock"
+        if not valid_user_id(user_id):
+            raise KeyError(user_id)
+        with open(lock_path, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def count(self) -> int:
+        return sum(1 for p in self.folder.glob("*.json") if not p.name.startswith("."))
+
+
+def now() -> float:
+    return round(time.time(), 3)

@@ -1,0 +1,1 @@
+"""Ray Serve application of copl-ray (thin: all logic lives in ``copl_ray.serving``)."""

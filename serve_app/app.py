@@ -1,0 +1,327 @@
+"""Ray Serve application: per-user reward scoring and optimisation-free user adaptation.
+
+Start it on a finished run directory (OpenAPI docs at ``/docs``)::
+
+    serve run serve_app.app:build_app run_dir=runs/tiny          # dev, foreground
+    serve deploy serve_app/config.yaml                            # on a running cluster
+
+Requests from different users are batched together by ``@serve.batch``: one forward,
+one user embedding per row (ANCHORS.md C). Never ``@serve.multiplexed`` on the user —
+Serve splits batches by model id, which would destroy cross-user batching (A3).
+Users created over HTTP live in a shared folder (:mod:`copl_ray.serving.store`), so
+every replica sees them at once and they survive restarts and redeploys.
+"""
+
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from copl_ray.serving.settings import ServeSettings, resolve_settings
+from serve_app.schemas import (
+    AnnotationsRequest,
+    CompareRequest,
+    CompareResponse,
+    ScoreRequest,
+    ScoreResponse,
+    UserCreated,
+    UserInfo,
+    configure_limits,
+)
+
+logger = logging.getLogger("ray.serve")
+REPLICA_HEADER = "X-Replica-Id"
+
+api = FastAPI(
+    title="copl-ray reward server",
+    version="1",
+    description="Personalised reward scores (CoPL) per user; new users adapted from a few "
+    "labels without any gradient step.",
+)
+
+
+@api.middleware("http")
+async def _replica_header(request: Request, call_next):
+    """Name the replica that answered (lets clients and tests see cross-replica behaviour)."""
+    response = await call_next(request)
+    try:
+        response.headers[REPLICA_HEADER] = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (never in production)
+        pass
+    return response
+
+
+@dataclass
+class _Job:
+    emb: np.ndarray  # [D]
+    rows: list[list[int]]  # token ids, one per response
+
+
+def _rows_in(jobs: list[_Job]) -> int:
+    """Batch size counted in rows (responses), not requests."""
+    return sum(len(j.rows) for j in jobs)
+
+
+def _not_found(user_id: str) -> HTTPException:
+    return HTTPException(
+        status_code=404,
+        detail=f"unknown user {user_id!r}: not a user of this run and not created through "
+        "POST /v1/users (create one from a few labelled pairs first)",
+    )
+
+
+def _too_many(total: int, limit: int) -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "type": "too_long",
+                "loc": ("body", "annotations"),
+                "msg": f"the user would have {total} annotations; the limit is "
+                f"serve.max_annotations={limit}",
+                "input": None,
+            }
+        ]
+    )
+
+
+@serve.deployment(name="CoplRewardServer", health_check_period_s=10)
+@serve.ingress(api)
+class RewardServer:
+    def __init__(self, settings: dict[str, Any]):
+        from copl_ray.env import setup_env
+        from copl_ray.serving.adapter import UserAdapter
+        from copl_ray.serving.scorer import RewardScorer
+        from copl_ray.serving.store import UserStore
+
+        setup_env()
+        s = ServeSettings(**settings)
+        self.settings = s
+        configure_limits(s.max_responses, s.max_chars, s.max_annotations)
+        self.scorer = RewardScorer(s.run_dir, model_name=s.model, device=s.device)
+        self.adapter = UserAdapter(s.run_dir, variant=s.adapt_variant)
+        self.store = UserStore(s.users_dir)
+        self._score_batch.set_max_batch_size(max(s.batch_max_size, 2 * s.max_responses))
+        self._score_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.scorer.warmup()
+        self._started = time.time()
+
+    # ------------------------------------------------------------------ helpers
+    def _user(self, user_id: str) -> tuple[np.ndarray, dict[str, Any]]:
+        row = self.scorer.users.get(user_id)
+        if row is not None:
+            info = {
+                "user_id": user_id,
+                "kind": row.kind,
+                "seen": row.seen,
+                "n_neighbors": row.n_neighbors,
+                "fallback": row.fallback,
+            }
+            return row.embedding, info
+        created = self.store.get(user_id)
+        if created is None:
+            raise _not_found(user_id)
+        info = {
+            "user_id": user_id,
+            "kind": "created",
+            "seen": False,
+            "n_neighbors": created.n_neighbors,
+            "fallback": created.fallback,
+            "n_annotations": len(created.annotations),
+            "n_unknown": created.n_unknown,
+            "version": created.version,
+            "created_at": created.created_at,
+            "updated_at": created.updated_at,
+        }
+        return created.embedding, info
+
+    def _authorize(self, authorization: str | None) -> None:
+        """Bearer token check for user-creating endpoints (constant-time; never logged)."""
+        expected = self.settings.auth_token_sha256
+        if not expected:
+            return
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise HTTPException(
+                status_code=401,
+                detail="this endpoint needs 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        given = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(status_code=403, detail="invalid bearer token")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
+    async def _score_batch(self, jobs: list[_Job]) -> list[np.ndarray]:
+        # The forward runs in a worker thread so the event loop keeps accepting requests
+        # (they form the next batch) while torch computes this one.
+        return await asyncio.to_thread(self.scorer.score_requests, [(j.emb, j.rows) for j in jobs])
+
+    async def _score(self, emb: np.ndarray, prompt: str, responses: list[str]) -> np.ndarray:
+        return await self._score_batch(_Job(emb, self.scorer.encode(prompt, responses)))
+
+    # ------------------------------------------------------------------ routes
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        """One score per response for this user (higher = preferred by the user)."""
+        emb, _ = self._user(req.user_id)
+        scores = await self._score(emb, req.prompt, req.responses)
+        return ScoreResponse(
+            user_id=req.user_id, scores=[float(x) for x in scores], model=self.settings.model
+        )
+
+    @api.post("/v1/compare", response_model=CompareResponse)
+    async def compare(self, req: CompareRequest) -> CompareResponse:
+        """p(a ≻ b | user) = σ(f(a) − f(b)); a and b are tokenised once, scored in one forward."""
+        emb, _ = self._user(req.user_id)
+        sa, sb = (float(x) for x in await self._score(emb, req.prompt, [req.a, req.b]))
+        p = float(1.0 / (1.0 + np.exp(-(sa - sb))))
+        return CompareResponse(
+            user_id=req.user_id, p_a_over_b=p, score_a=sa, score_b=sb, model=self.settings.model
+        )
+
+    @api.post("/v1/users", response_model=UserCreated, status_code=201)
+    async def create_user(
+        self, req: AnnotationsRequest, authorization: str | None = Header(default=None)
+    ) -> UserCreated:
+        """A new user from a few labelled pairs (optimisation-free adaptation, no gradient)."""
+        self._authorize(authorization)
+        from copl_ray.serving.store import AdaptedUser, now
+
+        anns = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
+        res = await asyncio.to_thread(self.adapter.adapt, anns)
+
+        def make(user_id: str) -> AdaptedUser:
+            t = now()
+            return AdaptedUser(
+                user_id, res.embedding, res.n_neighbors, res.fallback, res.n_unknown, anns, t, t
+            )
+
+        user = self.store.create(make)
+        return UserCreated(
+            user_id=user.user_id,
+            n_neighbors=user.n_neighbors,
+            fallback=user.fallback,
+            n_annotations=len(anns),
+            n_unknown=user.n_unknown,
+            version=user.version,
+        )
+
+    @api.post("/v1/users/{user_id}/annotations", response_model=UserCreated)
+    async def add_annotations(
+        self,
+        user_id: str,
+        req: AnnotationsRequest,
+        authorization: str | None = Header(default=None),
+    ) -> UserCreated:
+        """Refine a created user: re-adapt from all of their labels (old + new)."""
+        self._authorize(authorization)
+        if self.scorer.users.get(user_id) is not None:
+            raise HTTPException(
+                status_code=409,
+                detail=f"user {user_id!r} belongs to the run (GNN stage); only users created "
+                "through POST /v1/users can be refined",
+            )
+        if self.store.get(user_id) is None:
+            raise _not_found(user_id)
+        new = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
+        with self.store.locked(user_id):  # read-modify-write across replicas
+            user = self.store.get(user_id)
+            if user is None:
+                raise _not_found(user_id)
+            anns = user.annotations + new
+            if len(anns) > self.settings.max_annotations:
+                raise _too_many(len(anns), self.settings.max_annotations)
+            res = self.adapter.adapt(anns, user_id=user_id)
+            from copl_ray.serving.store import AdaptedUser, now
+
+            user = AdaptedUser(
+                user_id,
+                res.embedding,
+                res.n_neighbors,
+                res.fallback,
+                res.n_unknown,
+                anns,
+                user.created_at,
+                now(),
+                user.version + 1,
+            )
+            self.store.put(user)
+        return UserCreated(
+            user_id=user_id,
+            n_neighbors=user.n_neighbors,
+            fallback=user.fallback,
+            n_annotations=len(anns),
+            n_unknown=user.n_unknown,
+            version=user.version,
+        )
+
+    @api.get("/v1/users/{user_id}", response_model=UserInfo)
+    async def get_user(
+        self, user_id: str, include_embedding: bool = Query(default=False)
+    ) -> UserInfo:
+        """What the server knows about a user (trained, adapted offline, or created here)."""
+        emb, info = self._user(user_id)
+        info["embedding_dim"] = int(emb.shape[0])
+        if include_embedding:
+            info["embedding"] = [float(x) for x in emb]
+        return UserInfo(**info)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the replica's event loop answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: model loaded, warm, and the user store reachable."""
+        ok = self.store.folder.is_dir() and os.access(self.store.folder, os.W_OK)
+        body = {
+            "status": "ready" if ok else "store unavailable",
+            "run_dir": str(self.settings.run_dir),
+            "model": self.settings.model,
+            "variant": self.scorer.variant,
+            "adapt_variant": self.settings.adapt_variant,
+            "n_run_users": len(self.scorer.users),
+            "embedding_dim": self.scorer.users.dim,
+            "uptime_s": round(time.time() - self._started, 1),
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose user store vanished is restarted."""
+        if not self.store.folder.is_dir():
+            raise RuntimeError(f"user store {self.store.folder} is not reachable")
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder for ``serve run serve_app.app:build_app run_dir=... [key=value]``.
+
+    Keys: ``run_dir`` (else ``$COPL_RUN_DIR``), ``num_replicas`` (fixed count instead of
+    autoscaling), ``auth_token_sha256``, and any ``ServeConfig`` field (``max_responses=4``).
+    Values override the ``serve`` section of ``run_dir/config.yaml``.
+    """
+    s = resolve_settings(dict(args))
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        "max_ongoing_requests": max(64, 2 * s.target_ongoing_requests),
+    }
+    if s.num_replicas is not None:
+        options["num_replicas"] = s.num_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        }
+    logger.info("copl-ray serve: run_dir=%s model=%s", s.run_dir, s.model)
+    return RewardServer.options(**options).bind(s.to_dict())

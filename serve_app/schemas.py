@@ -1,0 +1,127 @@
+"""HTTP schemas of the v1 API, validated by pydantic (violations -> 422 with the field path).
+
+Limits (``serve.max_responses``, ``serve.max_chars``, ``serve.max_annotations``) are
+read at validation time from :data:`LIMITS`, which each replica sets once from its
+resolved ``ServeConfig`` (:func:`configure_limits`); a replica is one process, so the
+module-level value is that replica's configuration. A violation names the offending
+field, e.g. ``["body", "responses", 3]: text has 9001 characters; the limit is
+serve.max_chars=8000``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+@dataclass
+class Limits:
+    max_responses: int = 16
+    max_chars: int = 8000
+    max_annotations: int = 64
+
+
+LIMITS = Limits()
+
+
+def configure_limits(max_responses: int, max_chars: int, max_annotations: int) -> None:
+    LIMITS.max_responses = int(max_responses)
+    LIMITS.max_chars = int(max_chars)
+    LIMITS.max_annotations = int(max_annotations)
+
+
+def _check_text(v: str) -> str:
+    if len(v) > LIMITS.max_chars:
+        raise ValueError(
+            f"text has {len(v)} characters; the limit is serve.max_chars={LIMITS.max_chars}"
+        )
+    return v
+
+
+def _check_responses(v: list[str]) -> list[str]:
+    if len(v) > LIMITS.max_responses:
+        raise ValueError(
+            f"{len(v)} responses; the limit is serve.max_responses={LIMITS.max_responses}"
+        )
+    return v
+
+
+def _check_annotations(v: list) -> list:
+    if len(v) > LIMITS.max_annotations:
+        raise ValueError(
+            f"{len(v)} annotations; the limit is serve.max_annotations={LIMITS.max_annotations}"
+        )
+    return v
+
+
+Text = Annotated[str, AfterValidator(_check_text)]
+UserId = Annotated[str, Field(min_length=1, max_length=128, examples=["u0001"])]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoreRequest(_Strict):
+    user_id: UserId
+    prompt: Text
+    responses: Annotated[list[Text], Field(min_length=1), AfterValidator(_check_responses)]
+
+
+class ScoreResponse(BaseModel):
+    user_id: str
+    scores: list[float] = Field(description="f(user, prompt, response), one per response")
+    model: str
+
+
+class CompareRequest(_Strict):
+    user_id: UserId
+    prompt: Text
+    a: Text
+    b: Text
+
+
+class CompareResponse(BaseModel):
+    user_id: str
+    p_a_over_b: float = Field(description="p(a ≻ b | user) = σ(f(a) − f(b))")
+    score_a: float
+    score_b: float
+    model: str
+
+
+class AnnotationIn(_Strict):
+    prompt: Text
+    chosen: Text
+    rejected: Text
+
+
+class AnnotationsRequest(_Strict):
+    annotations: Annotated[
+        list[AnnotationIn], Field(min_length=1), AfterValidator(_check_annotations)
+    ]
+
+
+class UserCreated(BaseModel):
+    user_id: str
+    n_neighbors: int = Field(description="seen users reached by positive edges (k hops)")
+    fallback: bool = Field(description="no neighbour was reached: the fallback embedding is used")
+    n_annotations: int
+    n_unknown: int = Field(description="annotation texts that are not responses of the run")
+    version: int
+
+
+class UserInfo(BaseModel):
+    user_id: str
+    kind: str = Field(description="trained | adapted (offline, by the GNN stage) | created (API)")
+    seen: bool
+    n_neighbors: int
+    fallback: bool
+    n_annotations: int | None = None
+    n_unknown: int | None = None
+    version: int | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    embedding_dim: int
+    embedding: list[float] | None = None

@@ -1,0 +1,94 @@
+"""Per-user export: a standard PEFT LoRA folder that scores exactly like copl-ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from copl_ray.config import load_config
+from copl_ray.reward import PersonalRewardModel, train_tokenizer
+
+TEXTS = [
+    "Human: fix a pipe\n\nAssistant: steps : turn off water , example wrench , careful",
+    "Human: fix a pipe\n\nAssistant: call someone",
+    "Human: clean windows\n\nAssistant: precisely numbers of steps , careful with ladders",
+    "Human: clean windows\n\nAssistant: warning : perhaps wait",
+]
+USER_DIM = 8
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_tokenizer(TEXTS * 4, 100, tmp_path_factory.mktemp("tok"))
+
+
+def make(variant, tok, **kw):
+    rc = dataclasses.replace(load_config("tiny").reward, dropout=0.0, **kw)
+    model = PersonalRewardModel.build(rc, variant, USER_DIM, n_users=4, tokenizer=tok)
+    with torch.no_grad():  # trained-looking adapters: B = 0 at init would hide mistakes
+        for _, layer in model.mole.mole_layers():
+            layer.lora_B.normal_(std=0.1)
+    return model.eval()
+
+
+def load_exported(out):
+    base = AutoModelForSequenceClassification.from_pretrained(out / "base", num_labels=1)
+    return PeftModel.from_pretrained(base, out).eval()
+
+
+@pytest.mark.parametrize(
+    ("variant", "kw", "rank"),
+    [
+        ("copl", {}, 2 * 4),  # tiny preset: r = 4 → shared + 1 expert = rank 8
+        ("copl", {"gate_per_module": True, "top_k": 2,
+                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                     "up_proj", "down_proj"]}, 3 * 4),
+        ("no_gnn", {}, 2 * 4),
+        ("uniform", {}, 16),
+    ],
+)
+def test_exported_peft_scores_like_copl_ray(tok, tmp_path, variant, kw, rank):
+    model = make(variant, tok, **kw)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")  # right padding (HF pools by pad id)
+    g = torch.Generator().manual_seed(1)
+    users = torch.randn(2, USER_DIM, generator=g)
+    for u in range(2):
+        out = tmp_path / f"user{u}"
+        model.export_user_peft(users[u], out, user_index=u)
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        assert cfg["r"] == rank and cfg["task_type"] == "SEQ_CLS"
+        assert "score" in cfg["modules_to_save"]  # peft adds its SEQ_CLS defaults too
+        assert (out / "adapter_model.safetensors").exists()
+        hf = load_exported(out)
+        with torch.no_grad():
+            ours = model(enc["input_ids"], enc["attention_mask"], users[u:u + 1],
+                         torch.tensor([u]))
+            theirs = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        assert theirs.shape == (4, 1)
+        torch.testing.assert_close(theirs[:, 0], ours, rtol=1e-5, atol=1e-5)
+
+
+def test_two_users_export_different_adapters(tok, tmp_path):
+    """Guard against an export that ignores the user: two routed users, two scorings."""
+    model = make("copl", tok, temperature=0.05)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    g = torch.Generator().manual_seed(2)
+    users = torch.randn(16, USER_DIM, generator=g)
+    experts = model.gate_weights(users).argmax(-1)
+    a, b = 0, int((experts != experts[0]).nonzero()[0, 0])  # two users on different experts
+    scores = []
+    for u in (a, b):
+        model.export_user_peft(users[u], tmp_path / str(u))
+        with torch.no_grad():
+            scores.append(load_exported(tmp_path / str(u))(**enc).logits[:, 0])
+    assert not torch.allclose(scores[0], scores[1])
+
+
+def test_no_mole_cannot_export(tok, tmp_path):
+    with pytest.raises(ValueError, match="no per-user LoRA form"):
+        make("no_mole", tok).export_user_peft(torch.zeros(USER_DIM), tmp_path)

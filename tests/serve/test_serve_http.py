@@ -1,0 +1,370 @@
+"""The Serve application over real HTTP on 127.0.0.1, two replicas, the tiny run.
+
+Reference values are computed in this process from the run's artifacts through a
+different code path than the server's (fixed max_length padding like training,
+``adapt_unseen_users`` on response ids), so a bug in batching, padding, text→id mapping,
+or user lookup shows up as a mismatch. Tolerances: scores are float32 sums over a few
+hundred terms; a different padded length changes the matmul shapes and therefore the
+rounding (~1e-6 relative), never more than 1e-4 absolute for |score| ≲ 10.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import requests
+import torch
+
+SCORE_ATOL = 1e-4
+EMB_ATOL = 1e-6  # same float32 arithmetic on the same ids: equal up to summation order
+TOKEN_ENV = "COPL_TEST_SERVE_TOKEN"
+TOKEN = "test-token-4f1c"
+APP = "copl_test"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tiny_run, tmp_path_factory):
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    os.environ[TOKEN_ENV] = TOKEN
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "run_dir": str(tiny_run.root),
+        "users_dir": str(tmp_path_factory.mktemp("serve_users")),  # the shared run stays clean
+        "num_replicas": 2,
+        "num_cpus": 0.1,
+        "auth_token_env": TOKEN_ENV,
+        "max_responses": 4,
+        "max_chars": 2000,
+        "max_annotations": 12,
+    }
+    url = f"http://127.0.0.1:{port}"
+
+    def deploy():
+        serve.run(build_app(args), name=APP, route_prefix="/")
+        _wait_ready(url)
+
+    deploy()
+    yield {"url": url, "run": tiny_run, "redeploy": deploy, "args": args}
+    serve.shutdown()
+    os.environ.pop(TOKEN_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_run):
+    """In-process reference: the saved model, tokenizer, tables and GNN artifacts."""
+    from copl_ray.data.ray_data import tokenize_texts
+    from copl_ray.data.tables import PreferenceTables, format_text
+    from copl_ray.graph.artifacts import GNNArtifacts
+    from copl_ray.reward.backbone import load_tokenizer
+    from copl_ray.reward.model import PersonalRewardModel
+    from copl_ray.serving.adapter import run_adapt_config
+    from copl_ray.serving.scorer import find_tokenizer_dir, reward_max_length
+
+    model_dir = tiny_run.reward("copl")
+    model = PersonalRewardModel.load(model_dir).eval()
+    tok = load_tokenizer(find_tokenizer_dir(tiny_run, "copl"))
+    max_length = reward_max_length(model_dir, model)
+    users = pq.read_table(tiny_run.gnn / "user_embeddings.parquet").to_pandas()
+    emb = {u: np.asarray(e, np.float32) for u, e in zip(users["user_id"], users["embedding"])}
+
+    @torch.inference_mode()
+    def scores(user_emb: np.ndarray, prompt: str, responses: list[str]) -> np.ndarray:
+        ids, mask = tokenize_texts(tok, [format_text(prompt, r) for r in responses], max_length)
+        e = torch.from_numpy(np.repeat(user_emb[None], len(responses), 0))
+        out = model(torch.from_numpy(ids).long(), torch.from_numpy(mask).long(), user_emb=e)
+        return out.float().numpy()
+
+    return {
+        "scores": scores,
+        "emb": emb,
+        "users": users,
+        "tables": PreferenceTables.read(tiny_run.data),
+        "art": GNNArtifacts.load(tiny_run.gnn),
+        "adapt_cfg": run_adapt_config(tiny_run),
+    }
+
+
+def _prompt_and_responses(tables, k: int = 4, offset: int = 0) -> tuple[str, list[str]]:
+    resp = tables.responses
+    pid = sorted(resp["prompt_id"].unique())[offset]
+    rows = resp[resp["prompt_id"] == pid].head(k)
+    return str(rows["prompt"].iloc[0]), [str(t) for t in rows["text"]]
+
+
+def _survey_texts(tables, user_id: str) -> tuple[pd.DataFrame, list[dict]]:
+    ann = tables.annotations
+    ann = ann[(ann["user_id"] == user_id) & (ann["split"] == "survey")].reset_index(drop=True)
+    by_id = tables.responses.set_index("response_id")
+    texts = [
+        {
+            "prompt": str(by_id.loc[c, "prompt"]),
+            "chosen": str(by_id.loc[c, "text"]),
+            "rejected": str(by_id.loc[r, "text"]),
+        }
+        for c, r in zip(ann["chosen"], ann["rejected"])
+    ]
+    return ann, texts
+
+
+def _offline(ref, ann: pd.DataFrame, variant: str = "weighted") -> pd.Series:
+    from copl_ray.graph.adapt import adapt_unseen_users
+
+    df = ann[["user_id", "chosen", "rejected"]].assign(user_id="offline")
+    return adapt_unseen_users(ref["art"], df, ref["adapt_cfg"], variant=variant).iloc[0]
+
+
+def _post(url, path, body, headers=None):
+    return requests.post(f"{url}{path}", json=body, headers=headers or {}, timeout=60)
+
+
+# --------------------------------------------------------------------------- scoring
+def test_docs_health_ready(served):
+    url = served["url"]
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{url}/readyz", timeout=10).json()
+    assert ready["status"] == "ready" and ready["model"] == "copl"
+    spec = requests.get(f"{url}/openapi.json", timeout=10).json()
+    assert {"/v1/score", "/v1/compare", "/v1/users", "/v1/users/{user_id}"} <= set(spec["paths"])
+    assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+
+
+def test_scores_match_in_process_model_across_concurrent_users(served, ref):
+    """Concurrent requests from different users share batches; each row keeps its own user."""
+    users = ref["users"]
+    picks = list(users[users["kind"] == "trained"]["user_id"].head(10))
+    picks += list(users[users["kind"] == "adapted"]["user_id"].head(2))
+    prompt, responses = _prompt_and_responses(ref["tables"])
+
+    def call(u):
+        return _post(
+            served["url"], "/v1/score", {"user_id": u, "prompt": prompt, "responses": responses}
+        )
+
+    with ThreadPoolExecutor(len(picks)) as pool:
+        results = list(pool.map(call, picks))
+    spread = []
+    for u, r in zip(picks, results):
+        assert r.status_code == 200, r.text
+        got = np.asarray(r.json()["scores"])
+        want = ref["scores"](ref["emb"][u], prompt, responses)
+        np.testing.assert_allclose(got, want, atol=SCORE_ATOL, err_msg=u)
+        spread.append(want)
+    # the users' embeddings really reach the model: scores are not all identical across users
+    assert np.ptp(np.stack(spread), axis=0).max() > 1e-3
+
+    a, b = responses[0], responses[1]
+    r = _post(served["url"], "/v1/compare", {"user_id": picks[0], "prompt": prompt, "a": a, "b": b})
+    assert r.status_code == 200, r.text
+    sa, sb = ref["scores"](ref["emb"][picks[0]], prompt, [a, b])
+    assert abs(r.json()["p_a_over_b"] - 1 / (1 + np.exp(-(sa - sb)))) < 1e-4
+
+
+# ----------------------------------------------------------------------- adaptation
+def _unseen_user(ref) -> str:
+    users = ref["tables"].users
+    return str(users[~users["seen"]]["user_id"].iloc[0])
+
+
+def test_created_user_scores_like_offline_adaptation(served, ref):
+    url, u = served["url"], _unseen_user(ref)
+    ann, texts = _survey_texts(ref["tables"], u)
+    assert len(ann) >= 4
+    r = _post(url, "/v1/users", {"annotations": texts}, AUTH)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    off = _offline(ref, ann)
+    assert created["n_neighbors"] == int(off["n_neighbors"])
+    assert created["fallback"] == bool(off["fallback"]) and created["n_unknown"] == 0
+    new_id = created["user_id"]
+
+    info = requests.get(f"{url}/v1/users/{new_id}", params={"include_embedding": 1}, timeout=30)
+    assert info.status_code == 200 and info.json()["kind"] == "created"
+    np.testing.assert_allclose(
+        info.json()["embedding"], np.asarray(off["embedding"]), atol=EMB_ATOL
+    )
+
+    prompt, responses = _prompt_and_responses(ref["tables"], offset=1)
+    got = _post(url, "/v1/score", {"user_id": new_id, "prompt": prompt, "responses": responses})
+    want = ref["scores"](np.asarray(off["embedding"], np.float32), prompt, responses)
+    np.testing.assert_allclose(got.json()["scores"], want, atol=SCORE_ATOL)
+
+
+def test_refine_readapts_with_all_labels(served, ref):
+    url, u = served["url"], _unseen_user(ref)
+    ann, texts = _survey_texts(ref["tables"], u)
+    half = len(texts) // 2
+    first = _post(url, "/v1/users", {"annotations": texts[:half]}, AUTH).json()
+    r = _post(url, f"/v1/users/{first['user_id']}/annotations", {"annotations": texts[half:]}, AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 2 and r.json()["n_annotations"] == len(texts)
+    info = requests.get(f"{url}/v1/users/{first['user_id']}?include_embedding=true", timeout=30)
+    off_all = _offline(ref, ann)
+    np.testing.assert_allclose(
+        info.json()["embedding"], np.asarray(off_all["embedding"]), atol=EMB_ATOL
+    )
+    # refining changes the user when the new labels add information
+    off_half = _offline(ref, ann.iloc[:half])
+    if not np.allclose(off_half["embedding"], off_all["embedding"], atol=1e-4):
+        assert not np.allclose(info.json()["embedding"], off_half["embedding"], atol=1e-4)
+
+
+def test_unknown_texts_are_counted(served, ref):
+    _, texts = _survey_texts(ref["tables"], _unseen_user(ref))
+    texts = [dict(texts[0]), *texts[1:3]]
+    texts[0]["chosen"] = "a response this run has never seen"
+    texts[0]["rejected"] = "neither has it seen this one"
+    r = _post(served["url"], "/v1/users", {"annotations": texts}, AUTH)
+    assert r.status_code == 201 and r.json()["n_unknown"] == 2
+
+
+# ------------------------------------------------------------- limits, auth, 404
+def _loc(r: requests.Response) -> list:
+    assert r.status_code == 422, r.text
+    return [tuple(e["loc"]) for e in r.json()["detail"]]
+
+
+def test_limits_are_422_with_field_path(served, ref):
+    url = served["url"]
+    u = str(ref["users"]["user_id"].iloc[0])
+    prompt, responses = _prompt_and_responses(ref["tables"])
+    too_many = {"user_id": u, "prompt": prompt, "responses": responses + ["x"]}  # limit 4
+    assert ("body", "responses") in _loc(_post(url, "/v1/score", too_many))
+    long = {"user_id": u, "prompt": prompt, "responses": ["ok", "y" * 2001]}  # limit 2000
+    assert ("body", "responses", 1) in _loc(_post(url, "/v1/score", long))
+    long_b = {"user_id": u, "prompt": prompt, "a": "ok", "b": "z" * 2001}
+    assert ("body", "b") in _loc(_post(url, "/v1/compare", long_b))
+    assert ("body", "responses") in _loc(
+        _post(url, "/v1/score", {"user_id": u, "prompt": prompt, "responses": []})
+    )
+    assert ("body", "extra") in _loc(
+        _post(url, "/v1/score", {"user_id": u, "prompt": "p", "responses": ["a"], "extra": 1})
+    )
+    _, texts = _survey_texts(ref["tables"], _unseen_user(ref))
+    many = {"annotations": (texts * 13)[:13]}  # limit 12
+    assert ("body", "annotations") in _loc(_post(url, "/v1/users", many, AUTH))
+    bad_item = {"annotations": [{"prompt": "p", "chosen": "c"}]}
+    assert ("body", "annotations", 0, "rejected") in _loc(_post(url, "/v1/users", bad_item, AUTH))
+    # refining past the per-user total is refused with the same field path
+    uid = _post(url, "/v1/users", {"annotations": (texts * 2)[:8]}, AUTH).json()["user_id"]
+    more = {"annotations": (texts * 2)[:5]}
+    r = _post(url, f"/v1/users/{uid}/annotations", more, AUTH)
+    assert ("body", "annotations") in _loc(r) and "13" in r.text
+
+
+def test_auth_guards_user_creation_only(served, ref):
+    url = served["url"]
+    _, texts = _survey_texts(ref["tables"], _unseen_user(ref))
+    body = {"annotations": texts[:2]}
+    r = _post(url, "/v1/users", body)
+    assert r.status_code == 401 and r.headers.get("WWW-Authenticate") == "Bearer"
+    r = _post(url, "/v1/users", body, {"Authorization": "Bearer wrong"})
+    assert r.status_code == 403 and TOKEN not in r.text
+    uid = _post(url, "/v1/users", body, AUTH).json()["user_id"]
+    assert _post(url, f"/v1/users/{uid}/annotations", body).status_code == 401
+    assert (
+        _post(url, f"/v1/users/{uid}/annotations", body, {"Authorization": "Bearer x"}).status_code
+        == 403
+    )
+    prompt, responses = _prompt_and_responses(ref["tables"])
+    ok = _post(url, "/v1/score", {"user_id": uid, "prompt": prompt, "responses": responses})
+    assert ok.status_code == 200  # scoring needs no token
+
+
+def test_unknown_user_is_404_with_message(served, ref):
+    url = served["url"]
+    prompt, responses = _prompt_and_responses(ref["tables"])
+    for path, body in [
+        ("/v1/score", {"user_id": "nobody", "prompt": prompt, "responses": responses}),
+        ("/v1/compare", {"user_id": "nobody", "prompt": prompt, "a": "x", "b": "y"}),
+        (
+            "/v1/users/nobody/annotations",
+            {"annotations": [{"prompt": "p", "chosen": "c", "rejected": "r"}]},
+        ),
+    ]:
+        r = _post(url, path, body, AUTH)
+        assert r.status_code == 404 and "unknown user 'nobody'" in r.json()["detail"], path
+    r = requests.get(f"{url}/v1/users/..%2Fetc", timeout=10)
+    assert r.status_code == 404
+    seen = str(ref["users"]["user_id"].iloc[0])
+    r = _post(
+        url,
+        f"/v1/users/{seen}/annotations",
+        {"annotations": [{"prompt": "p", "chosen": "c", "rejected": "r"}]},
+        AUTH,
+    )
+    assert r.status_code == 409
+
+
+# ---------------------------------------------------------------------- replicas
+def _replica(r: requests.Response) -> str:
+    rid = r.headers.get("X-Replica-Id")
+    assert rid, "every response names its replica"
+    return rid
+
+
+def test_user_created_on_one_replica_is_scored_by_the_other(served, ref):
+    url = served["url"]
+    _, texts = _survey_texts(ref["tables"], _unseen_user(ref))
+    r = _post(url, "/v1/users", {"annotations": texts}, AUTH)
+    creator, new_id = _replica(r), r.json()["user_id"]
+    prompt, responses = _prompt_and_responses(ref["tables"])
+    body = {"user_id": new_id, "prompt": prompt, "responses": responses}
+    first = _post(url, "/v1/score", body)
+    by_replica = {}
+    for _ in range(200):  # bounded: the router picks among 2 replicas at random
+        r = _post(url, "/v1/score", body)
+        assert r.status_code == 200, r.text
+        by_replica.setdefault(_replica(r), r.json()["scores"])
+        if len(by_replica) == 2:
+            break
+    assert len(by_replica) == 2 and creator in by_replica
+    for scores in by_replica.values():
+        np.testing.assert_allclose(scores, first.json()["scores"], atol=1e-6)
+
+
+def test_restart_keeps_users(served, ref):
+    from ray import serve
+
+    url = served["url"]
+    _, texts = _survey_texts(ref["tables"], _unseen_user(ref))
+    new_id = _post(url, "/v1/users", {"annotations": texts}, AUTH).json()["user_id"]
+    prompt, responses = _prompt_and_responses(ref["tables"])
+    body = {"user_id": new_id, "prompt": prompt, "responses": responses}
+    before = _post(url, "/v1/score", body).json()["scores"]
+    old = {_replica(requests.get(f"{url}/healthz", timeout=10)) for _ in range(20)}
+    serve.delete(APP)
+    served["redeploy"]()
+    r = _post(url, "/v1/score", body)
+    assert r.status_code == 200, r.text
+    assert _replica(r) not in old  # really a new replica
+    np.testing.assert_allclose(r.json()["scores"], before, atol=1e-6)

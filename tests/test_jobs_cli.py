@@ -1,0 +1,68 @@
+"""``python jobs/*.py`` as a user runs them: report path last, clear errors, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "data.n_users=40", "--set", "data.n_unseen_users=4",
+         "--set", "data.synthetic.n_prompts=60"]  # fmt: skip
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_full_py_data_stage_prints_report_path_last(tmp_path):
+    """A subprocess that starts its own local Ray; the last stdout line is report.json."""
+    r = _run("jobs/full.py", "--stages", "data", "--run-dir", str(tmp_path / "run"), *SMALL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last == str((tmp_path / "run" / "report.json").resolve())
+    rep = json.loads(Path(last).read_text())
+    assert rep["executed"] == ["data"] and rep["data"]["n_users_seen"] == 40
+    assert "stage 1/1 [data] running" in r.stdout
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "gnn.epochs=many"], "gnn.epochs: expected int, got 'many'"),
+        (["--set", "gnn.epoch=3"], "gnn.epoch: unknown key"),
+        (["--config", "no-such-preset"], "no such file or preset"),
+        (["--stages", "data,trian"], "unknown stage(s) trian"),
+        (["--data", "/nonexistent/prefs.csv"], "--data /nonexistent/prefs.csv: no such file"),
+    ],
+)
+def test_bad_config_exits_2_without_traceback(tmp_path, args, message):
+    r = _run("jobs/full.py", "--run-dir", str(tmp_path), *args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_own_data_file_names_the_row_and_exits_2(tmp_path):
+    bad = tmp_path / "prefs.csv"
+    bad.write_text("user_id,prompt,chosen,rejectd\nu1,hi,a,b\n")  # misspelt column
+    r = _run("jobs/full.py", "--data", str(bad), "--stages", "data",
+             "--run-dir", str(tmp_path / "run"), timeout=300)  # fmt: skip
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "prefs.csv" in r.stderr and "rejected" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stage_jobs_share_the_arguments():
+    for job in ("gnn", "reward", "eval", "full"):
+        r = _run(f"jobs/{job}.py", "--help", timeout=60)
+        assert r.returncode == 0
+        for flag in ("--config", "--set", "--stages", "--run-dir", "--data", "--force"):
+            assert flag in r.stdout, (job, flag)
