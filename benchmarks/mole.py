@@ -18,7 +18,7 @@ Variants
 Goals (issue §7): mole ≤ 1.15× lora16 step time; mole ≥ 3× faster than loop (reported both
 for the full step and for the adapter overhead = step − base).
 
-    python benchmarks/mole.py                         # CPU default (hidden 1024, 2 layers)
+    python benchmarks/mole.py                         # CPU default (one gemma-2b layer)
     python benchmarks/mole.py --shape gemma-2b --device cuda --dtype bfloat16 --batch 8 --seq 512
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -40,13 +39,27 @@ import torch.nn.functional as F
 from torch import nn
 
 SHAPES = {
-    # visible LoRA cost on a 2-core CPU, a few seconds per step
-    "cpu": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
-                num_attention_heads=8, num_key_value_heads=1, head_dim=128, vocab_size=2000),
+    # ONE gemma-2b-shaped decoder layer, small vocab: the real adapter/base cost ratio,
+    # a few seconds per step on a 2-core CPU
+    "cpu": dict(
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        vocab_size=2000,
+    ),
     # gemma-2b (public HF config), random weights
-    "gemma-2b": dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
-                     num_attention_heads=8, num_key_value_heads=1, head_dim=256,
-                     vocab_size=256000),
+    "gemma-2b": dict(
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=18,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        vocab_size=256000,
+    ),
 }
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VARIANTS = ["base", "lora16", "lora64", "mole", "mole_pm", "loop"]
@@ -57,20 +70,21 @@ USER_DIM = 512
 class LoopMoLELinear(nn.Module):
     """Per-expert loop as in the official peft fork: gate per module, SparseDispatcher."""
 
-    def __init__(self, base: nn.Linear, rank: int, n_experts: int, alpha: float,
-                 gate_hidden: int) -> None:
+    def __init__(
+        self, base: nn.Linear, rank: int, n_experts: int, alpha: float, gate_hidden: int
+    ) -> None:
         super().__init__()
         self.base_layer, self.scaling, self.n = base, alpha / rank, n_experts
         d_in, d_out = base.in_features, base.out_features
         self.experts_A = nn.ModuleList(nn.Linear(d_in, rank, bias=False) for _ in range(n_experts))
-        self.experts_B = nn.ModuleList(nn.Linear(rank, d_out, bias=False)
-                                       for _ in range(n_experts))
+        self.experts_B = nn.ModuleList(nn.Linear(rank, d_out, bias=False) for _ in range(n_experts))
         for b in self.experts_B:
             nn.init.normal_(b.weight, std=1e-3)
         self.shared_A = nn.Linear(d_in, rank, bias=False)
         self.shared_B = nn.Linear(rank, d_out, bias=False)
-        self.w_gate = nn.Sequential(nn.Linear(USER_DIM, gate_hidden), nn.ReLU(),
-                                    nn.Linear(gate_hidden, n_experts))
+        self.w_gate = nn.Sequential(
+            nn.Linear(USER_DIM, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, n_experts)
+        )
         self.dropout = nn.Dropout(0.1)
         self.input_emb: torch.Tensor | None = None  # set on every layer before each forward
 
@@ -129,14 +143,21 @@ def build(variant: str, shape: dict, dtype: torch.dtype, device: str, targets: l
         return backbone, wrap_loop(backbone, targets, 8, 8)
     kw = dict(dropout=0.1, user_dim=USER_DIM, gate_hidden=256, gate_noise=0.1)
     if variant == "base":
-        mcfg = MoLEConfig(target_modules=["layers.0.self_attn.q_proj"], num_experts=0, rank=1,
-                          alpha=2.0, **kw)
+        mcfg = MoLEConfig(
+            target_modules=["layers.0.self_attn.q_proj"], num_experts=0, rank=1, alpha=2.0, **kw
+        )
     elif variant.startswith("lora"):
         r = int(variant[4:])
         mcfg = MoLEConfig(target_modules=targets, num_experts=0, rank=r, alpha=2.0 * r, **kw)
     else:
-        mcfg = MoLEConfig(target_modules=targets, num_experts=8, rank=8, alpha=16.0,
-                          gate_per_module=variant == "mole_pm", **kw)
+        mcfg = MoLEConfig(
+            target_modules=targets,
+            num_experts=8,
+            rank=8,
+            alpha=16.0,
+            gate_per_module=variant == "mole_pm",
+            **kw,
+        )
     return MoLEModel(backbone, mcfg).to(device), None
 
 
@@ -182,13 +203,85 @@ def run_variant(args: argparse.Namespace) -> dict:
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     n_trainable = sum(p.numel() for p in params)
-    n_base = sum(p.numel() for n, p in model.named_parameters()
-                 if not p.requires_grad and "embed_tokens" not in n)
-    return dict(variant=args.variant, step_s=statistics.median(times), min_s=min(times),
-                peak_bytes=peak, trainable=n_trainable, base_params=n_base)
+    n_base = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if not p.requires_grad and "embed_tokens" not in n
+    )
+    return dict(
+        variant=args.variant,
+        step_s=min(times),
+        median_s=statistics.median(times),
+        peak_bytes=peak,
+        trainable=n_trainable,
+        base_params=n_base,
+    )
+
+
+# ----------------------------------------------------------------- layer micro-benchmark
+def micro(args: argparse.Namespace, d: int = 2048) -> None:
+    """Adapter path alone on one d×d projection: (wrapped layer − bare layer) fwd+bwd time."""
+    from copl_ray.mole import MoLELinear, RouteContext, expand_scale
+
+    device, dtype = args.device, getattr(torch, args.dtype)
+    b, t = args.batch, args.seq
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * b, t, d, generator=g).to(device, dtype).requires_grad_(True)
+    users = torch.randn(b, USER_DIM, generator=g).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def bench(layer: nn.Module, before=lambda: None) -> float:
+        times = []
+        for i in range(args.warmup + 3 * args.steps):
+            t0 = time.perf_counter()
+            before()
+            layer(x).float().square().mean().backward()
+            sync()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        return min(times)
+
+    base = nn.Linear(d, d, bias=False, device=device, dtype=dtype).requires_grad_(False)
+    bare = bench(base)
+    res = {}
+    for name, r, m in (("lora16", 16, 0), ("lora64", 64, 0), ("mole", 8, 8)):
+        route = RouteContext()
+        layer = MoLELinear(
+            base,
+            rank=r,
+            num_experts=m,
+            alpha=2.0 * r,
+            dropout=0.1,
+            route=route if m else None,
+            dtype=torch.float32,
+        ).to(device)
+        if m:
+            gate = nn.Sequential(nn.Linear(USER_DIM, 256), nn.ReLU(), nn.Linear(256, m)).to(device)
+
+            def set_route(gate=gate, route=route):
+                p = torch.softmax(gate(users).float(), -1)
+                top_p, top_i = p.topk(1, -1)
+                w = torch.zeros_like(p).scatter(-1, top_i, top_p)
+                route.set(expand_scale(w, 8)[None].repeat(1, 2, 1))
+
+            res[name] = bench(layer, set_route) - bare
+        else:
+            res[name] = bench(layer) - bare
+    loop = LoopMoLELinear(base, 8, 8, 16.0, 256).to(device)
+    loop.input_emb = users
+    res["loop"] = bench(loop) - bare
+    print(
+        f"layer micro-benchmark ({d}×{d} projection, {2 * b}×{t} rows, fwd+bwd, min of "
+        f"{3 * args.steps}): bare {bare * 1e3:.2f} ms; adapter overhead ms: "
+        + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in res.items())
+        + f"; loop / mole {res['loop'] / max(res['mole'], 1e-9):.2f}"
+    )
 
 
 # ----------------------------------------------------------------- orchestration
@@ -203,8 +296,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.node()} / {cpu} / {os.cpu_count()} cores / torch threads " \
-           f"{torch.get_num_threads()}"
+    return (
+        f"{platform.node()} / {cpu} / {os.cpu_count()} cores / torch threads "
+        f"{torch.get_num_threads()}"
+    )
 
 
 def main() -> None:
@@ -218,8 +313,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--targets", choices=["all", "qv"], default="all")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="accelerator dense bf16 peak for MFU (H100/H200 SXM: 989)")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="accelerator dense bf16 peak for MFU (H100/H200 SXM: 989)",
+    )
+    ap.add_argument("--no-micro", action="store_true", help="skip the layer micro-benchmark")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if args.variant:
@@ -228,34 +328,47 @@ def main() -> None:
     shape = SHAPES[args.shape]
     tokens = 2 * args.batch * args.seq
     print(f"machine: {machine()}")
-    print(f"shape {args.shape} {shape}, dtype {args.dtype}, device {args.device}, targets "
-          f"{args.targets}, batch {args.batch} pairs × 2 × {args.seq} tokens, median of "
-          f"{args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"shape {args.shape} {shape}, dtype {args.dtype}, device {args.device}, targets "
+        f"{args.targets}, batch {args.batch} pairs × 2 × {args.seq} tokens, min of "
+        f"{args.steps} steps (a shared machine adds noise only upwards) after {args.warmup} warm-up"
+    )
     results = {}
     for v in args.variants.split(","):
         cmd = [sys.executable, __file__, "--variant", v] + [
-            a for a in sys.argv[1:] if not a.startswith("--variants")]
+            a for a in sys.argv[1:] if not a.startswith("--variants")
+        ]
         # drop a "--variants X" pair if given as two tokens
         if "--variants" in cmd:
             i = cmd.index("--variants")
-            del cmd[i:i + 2]
+            del cmd[i : i + 2]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             print(f"{v}: FAILED\n{proc.stderr[-2000:]}")
             continue
         results[v] = json.loads(proc.stdout.strip().splitlines()[-1])
     base = results.get("base", {}).get("step_s")
-    print(f"{'variant':8s} {'step s':>8s} {'tok/s':>9s} {'peak MiB':>9s} {'trainable':>10s} "
-          f"{'overhead s':>10s}" + (" MFU" if args.device == "cuda" else ""))
+    print(
+        f"{'variant':8s} {'step s':>8s} {'tok/s':>9s} {'peak MiB':>9s} {'trainable':>10s} "
+        f"{'overhead s':>10s}" + (" MFU" if args.device == "cuda" else "")
+    )
     for v, r in results.items():
         over = f"{r['step_s'] - base:10.4f}" if base else f"{'-':>10s}"
-        line = (f"{v:8s} {r['step_s']:8.4f} {tokens / r['step_s']:9.0f} "
-                f"{r['peak_bytes'] / 2**20:9.0f} {r['trainable']:10d} {over}")
+        line = (
+            f"{v:8s} {r['step_s']:8.4f} {tokens / r['step_s']:9.0f} "
+            f"{r['peak_bytes'] / 2**20:9.0f} {r['trainable']:10d} {over}"
+        )
         if args.device == "cuda":
             # frozen base: forward 2N + input-grad backward 2N FLOPs per token (+ attention)
             n = r["base_params"]
-            attn = 4 * shape["num_hidden_layers"] * args.seq * shape["num_attention_heads"] * \
-                shape["head_dim"] * 2  # QK^T and AV, fwd+bwd input grads
+            attn = (
+                4
+                * shape["num_hidden_layers"]
+                * args.seq
+                * shape["num_attention_heads"]
+                * shape["head_dim"]
+                * 2
+            )  # QK^T and AV, fwd+bwd input grads
             flops = tokens * (4 * n + attn)
             line += f" {flops / r['step_s'] / (args.peak_tflops * 1e12):.1%}"
         print(line)
@@ -265,11 +378,17 @@ def main() -> None:
         print(f"loop / mole   step time: {lp / m:.2f}  (goal ≥ 3)")
         if base:
             om, o16, olp = (x - base for x in (m, l16, lp))
-            print(f"adapter overhead over base (s): mole {om:.4f}, lora16 {o16:.4f}, "
-                  f"loop {olp:.4f}; loop / mole overhead {olp / max(om, 1e-9):.2f}")
+            print(
+                f"adapter overhead over base (s): mole {om:.4f}, lora16 {o16:.4f}, "
+                f"loop {olp:.4f}; loop / mole overhead {olp / max(om, 1e-9):.2f}"
+            )
+    if not args.no_micro:
+        micro(args)
     if "mole_pm" in results and "loop" in results:
-        print(f"loop / mole_pm step time: {results['loop']['step_s'] / results['mole_pm']['step_s']:.2f}"
-              " (both per-module gates)")
+        print(
+            f"loop / mole_pm step time: {results['loop']['step_s'] / results['mole_pm']['step_s']:.2f}"
+            " (both per-module gates)"
+        )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,11 @@ def _free_port() -> int:
 
 def _pct(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "n": len(a),
+    }
 
 
 def machine() -> str:
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     from copl_ray.env import setup_env
 
     env = setup_env()
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")  # slow, shared boxes
     import ray
     import requests
     from ray import serve
@@ -220,14 +225,16 @@ def main(argv: list[str] | None = None) -> dict:
             "auth_token_env": "COPL_BENCH_UNSET_TOKEN",
         }
         serve.run(
-            build_app(
-                {"run_dir": str(run_dir), "users_dir": str(work / "users"), **common}
-            ),
+            build_app({"run_dir": str(run_dir), "users_dir": str(work / "users"), **common}),
             name="bench",
             route_prefix="/",
         )
 
         # requests: random users x random prompts, `responses` responses each
+        import torch
+
+        # the baseline gets the replica's CPU share (Ray sets OMP_NUM_THREADS=num_cpus there)
+        torch.set_num_threads(int(common["num_cpus"]))
         scorer = RewardScorer(run_dir)
         users = scorer.users.ids
         rng = random.Random(0)

@@ -92,6 +92,7 @@ class GNNConfig:
     cpus_per_worker: float = 1.0  # Ray Train worker CPU request (keep <= 1 on 2-CPU machines)
     max_failures: int = 1  # Ray Train restarts a failed worker from its last checkpoint
     truth_pairs_per_user: int = 50  # known groups: held-out survey-pool pairs scored per user
+    loss_chunk: int = 65536  # pairs per loss chunk (bounds memory of full-graph steps)
 
 
 @dataclass
@@ -103,7 +104,6 @@ class AdaptConfig:
     user_opt_steps: int = 50
     user_opt_lr: float = 1e-2
     variants: list[str] = field(default_factory=lambda: ["weighted", "naive", "user_opt"])
-    max_hops: int = 6  # no neighbour within `hops`: widen by 2 up to this, then mean seen user
     renormalize: bool = True  # re-L2-normalise adapted embeddings when exports are normalised
 
 
@@ -157,6 +157,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # Ray Train checkpoints kept per model
     max_failures: int = 0  # Ray Train restarts from the latest checkpoint on worker failure
     val_fraction: float = 0.05  # survey slice held out for validation when no "val" split
+    cache_shards: bool = False  # keep each worker's streamed shard for later epochs (small data)
 
 
 @dataclass

@@ -123,10 +123,13 @@ def ensure_ray(cfg: Config) -> bool:
     env = setup_env()
     skip = _job_env_keys()
     runtime_env = {"env_vars": {k: v for k, v in env.items() if k not in skip}}
+    # Ray libraries' INFO lines (one per reported metric) drown the stages' own progress
+    # lines, which are printed; warnings and errors still show.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         log(f"connecting to Ray at {address}")
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_config=quiet)
     else:
         log(f"starting a local Ray ({cfg.run.num_cpus or os.cpu_count()} CPUs)")
         ray.init(
@@ -135,6 +138,7 @@ def ensure_ray(cfg: Config) -> bool:
             include_dashboard=False,
             runtime_env=runtime_env,
             log_to_driver=True,
+            logging_config=quiet,
         )
     return True
 

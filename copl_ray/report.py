@@ -16,12 +16,14 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
   ``labels_per_user``: {min, median, max}, ``controversial_share``, ``groups``: [str],
   ``drops``: {reason: int}, ``n_dropped``: int (sum of drops), ``notes``: [str]}
 - ``gnn``: {``heldout_accuracy``, ``val_accuracy``, ``test_accuracy_in_graph``,
-  ``best_epoch``, ``epochs``, ``ari``, ``seconds``} (each null when unknown)
+  ``truth_accuracy`` (vs the true group labels, synthetic data), ``best_epoch``,
+  ``epochs``, ``ari``, ``seconds``} (each null when unknown)
 - ``models``: {name: {``seen``: S, ``unseen``: S, ``training``: {scalar metrics of
   reward/<name>/metrics.json}}} where
   S = {``overall``, ``common``, ``controversial``, ``by_group``: {group: acc},
   ``n_pairs``: int|null, ``n_users``: int|null}
-- ``adaptation``: {variant: {``unseen``: S, ``gnn_accuracy``: acc|null}}
+- ``adaptation``: {variant: {``unseen``: S, ``gnn_accuracy``: acc|null,
+  ``gnn_truth_accuracy``: acc|null}}
 - ``labels_curve``: null | {``counts``: [int], ``accuracy``: [acc] or {model: [acc]}}
   (unseen-user accuracy when adapted from that many labels, Fig. 2)
 - ``expert_usage``: the eval stage's expert-allocation record, verbatim (Fig. 3)
@@ -180,7 +182,7 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
         data = dict(data)
         data["n_dropped"] = int(sum((data.get("drops") or {}).values()))
     gm = _load_json(run.gnn / "metrics.json") or {}
-    gnn_keys = ("heldout_accuracy", "val_accuracy", "test_accuracy_in_graph")
+    gnn_keys = ("heldout_accuracy", "val_accuracy", "test_accuracy_in_graph", "truth_accuracy")
     gnn = {k: _acc(gm.get(k), f"gnn/metrics.json:{k}") for k in gnn_keys}
     gnn.update({k: gm.get(k) for k in ("best_epoch", "epochs", "ari", "seconds")})
 
@@ -205,6 +207,9 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
             ),
             "gnn_accuracy": _acc(
                 (gnn_adapt.get(v) or {}).get("gnn_accuracy"), f"gnn/metrics.json:adaptation.{v}"
+            ),
+            "gnn_truth_accuracy": _acc(
+                (gnn_adapt.get(v) or {}).get("truth_accuracy"), f"gnn/metrics.json:adaptation.{v}"
             ),
         }
         for v in variants

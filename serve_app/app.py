@@ -12,7 +12,6 @@ Users created over HTTP live in a shared folder (:mod:`copl_ray.serving.store`),
 every replica sees them at once and they survive restarts and redeploys.
 """
 
-
 import asyncio
 import hashlib
 import hmac
@@ -23,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
 from copl_ray.serving.settings import ServeSettings, resolve_settings
+from copl_ray.serving.store import AdaptedUser, StoreError, UserStore, now
 from serve_app.schemas import (
     AnnotationsRequest,
     CompareRequest,
@@ -51,15 +51,47 @@ api = FastAPI(
 )
 
 
-@api.middleware("http")
-async def _replica_header(request: Request, call_next):
-    """Name the replica that answered (lets clients and tests see cross-replica behaviour)."""
-    response = await call_next(request)
-    try:
-        response.headers[REPLICA_HEADER] = serve.get_replica_context().replica_id.unique_id
-    except Exception:  # outside a replica (never in production)
-        pass
-    return response
+class ReplicaHeader:
+    """Pure-ASGI middleware naming the replica that answered (``X-Replica-Id``).
+
+    Lets clients and tests see cross-replica behaviour; pure ASGI because Starlette's
+    ``BaseHTTPMiddleware`` costs about a millisecond per request.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self._header: tuple[bytes, bytes] | None = None
+
+    def _value(self) -> tuple[bytes, bytes] | None:
+        if self._header is None:
+            try:
+                rid = serve.get_replica_context().replica_id.unique_id
+            except Exception:  # outside a replica (never in production)
+                return None
+            self._header = (REPLICA_HEADER.lower().encode(), rid.encode())
+        return self._header
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        header = self._value()
+
+        async def send_named(message):
+            if header is not None and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
+api.add_middleware(ReplicaHeader)
+
+
+@api.exception_handler(StoreError)
+async def _store_unavailable(request, exc: StoreError) -> JSONResponse:
+    """The shared user store failed (disk full, unreadable document): 503, message only."""
+    logger.error("user store error on %s: %s", request.url.path, exc)
+    return JSONResponse({"detail": f"user store unavailable: {exc}"}, status_code=503)
 
 
 @dataclass
@@ -102,7 +134,6 @@ class RewardServer:
         from copl_ray.env import setup_env
         from copl_ray.serving.adapter import UserAdapter
         from copl_ray.serving.scorer import RewardScorer
-        from copl_ray.serving.store import UserStore
 
         setup_env()
         s = ServeSettings(**settings)
@@ -195,8 +226,6 @@ class RewardServer:
     ) -> UserCreated:
         """A new user from a few labelled pairs (optimisation-free adaptation, no gradient)."""
         self._authorize(authorization)
-        from copl_ray.serving.store import AdaptedUser, now
-
         anns = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
         res = await asyncio.to_thread(self.adapter.adapt, anns)
 
@@ -234,7 +263,19 @@ class RewardServer:
         if self.store.get(user_id) is None:
             raise _not_found(user_id)
         new = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
-        with self.store.locked(user_id):  # read-modify-write across replicas
+        user = await asyncio.to_thread(self._refine, user_id, new)
+        return UserCreated(
+            user_id=user_id,
+            n_neighbors=user.n_neighbors,
+            fallback=user.fallback,
+            n_annotations=len(user.annotations),
+            n_unknown=user.n_unknown,
+            version=user.version,
+        )
+
+    def _refine(self, user_id: str, new: list) -> AdaptedUser:
+        """Read-modify-write of one created user under the store's cross-replica lock."""
+        with self.store.locked(user_id):
             user = self.store.get(user_id)
             if user is None:
                 raise _not_found(user_id)
@@ -242,9 +283,7 @@ class RewardServer:
             if len(anns) > self.settings.max_annotations:
                 raise _too_many(len(anns), self.settings.max_annotations)
             res = self.adapter.adapt(anns, user_id=user_id)
-            from copl_ray.serving.store import AdaptedUser, now
-
-            user = AdaptedUser(
+            refined = AdaptedUser(
                 user_id,
                 res.embedding,
                 res.n_neighbors,
@@ -255,15 +294,8 @@ class RewardServer:
                 now(),
                 user.version + 1,
             )
-            self.store.put(user)
-        return UserCreated(
-            user_id=user_id,
-            n_neighbors=user.n_neighbors,
-            fallback=user.fallback,
-            n_annotations=len(anns),
-            n_unknown=user.n_unknown,
-            version=user.version,
-        )
+            self.store.put(refined)
+        return refined
 
     @api.get("/v1/users/{user_id}", response_model=UserInfo)
     async def get_user(

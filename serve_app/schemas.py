@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 @dataclass
@@ -93,8 +93,14 @@ class CompareResponse(BaseModel):
 
 class AnnotationIn(_Strict):
     prompt: Text
-    chosen: Text
+    chosen: Text = Field(description="the response the user preferred")
     rejected: Text
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AnnotationIn:
+        if self.chosen == self.rejected:
+            raise ValueError("chosen and rejected are the same text")
+        return self
 
 
 class AnnotationsRequest(_Strict):

@@ -39,7 +39,9 @@ def accuracy_summary(frame: pd.DataFrame) -> dict[str, Any]:
     contr = pd.to_numeric(frame["controversial"], errors="coerce")
     groups = frame["group"].fillna("").astype(str)
     by_group = {
-        g: _acc(correct[groups == g]) for g in sorted(set(groups)) if g  # unknown groups skipped
+        g: _acc(correct[groups == g])
+        for g in sorted(set(groups))
+        if g  # unknown groups skipped
     }
     return {
         "overall": _acc(correct),

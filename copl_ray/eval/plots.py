@@ -30,7 +30,9 @@ def plot_expert_allocation(
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(
-        rows, cols, figsize=(1.2 + 0.6 * panels.shape[2] * cols, 0.9 + 0.5 * len(groups) * rows),
+        rows,
+        cols,
+        figsize=(1.2 + 0.6 * panels.shape[2] * cols, 0.9 + 0.5 * len(groups) * rows),
         squeeze=False,
     )
     for k in range(rows * cols):
@@ -48,8 +50,15 @@ def plot_expert_allocation(
         for gi in range(len(groups)):
             for e in range(panels.shape[2]):
                 v = panels[k, gi, e]
-                ax.text(e, gi, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 else "black")
+                ax.text(
+                    e,
+                    gi,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v < 0.6 else "black",
+                )
     fig.colorbar(im, ax=axes, shrink=0.8, label="share of group's users (top-1)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,11 @@ Labels on responses without a node are accepted and counted (``n_unknown`` = lab
 at least one unknown response); a known chosen/rejected response still yields its edge,
 but only pairs with both responses known enter ``γ``/User-Opt.
 
-**Fallback** (never a zero vector; REFERENCE.md B12): no neighbour within ``adapt.hops``
-→ widen by 2 hops up to ``adapt.max_hops`` → the mean seen user. ``fallback=True`` marks
-every user that did not get its neighbours within ``adapt.hops`` (User-Opt: no pair with
-both responses known). Pure torch, no Ray.
+**Fallback** (never a zero vector; REFERENCE.md B12): no neighbour by the configured rule
+→ every seen user sharing a labelled response with either sign (``fallback_kind=
+"any_sign"``; see :func:`neighbour_masks` for why more hops alone cannot help) → the mean
+seen user (``"mean_user"``). ``fallback=True`` marks both (User-Opt: no pair with both
+responses known). Pure torch, no Ray.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from copl_ray.config import AdaptConfig
 from copl_ray.graph.artifacts import GNNArtifacts
 
 VARIANTS = ("weighted", "naive", "user_opt")
-OUTPUT_COLUMNS = ["user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "hops_used"]
+OUTPUT_COLUMNS = ["user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "fallback_kind"]
 
 
 def _check_input(annotations: pd.DataFrame, cfg: AdaptConfig, variant: str) -> None:
@@ -70,7 +71,7 @@ def _check_input(annotations: pd.DataFrame, cfg: AdaptConfig, variant: str) -> N
             raise ValueError(
                 f"adaptation annotations: column {col!r} is null in row {int(np.argmax(bad))}"
             )
-    same = (annotations["chosen"].to_numpy() == annotations["rejected"].to_numpy())
+    same = annotations["chosen"].to_numpy() == annotations["rejected"].to_numpy()
     if same.any():
         raise ValueError(
             f"adaptation annotations: row {int(np.argmax(same))} has chosen == rejected"
@@ -90,45 +91,53 @@ def _hop(x: torch.Tensor, adj: torch.Tensor, adj_t: torch.Tensor) -> torch.Tenso
     return torch.sparse.mm(adj, x.T.contiguous()).T
 
 
+def _reach(
+    art: GNNArtifacts, x_pos: torch.Tensor, x_neg: torch.Tensor, hops: int, signs: tuple[str, ...]
+) -> torch.Tensor:
+    """Boolean ``[M, U]``: seen users within ``hops`` of each new user through ``signs``."""
+    mats = {s: (art.binary_adjacency(s), art.binary_adjacency(s, transpose=True)) for s in signs}
+    own = {"pos": x_pos, "neg": x_neg}
+    reach = sum(_hop(own[s], *mats[s]) for s in signs) > 0
+    for _ in range(2, hops, 2):  # each further 2 hops: user -> response -> user, same sign
+        r = reach.float().T.contiguous()
+        nxt = sum(_hop(torch.sparse.mm(mats[s][1], r).T, *mats[s]) for s in signs)
+        reach = reach | (nxt > 0)
+    return reach
+
+
 def neighbour_masks(
     art: GNNArtifacts, x_pos: torch.Tensor, x_neg: torch.Tensor, cfg: AdaptConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean ``[M, U]`` neighbour mask and the hops that produced it (0 = none found)."""
-    a_pos = art.binary_adjacency("pos")
-    a_pos_t = a_pos.transpose(0, 1).to_sparse_csr()
-    a_neg = art.binary_adjacency("neg") if cfg.include_negative else None
-    a_neg_t = a_neg.transpose(0, 1).to_sparse_csr() if a_neg is not None else None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Neighbour mask ``[M, U]`` and per user how it was found: ``""`` (the configured
+    ``adapt.hops`` rule), ``"any_sign"`` or ``"mean_user"`` (no neighbour at all).
 
-    def step_from_users(reach: torch.Tensor) -> torch.Tensor:  # [M, U] -> [M, U]
-        r = reach.float()
-        resp = torch.sparse.mm(a_pos_t, r.T.contiguous()).T  # users -> responses they chose
-        nxt = _hop(resp, a_pos, a_pos_t)
-        if a_neg is not None:
-            resp_n = torch.sparse.mm(a_neg_t, r.T.contiguous()).T
-            nxt = nxt + _hop(resp_n, a_neg, a_neg_t)
-        return (nxt > 0) | reach
-
-    first = _hop(x_pos, a_pos, a_pos_t)
-    if a_neg is not None:
-        first = first + _hop(x_neg, a_neg, a_neg_t)
-    reach = first > 0
-    hops = 2
-    while hops < cfg.hops:  # the configured radius for everyone
-        reach, hops = step_from_users(reach), hops + 2
-    found = reach.any(1)
-    hops_used = torch.where(found, torch.full_like(found, hops, dtype=torch.int64), 0)
-    while hops < cfg.max_hops and not bool(found.all()):  # widen only for the empty ones
-        wider, hops = step_from_users(reach), hops + 2
-        newly = wider.any(1) & ~found
-        reach = torch.where(newly[:, None], wider, reach)
-        hops_used = torch.where(newly, hops, hops_used)
-        found = found | newly
-    return reach, hops_used
+    Why the fallback widens the *edge set*, not the hop count: more hops only grow a
+    non-empty set — a user whose chosen responses have no positive edge has no 2-hop
+    neighbour and so none at any ``k``. The fallback therefore takes every seen user who
+    labelled (either sign) a response the new user labelled; the weighted rule's ``γ``
+    then favours those whose scores agree with the new user's labels. A user with no
+    labelled response in the graph gets the mean seen user.
+    """
+    signs = ("pos", "neg") if cfg.include_negative else ("pos",)
+    reach = _reach(art, x_pos, x_neg, cfg.hops, signs)
+    how = np.full(len(reach), "", dtype=object)
+    empty = ~reach.any(1)
+    if bool(empty.any()):
+        wide = _reach(art, x_pos + x_neg, x_pos + x_neg, 2, ("pos", "neg"))
+        reach = torch.where(empty[:, None], wide, reach)
+        how[empty.numpy()] = "any_sign"
+        how[(~reach.any(1)).numpy()] = "mean_user"
+    return reach, how
 
 
 def pair_log_sigmoid_sums(
-    art: GNNArtifacts, user_of_pair: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
-    mean: bool, chunk: int = 2_000_000,
+    art: GNNArtifacts,
+    user_of_pair: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    n_new: int,
+    mean: bool,
+    chunk: int = 2_000_000,
 ) -> torch.Tensor:
     """``Γ [n_new, U]``: Σ (or mean) over each new user's pairs of ``log σ(<e_v, e_a − e_b>)``."""
     gamma = torch.zeros(n_new, art.n_users)
@@ -147,7 +156,11 @@ def pair_log_sigmoid_sums(
 
 
 def user_opt(
-    art: GNNArtifacts, user_of_pair: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
+    art: GNNArtifacts,
+    user_of_pair: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    n_new: int,
     cfg: AdaptConfig,
 ) -> torch.Tensor:
     """Free embeddings optimised on ``Σ −log σ(<e, e_a − e_b>)`` (Adam, ``user_opt_steps``)."""
@@ -185,7 +198,7 @@ def adapt_unseen_users(
 ) -> pd.DataFrame:
     """One embedding per distinct ``user_id`` of ``annotations`` (columns: user_id, chosen,
     rejected — response ids). Returns ``user_id, embedding (np.float32 [d]), n_neighbors,
-    fallback, n_unknown, hops_used`` in first-appearance order of the users."""
+    fallback, n_unknown, fallback_kind`` in first-appearance order of the users."""
     _check_input(annotations, cfg, variant)
     user_ids = pd.unique(annotations["user_id"].astype(str))
     owner = pd.Index(user_ids).get_indexer(annotations["user_id"].astype(str)).astype(np.int64)
@@ -202,20 +215,18 @@ def adapt_unseen_users(
         emb = user_opt(art, so, sa, sb, n_new, cfg)
         n_neighbors = np.zeros(n_new, dtype=np.int64)
         fallback = n_scored == 0
-        hops_used = np.zeros(n_new, dtype=np.int64)
+        how = np.where(fallback, "mean_user", "")
     else:
         shape = (n_new, art.n_responses)
         x_pos, x_neg = _rows(owner, a, shape), _rows(owner, b, shape)
-        mask, hops = neighbour_masks(art, x_pos, x_neg, cfg)
+        mask, how = neighbour_masks(art, x_pos, x_neg, cfg)
         gamma = None
         if variant == "weighted":
             gamma = pair_log_sigmoid_sums(art, so, sa, sb, n_new, mean=cfg.gamma == "mean")
         emb = _neighbour_average(art, mask, gamma, cfg.kappa)
         n_neighbors = mask.sum(1).numpy()
-        hops_used = hops.numpy()
-        empty = n_neighbors == 0
-        emb[torch.from_numpy(empty)] = art.mean_user()
-        fallback = hops_used != cfg.hops
+        emb[torch.from_numpy(n_neighbors == 0)] = art.mean_user()
+        fallback = how != ""
     if art.normalized and cfg.renormalize:
         emb = F.normalize(emb, dim=-1)
     return pd.DataFrame(
@@ -225,7 +236,7 @@ def adapt_unseen_users(
             "n_neighbors": n_neighbors.astype(np.int32),
             "fallback": np.asarray(fallback, dtype=bool),
             "n_unknown": n_unknown.astype(np.int32),
-            "hops_used": np.asarray(hops_used, dtype=np.int32),
+            "fallback_kind": how.astype(str),
         },
         columns=OUTPUT_COLUMNS,
     )

@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
+from copl_ray.graph.bipartite import coo_to_csr, csr_with_values
+
 USER_EMBEDDINGS_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -65,14 +67,14 @@ class GNNArtifacts:
         """Node index per response id, -1 where the response is not in the graph."""
         return pd.Index(self.response_ids).get_indexer(np.asarray(response_ids, dtype=np.int64))
 
-    def binary_adjacency(self, sign: str) -> torch.Tensor:
-        """``[U, R]`` 0/1 CSR of the positive (``"pos"``) or negative edges."""
+    def binary_adjacency(self, sign: str, transpose: bool = False) -> torch.Tensor:
+        """``[U, R]`` (``[R, U]`` if ``transpose``) 0/1 CSR of the ``"pos"``/``"neg"`` edges."""
         edges = self.pos_edge_index if sign == "pos" else self.neg_edge_index
-        vals = torch.ones(edges.shape[1])
-        coo = torch.sparse_coo_tensor(edges, vals, (self.n_users, self.n_responses)).coalesce()
-        return torch.sparse_coo_tensor(
-            coo.indices(), torch.ones_like(coo.values()), coo.shape
-        ).to_sparse_csr()
+        shape = (self.n_users, self.n_responses)
+        if transpose:
+            edges, shape = edges.flip(0), shape[::-1]
+        csr = coo_to_csr(edges, torch.ones(edges.shape[1]), shape)
+        return csr_with_values(csr, torch.ones_like(csr.values()))
 
     def mean_user(self) -> torch.Tensor:
         """The mean seen user (at export scale): the last-resort fallback embedding."""
@@ -144,7 +146,9 @@ def write_user_table(rows: pd.DataFrame, path: str | Path) -> None:
     df = rows[[f.name for f in USER_EMBEDDINGS_SCHEMA]].copy()
     df["embedding"] = [np.asarray(e, dtype=np.float32) for e in df["embedding"]]
     df["n_neighbors"] = df["n_neighbors"].astype(np.int32)
-    pq.write_table(pa.Table.from_pandas(df, schema=USER_EMBEDDINGS_SCHEMA, preserve_index=False), path)
+    pq.write_table(
+        pa.Table.from_pandas(df, schema=USER_EMBEDDINGS_SCHEMA, preserve_index=False), path
+    )
 
 
 def read_user_table(path: str | Path) -> pd.DataFrame:

@@ -28,8 +28,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-warnings.filterwarnings("ignore", message="Sparse invariant checks")
+
+
+def coo_to_csr(indices: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """COO → CSR without torch's "beta"/"invariant checks" warnings (sizes are ours)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(indices, values, size=size, check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
+
+
+def csr_with_values(adj: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The CSR ``adj`` with its stored values replaced (same sparsity pattern)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            adj.crow_indices(), adj.col_indices(), values, size=adj.shape, device=adj.device,
+            check_invariants=False,
+        )
 
 REQUIRED_ANNOTATION_COLUMNS = ("user_id", "chosen", "rejected", "split")
 
@@ -58,21 +74,18 @@ def normalized_csr(edge_index: torch.Tensor, shape: tuple[int, int]) -> torch.Te
     """``D_row^{-1/2} A D_col^{-1/2}`` of the (summed) edge list, as a CSR tensor."""
     n_rows, n_cols = shape
     if edge_index.numel() == 0:
-        return torch.sparse_csr_tensor(
-            torch.zeros(n_rows + 1, dtype=torch.int64),
-            torch.zeros(0, dtype=torch.int64),
-            torch.zeros(0),
-            size=shape,
-        )
-    coo = torch.sparse_coo_tensor(
-        edge_index, torch.ones(edge_index.shape[1]), size=shape
-    ).coalesce()
+        return coo_to_csr(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0), shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(
+            edge_index, torch.ones(edge_index.shape[1]), size=shape, check_invariants=False
+        ).coalesce()
     row, col = coo.indices()
     val = coo.values()
     deg_row = torch.zeros(n_rows).index_add_(0, row, val)
     deg_col = torch.zeros(n_cols).index_add_(0, col, val)
     norm = val * deg_row[row].rsqrt() * deg_col[col].rsqrt()
-    return torch.sparse_coo_tensor(torch.stack([row, col]), norm, size=shape).to_sparse_csr()
+    return coo_to_csr(torch.stack([row, col]), norm, shape)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from copl_ray.graph.bipartite import SignedAdjacency
+from copl_ray.graph.bipartite import SignedAdjacency, csr_with_values
 
 Message = Literal["paper", "reference"]
 
@@ -38,10 +38,7 @@ def drop_edges(adj: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """CSR ``adj`` with each stored value zeroed with probability ``p`` (rescaled)."""
     if not training or p <= 0.0:
         return adj
-    values = F.dropout(adj.values(), p=p, training=True)
-    return torch.sparse_csr_tensor(
-        adj.crow_indices(), adj.col_indices(), values, size=adj.shape, device=adj.device
-    )
+    return csr_with_values(adj, F.dropout(adj.values(), p=p, training=True))
 
 
 def aggregate(adj: torch.Tensor, x_src: torch.Tensor) -> torch.Tensor:
@@ -61,9 +58,7 @@ def paper_message(
     x: torch.Tensor, z_pos: torch.Tensor, z_neg: torch.Tensor, w: nn.ModuleDict
 ) -> torch.Tensor:
     """``W_self x + W1 z⁺ + W2 (x ⊙ z⁺) + W3 z⁻ + W4 (x ⊙ z⁻)`` (pre-activation)."""
-    return (
-        w["self"](x) + w["w1"](z_pos) + w["w2"](x * z_pos) + w["w3"](z_neg) + w["w4"](x * z_neg)
-    )
+    return w["self"](x) + w["w1"](z_pos) + w["w2"](x * z_pos) + w["w3"](z_neg) + w["w4"](x * z_neg)
 
 
 def reference_message(
@@ -116,7 +111,9 @@ class SignedBipartiteConv(nn.Module):
             self.resp = nn.ModuleDict({n: _linear(dim, bias=False) for n in names})
         else:
             # one set for both sides: the official code's sharing (B4)
-            self.shared = nn.ModuleDict({n: _linear(dim, bias=True) for n in ("self", "pos", "neg")})
+            self.shared = nn.ModuleDict(
+                {n: _linear(dim, bias=True) for n in ("self", "pos", "neg")}
+            )
 
     def forward(
         self, x_user: torch.Tensor, x_resp: torch.Tensor, adj: SignedAdjacency

@@ -71,7 +71,10 @@ def truth_pairs(
     """(row in ``user_ids``, chosen node, rejected node) of held-out pool pairs by true group."""
     users = tables.users.set_index("user_id")
     pool = tables.pairs[~tables.pairs["heldout"].astype(bool)].reset_index(drop=True)
-    ra, rb = response_index(pool["response_a"].to_numpy()), response_index(pool["response_b"].to_numpy())
+    ra, rb = (
+        response_index(pool["response_a"].to_numpy()),
+        response_index(pool["response_b"].to_numpy()),
+    )
     pool = pool[(ra >= 0) & (rb >= 0)].reset_index(drop=True)
     groups = users.reindex(user_ids)["group"].to_numpy()
     label_cols = {g: label_column(g) for g in set(groups) if isinstance(g, str)}
@@ -165,7 +168,7 @@ def export_gnn(
             mean = art.mean_user().numpy().astype(np.float32)
             extra = pd.DataFrame({"user_id": missing, "embedding": [mean] * len(missing),
                                   "n_neighbors": 0, "fallback": True, "n_unknown": 0,
-                                  "hops_used": 0})  # fmt: skip
+                                  "fallback_kind": "mean_user"})  # fmt: skip
             df = extra if df is None else pd.concat([df, extra], ignore_index=True)
         adapted[variant] = df.set_index("user_id").loc[unseen_ids].reset_index()
 
@@ -180,7 +183,7 @@ def export_gnn(
     if adapted:
         rows = [df.assign(variant=v) for v, df in adapted.items() if v in cfg.adapt.variants]
         table = pd.concat(rows, ignore_index=True)[
-            ["variant", "user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "hops_used"]
+            ["variant", "user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "fallback_kind"]
         ]
         table["embedding"] = [np.asarray(e, np.float32) for e in table["embedding"]]
         table.to_parquet(out / "adaptation.parquet", index=False)
@@ -211,15 +214,20 @@ def export_gnn(
         "n_users_seen": graph.n_users,
         "n_users_unseen": len(unseen_ids),
         "n_responses_in_graph": graph.n_responses,
-        "n_edges": {"pos": int(graph.pos_edge_index.shape[1]),
-                    "neg": int(graph.neg_edge_index.shape[1])},  # fmt: skip
+        "n_edges": {
+            "pos": int(graph.pos_edge_index.shape[1]),
+            "neg": int(graph.neg_edge_index.shape[1]),
+        },  # fmt: skip
         "ari": _kmeans_ari(e_export.numpy(), groups, seed),
         "adaptation": {},
     }
     if adapted:
         uann = ann[(ann["split"] == "test") & ann["user_id"].astype(str).isin(unseen_ids)]
         u_rows = pd.Index(unseen_ids).get_indexer(uann["user_id"].astype(str))
-        ua, ub = graph.response_index(uann["chosen"].to_numpy()), graph.response_index(uann["rejected"].to_numpy())  # noqa: E501
+        ua, ub = (
+            graph.response_index(uann["chosen"].to_numpy()),
+            graph.response_index(uann["rejected"].to_numpy()),
+        )  # noqa: E501
         ok = (ua >= 0) & (ub >= 0)
         trows, tra, trb = truth_pairs(tables, unseen_ids, graph.response_index,
                                       cfg.gnn.truth_pairs_per_user, seed)  # fmt: skip

@@ -61,15 +61,50 @@ def score_margin(e_user: torch.Tensor, e_resp: torch.Tensor, pairs: PairIndex) -
     return (eu * (e_resp[pairs.chosen] - e_resp[pairs.rejected])).sum(-1)
 
 
+def bpr_terms(
+    e_user: torch.Tensor, e_resp: torch.Tensor, pairs: PairIndex
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ −log σ(s_ua − s_ub), Σ ‖e_u‖² + ‖e_a‖² + ‖e_b‖²)`` over ``pairs``."""
+    eu, ea, eb = e_user[pairs.user], e_resp[pairs.chosen], e_resp[pairs.rejected]
+    margin = (eu * (ea - eb)).sum(-1).clamp(-2000.0, 2000.0)
+    sq = eu.pow(2).sum() + ea.pow(2).sum() + eb.pow(2).sum()
+    return -F.logsigmoid(margin).sum(), sq
+
+
 def bpr_loss(
     e_user: torch.Tensor, e_resp: torch.Tensor, pairs: PairIndex, l2: float = 0.0
 ) -> torch.Tensor:
-    eu, ea, eb = e_user[pairs.user], e_resp[pairs.chosen], e_resp[pairs.rejected]
-    margin = (eu * (ea - eb)).sum(-1).clamp(-2000.0, 2000.0)
-    loss = -F.logsigmoid(margin).mean()
-    if l2 > 0:
-        loss = loss + l2 * (eu.pow(2).sum() + ea.pow(2).sum() + eb.pow(2).sum())
-    return loss
+    nll, sq = bpr_terms(e_user, e_resp, pairs)
+    return nll / max(1, len(pairs)) + l2 * sq
+
+
+def bpr_backward(
+    e_user: torch.Tensor, e_resp: torch.Tensor, pairs: PairIndex, l2: float, chunk: int
+) -> float:
+    """``bpr_loss(...).backward()`` over pair chunks of at most ``chunk``; returns the loss.
+
+    The pair gathers (``[N, d]`` each) dominate memory for full-graph steps at scale, so
+    the loss is back-propagated chunk by chunk into detached copies of the embeddings
+    and the accumulated gradient is sent through the GNN once — the same gradient as one
+    big backward, with memory bounded by ``chunk``.
+    """
+    n = len(pairs)
+    if n <= chunk:
+        loss = bpr_loss(e_user, e_resp, pairs, l2)
+        loss.backward()
+        return float(loss.detach())
+    eu = e_user.detach().requires_grad_(True)
+    er = e_resp.detach().requires_grad_(True)
+    total = 0.0
+    for s in range(0, n, chunk):
+        part = PairIndex(pairs.user[s : s + chunk], pairs.chosen[s : s + chunk],
+                         pairs.rejected[s : s + chunk])  # fmt: skip
+        nll, sq = bpr_terms(eu, er, part)
+        loss = nll / n + l2 * sq
+        loss.backward()
+        total += float(loss.detach())
+    torch.autograd.backward([e_user, e_resp], [eu.grad, er.grad])
+    return total
 
 
 @torch.no_grad()

@@ -115,7 +115,9 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
 
     t0 = time.perf_counter()
     if not (run.data / "annotations.parquet").exists():
-        raise FileNotFoundError(f"gnn stage: {run.data}/annotations.parquet missing; run data first")
+        raise FileNotFoundError(
+            f"gnn stage: {run.data}/annotations.parquet missing; run data first"
+        )
     if cfg.gnn.cpus_per_worker <= 0:
         raise ValueError(f"gnn.cpus_per_worker: must be > 0, got {cfg.gnn.cpus_per_worker}")
     tables = PreferenceTables.read(run.data)

@@ -27,7 +27,7 @@ import torch
 
 from copl_ray.config import GNNConfig
 from copl_ray.graph.bipartite import BipartiteGraph, PairIndex
-from copl_ray.graph.model import CoPLGNN, GNNShape, bpr_loss, pair_accuracy
+from copl_ray.graph.model import CoPLGNN, GNNShape, bpr_backward, pair_accuracy
 
 log = logging.getLogger("copl_ray.gnn")
 
@@ -55,8 +55,10 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 def format_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
-        f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s")
     )
 
 
@@ -121,13 +123,12 @@ class GNNTrainer:
                 self.train_pairs.chosen[idx],
                 self.train_pairs.rejected[idx],
             )
-            e_user, e_resp = self.model(self.adj)  # one propagation per step
-            loss = bpr_loss(e_user, e_resp, batch, self.cfg.l2)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            e_user, e_resp = self.model(self.adj)  # one propagation per step
+            loss = bpr_backward(e_user, e_resp, batch, self.cfg.l2, self.cfg.loss_chunk)
             self.optimizer.step()
             self.scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
         return sum(losses) / len(losses)
 
     @torch.no_grad()
@@ -234,7 +235,11 @@ class GNNTrainer:
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
         self.scheduler.load_state_dict(meta["scheduler"])
         torch.set_rng_state(tensors["rng.cpu"])
-        self.epoch, self.best_val, self.best_epoch = meta["epoch"], meta["best_val"], meta["best_epoch"]
+        self.epoch, self.best_val, self.best_epoch = (
+            meta["epoch"],
+            meta["best_val"],
+            meta["best_epoch"],
+        )
         self.loss_curve, self.val_curve = list(meta["loss_curve"]), list(meta["val_curve"])
         self.epoch_seconds = list(meta["epoch_seconds"])
 

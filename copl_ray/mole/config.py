@@ -43,8 +43,9 @@ class MoLEConfig:
 
     def validate(self) -> None:
         if not self.target_modules or not all(isinstance(t, str) for t in self.target_modules):
-            raise self._err("target_modules", f"expected a non-empty list of names, got "
-                            f"{self.target_modules!r}")
+            raise self._err(
+                "target_modules", f"expected a non-empty list of names, got {self.target_modules!r}"
+            )
         if self.num_experts < 0:
             raise self._err("num_experts", f"must be >= 0, got {self.num_experts}")
         if self.rank < 1:
@@ -54,8 +55,9 @@ class MoLEConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise self._err("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.adapter_dtype not in _DTYPES:
-            raise self._err("adapter_dtype", f"expected one of {list(_DTYPES)}, got "
-                            f"{self.adapter_dtype!r}")
+            raise self._err(
+                "adapter_dtype", f"expected one of {list(_DTYPES)}, got {self.adapter_dtype!r}"
+            )
         if self.num_experts == 0:
             return
         if self.user_dim is None or self.user_dim < 1:
@@ -63,8 +65,9 @@ class MoLEConfig:
         if self.gate_hidden < 1:
             raise self._err("gate_hidden", f"must be >= 1, got {self.gate_hidden}")
         if not 1 <= self.top_k <= self.num_experts:
-            raise self._err("top_k", f"must be in [1, num_experts={self.num_experts}], got "
-                            f"{self.top_k}")
+            raise self._err(
+                "top_k", f"must be in [1, num_experts={self.num_experts}], got {self.top_k}"
+            )
         if self.temperature <= 0:
             raise self._err("temperature", f"must be > 0, got {self.temperature}")
         if self.gate_noise < 0:
@@ -77,8 +80,9 @@ class MoLEConfig:
         return self.alpha / self.rank
 
     @classmethod
-    def from_reward_config(cls, reward_cfg: Any, user_dim: int | None, **overrides: Any
-                           ) -> MoLEConfig:
+    def from_reward_config(
+        cls, reward_cfg: Any, user_dim: int | None, **overrides: Any
+    ) -> MoLEConfig:
         """Fields of ``copl_ray.config.RewardConfig`` → MoLEConfig; ``overrides`` win."""
         values = dict(
             target_modules=list(reward_cfg.target_modules),

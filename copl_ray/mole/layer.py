@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +34,15 @@ class GateOutput:
     weights: torch.Tensor  # [G, B, M] applied expert weights (top-k masked; p² if squared)
     top_idx: torch.Tensor  # [G, B, k] chosen experts
     balance_loss: torch.Tensor  # scalar, Switch loss M·Σ f_i P_i (mean over gates)
+    noise: torch.Tensor | None = None  # [G, B, M] logit noise drawn (None: no noise)
 
     def usage(self) -> torch.Tensor:
         """[G, M] number of users routed to each expert (top-k assignments)."""
         g, _, m = self.probs.shape
         counts = torch.zeros(g, m, device=self.top_idx.device)
-        return counts.scatter_add_(1, self.top_idx.flatten(1), torch.ones_like(
-            self.top_idx.flatten(1), dtype=counts.dtype))
+        return counts.scatter_add_(
+            1, self.top_idx.flatten(1), torch.ones_like(self.top_idx.flatten(1), dtype=counts.dtype)
+        )
 
 
 class MoLEGate(nn.Module):
@@ -70,19 +73,38 @@ class MoLEGate(nn.Module):
         # at least fp32 (fp64 stays fp64, which the exactness tests use)
         dt = torch.promote_types(torch.float32, self.w1.dtype)
         with torch.autocast(device_type=user_emb.device.type, enabled=False):
-            h = torch.einsum("bd,gdh->gbh", user_emb.to(dt), self.w1.to(dt)) + self.b1.to(dt)[:, None]
+            h = (
+                torch.einsum("bd,gdh->gbh", user_emb.to(dt), self.w1.to(dt))
+                + self.b1.to(dt)[:, None]
+            )
             z = torch.einsum("gbh,ghm->gbm", torch.relu(h), self.w2.to(dt))
             return z + self.b2.to(dt)[:, None]
 
-    def forward(self, user_emb: torch.Tensor, *, top_k: int, temperature: float, noise: float,
-                squared: bool = False) -> GateOutput:
-        """``w_i = softmax(z/τ)_i`` if ``i`` is among the top-k of ``z`` (+noise), else 0."""
+    def forward(
+        self,
+        user_emb: torch.Tensor,
+        *,
+        top_k: int,
+        temperature: float,
+        noise: float | torch.Tensor,
+        squared: bool = False,
+    ) -> GateOutput:
+        """``w_i = softmax(z/τ)_i`` if ``i`` is among the top-k of ``z`` (+noise), else 0.
+
+        ``noise``: a std (fresh Gaussian draw) or the exact noise tensor ``[G, B, M]`` to
+        add (replays a forward's routing during gradient-checkpoint recompute)."""
         if user_emb.dim() != 2 or user_emb.shape[1] != self.w1.shape[1]:
             raise ValueError(
-                f"user_emb: expected shape [B, {self.w1.shape[1]}], got {tuple(user_emb.shape)}")
+                f"user_emb: expected shape [B, {self.w1.shape[1]}], got {tuple(user_emb.shape)}"
+            )
         z = self.logits(user_emb)
-        if noise > 0:
-            z = z + noise * torch.randn_like(z)
+        drawn = None
+        if isinstance(noise, torch.Tensor):
+            drawn = noise
+        elif noise > 0:
+            drawn = noise * torch.randn_like(z)
+        if drawn is not None:
+            z = z + drawn
         probs = torch.softmax(z / temperature, dim=-1)
         top_p, top_idx = probs.topk(top_k, dim=-1)
         applied = top_p * top_p if squared else top_p
@@ -91,7 +113,7 @@ class MoLEGate(nn.Module):
         # Switch Transformer: f_i = share of top-k assignments to i, P_i = mean prob of i.
         assign = torch.zeros_like(probs).scatter(-1, top_idx, 1.0) / top_k
         balance = m * (assign.mean(1) * probs.mean(1)).sum(-1).mean()
-        return GateOutput(z, probs, weights, top_idx, balance)
+        return GateOutput(z, probs, weights, top_idx, balance, drawn)
 
 
 class RouteContext:
@@ -100,29 +122,41 @@ class RouteContext:
     Why a context object rather than per-layer attributes set in a loop (official code):
     the model computes the gate ONCE per forward and stores one ``[G, N, E·r]`` scale
     tensor here; every wrapped layer holds a reference to the same context and reads its
-    gate row ``G_index``. ``lock`` (re-entrant) is held by the model for the whole
+    gate row ``gate_index``. ``lock`` (re-entrant) is held by the model for the whole
     set-route + forward, so two threads sharing one model (e.g. a threaded server
-    replica) can never see each other's routes. The scale stays set after the forward
-    so gradient-checkpoint recomputation during backward reads the same route (same
-    tensor, same noise); the next forward replaces it.
+    replica) never see each other's routes.
+
+    Gradient checkpointing: the route stays set after the forward, and a layer recomputed
+    *during backward* (``torch._C._current_graph_task_id() != -1``) gets its scale from
+    ``recompute()``: a fresh evaluation of the gate on the same inputs with the SAME noise
+    tensor. Same values, and a fresh small gate graph per recomputed segment, because a
+    reentrant checkpoint backpropagates each recomputed segment separately and would
+    otherwise traverse (and free) the one shared gate graph twice.
     """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.scale: torch.Tensor | None = None  # [G, N, E·r]
+        self.recompute: Callable[[], torch.Tensor] | None = None
 
-    def set(self, scale: torch.Tensor | None) -> None:
-        self.scale = scale
+    def set(
+        self, scale: torch.Tensor | None, recompute: Callable[[], torch.Tensor] | None = None
+    ) -> None:
+        self.scale, self.recompute = scale, recompute
 
     def read(self, gate_index: int, n_rows: int, where: str) -> torch.Tensor:
         if self.scale is None:
             raise RuntimeError(
                 f"MoLE layer {where!r} called without a route: call the MoLE model with "
-                "user_emb=... (or inside MoLEModel.routed(...))")
+                "user_emb=... (or inside MoLEModel.routed(...))"
+            )
         if self.scale.shape[1] != n_rows:
             raise RuntimeError(
                 f"MoLE layer {where!r}: route set for {self.scale.shape[1]} rows but the input "
-                f"has {n_rows}")
+                f"has {n_rows}"
+            )
+        if self.recompute is not None and torch._C._current_graph_task_id() != -1:
+            return self.recompute()[gate_index]
         return self.scale[gate_index]
 
 
@@ -141,9 +175,19 @@ class MoLELinear(nn.Module):
     ``num_experts = 0`` makes this a plain LoRA of rank ``r`` (no route needed).
     """
 
-    def __init__(self, base_layer: nn.Linear, *, rank: int, num_experts: int, alpha: float,
-                 dropout: float, route: RouteContext | None, gate_index: int = 0,
-                 name: str = "", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        *,
+        rank: int,
+        num_experts: int,
+        alpha: float,
+        dropout: float,
+        route: RouteContext | None,
+        gate_index: int = 0,
+        name: str = "",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"{name}: MoLE wraps nn.Linear only, got {type(base_layer).__name__}")
@@ -155,10 +199,12 @@ class MoLELinear(nn.Module):
             raise ValueError(f"{name}: a RouteContext is required when num_experts > 0")
         e = num_experts + 1
         dev = base_layer.weight.device
-        self.lora_A = nn.Parameter(torch.empty(e * rank, base_layer.in_features, dtype=dtype,
-                                               device=dev))
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, e * rank, dtype=dtype,
-                                               device=dev))
+        self.lora_A = nn.Parameter(
+            torch.empty(e * rank, base_layer.in_features, dtype=dtype, device=dev)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base_layer.out_features, e * rank, dtype=dtype, device=dev)
+        )
         # peft's init: A ~ kaiming_uniform(a=√5) (fan_in = d_in for every block), B = 0.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -189,5 +235,7 @@ class MoLELinear(nn.Module):
         return out + (F.linear(h, self.lora_B) * self.scaling).to(out.dtype)
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
-                f"experts={self.num_experts}, gate={self.gate_index}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+            f"experts={self.num_experts}, gate={self.gate_index}"
+        )

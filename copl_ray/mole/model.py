@@ -14,7 +14,7 @@ per row, so a pair's two responses could be routed apart; REFERENCE.md §1.6).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,14 +33,19 @@ def find_target_linears(model: nn.Module, targets: list[str]) -> list[str]:
     for name, module in model.named_modules():
         if any(name == t or name.endswith("." + t) for t in targets):
             if not isinstance(module, nn.Linear):
-                raise TypeError(f"reward.target_modules: {name!r} is a {type(module).__name__}, "
-                                "not an nn.Linear")
+                raise TypeError(
+                    f"reward.target_modules: {name!r} is a {type(module).__name__}, "
+                    "not an nn.Linear"
+                )
             names.append(name)
     if not names:
-        linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                          if isinstance(m, nn.Linear)})
-        raise ValueError(f"reward.target_modules: none of {targets} matches a module of "
-                         f"{type(model).__name__}; its nn.Linear names are {linears}")
+        linears = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise ValueError(
+            f"reward.target_modules: none of {targets} matches a module of "
+            f"{type(model).__name__}; its nn.Linear names are {linears}"
+        )
     return names
 
 
@@ -64,11 +69,17 @@ class MoLEModel(nn.Module):
         for i, name in enumerate(self.module_names):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            layer = MoLELinear(getattr(parent, child), rank=cfg.rank,
-                               num_experts=cfg.num_experts, alpha=cfg.alpha,
-                               dropout=cfg.dropout, route=self.route,
-                               gate_index=i if cfg.gate_per_module else 0, name=name,
-                               dtype=dtype)
+            layer = MoLELinear(
+                getattr(parent, child),
+                rank=cfg.rank,
+                num_experts=cfg.num_experts,
+                alpha=cfg.alpha,
+                dropout=cfg.dropout,
+                route=self.route,
+                gate_index=i if cfg.gate_per_module else 0,
+                name=name,
+                dtype=dtype,
+            )
             setattr(parent, child, layer)
         self.gate: MoLEGate | None = None
         if cfg.num_experts > 0:
@@ -83,14 +94,20 @@ class MoLEModel(nn.Module):
         for name in self.module_names:
             yield name, self.model.get_submodule(name)
 
-    def compute_gate(self, user_emb: torch.Tensor, *, noise: bool | None = None) -> GateOutput:
-        """Gate for ``B`` users; ``noise`` defaults to ``self.training`` (cfg.gate_noise)."""
+    def compute_gate(
+        self, user_emb: torch.Tensor, *, noise: bool | torch.Tensor | None = None
+    ) -> GateOutput:
+        """Gate for ``B`` users. ``noise``: on/off (default ``self.training``; std
+        cfg.gate_noise) or the exact noise tensor to replay."""
         if self.gate is None:
             raise RuntimeError("this MoLE model has no experts (num_experts=0), hence no gate")
         c = self.cfg
-        use_noise = self.training if noise is None else noise
-        return self.gate(user_emb, top_k=c.top_k, temperature=c.temperature,
-                         noise=c.gate_noise if use_noise else 0.0, squared=c.gate_squared)
+        if not isinstance(noise, torch.Tensor):
+            use_noise = self.training if noise is None else noise
+            noise = c.gate_noise if use_noise else 0.0
+        return self.gate(
+            user_emb, top_k=c.top_k, temperature=c.temperature, noise=noise, squared=c.gate_squared
+        )
 
     def gate_weights(self, user_emb: torch.Tensor) -> torch.Tensor:
         """Applied expert weights without noise: ``[B, M]`` (global) or ``[G, B, M]``."""
@@ -98,20 +115,35 @@ class MoLEModel(nn.Module):
         return w[0] if w.shape[0] == 1 else w
 
     @contextmanager
-    def routed(self, user_emb: torch.Tensor | None, n_rows: int) -> Iterator[GateOutput | None]:
-        """Hold the route lock, compute the gate once and route ``n_rows = k·B`` input rows."""
+    def routed(
+        self, user_emb: torch.Tensor | Callable[[], torch.Tensor] | None, n_rows: int
+    ) -> Iterator[GateOutput | None]:
+        """Hold the route lock, compute the gate once and route ``n_rows = k·B`` input rows.
+
+        ``user_emb`` may be a zero-argument function returning it (e.g. a table lookup) so
+        that checkpoint recomputation rebuilds it from leaves (see RouteContext)."""
         with self.route.lock:
             gate = None
             if self.gate is not None:
                 if user_emb is None:
                     raise ValueError("user_emb is required: this MoLE model has experts")
-                b = user_emb.shape[0]
+                emb_fn = user_emb if callable(user_emb) else (lambda: user_emb)
+                emb = emb_fn()
+                b = emb.shape[0]
                 if b == 0 or n_rows % b:
-                    raise ValueError(f"input has {n_rows} rows, not a multiple of the "
-                                     f"{b} user embeddings")
-                gate = self.compute_gate(user_emb)
-                scale = expand_scale(gate.weights, self.cfg.rank)  # [G, B, E·r]
-                self.route.set(scale.repeat(1, n_rows // b, 1))
+                    raise ValueError(
+                        f"input has {n_rows} rows, not a multiple of the {b} user embeddings"
+                    )
+                gate = self.compute_gate(emb)
+                noise = 0.0 if gate.noise is None else gate.noise.detach()  # replayed
+                tile, rank = n_rows // b, self.cfg.rank
+
+                def scale_of(g: GateOutput) -> torch.Tensor:  # [G, N, E·r]
+                    return expand_scale(g.weights, rank).repeat(1, tile, 1)
+
+                self.route.set(
+                    scale_of(gate), lambda: scale_of(self.compute_gate(emb_fn(), noise=noise))
+                )
                 self.last_gate = gate
                 self.aux_loss = self.cfg.load_balance_coef * gate.balance_loss
             yield gate

@@ -18,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoTokenizer, GemmaConfig, PreTrainedModel
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    GemmaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 TINY_GEMMA = "tiny-gemma"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,16 +45,18 @@ TINY_GEMMA_DEFAULTS: dict[str, Any] = dict(
 def tiny_gemma_config(reward_cfg: Any, tokenizer: Any | None = None) -> GemmaConfig:
     """GemmaConfig of the tiny backbone: defaults < tokenizer ids < ``backbone_kwargs``."""
     values = dict(TINY_GEMMA_DEFAULTS)
-    values["max_position_embeddings"] = max(values["max_position_embeddings"],
-                                            reward_cfg.max_length + 8)
+    values["max_position_embeddings"] = max(
+        values["max_position_embeddings"], reward_cfg.max_length + 8
+    )
     if tokenizer is not None:
         values["vocab_size"] = len(tokenizer)
         for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(tokenizer, attr, None) is not None:
                 values[attr] = getattr(tokenizer, attr)
     else:
-        values.update(vocab_size=reward_cfg.tokenizer_vocab, pad_token_id=0, eos_token_id=1,
-                      bos_token_id=2)
+        values.update(
+            vocab_size=reward_cfg.tokenizer_vocab, pad_token_id=0, eos_token_id=1, bos_token_id=2
+        )
     values.update(reward_cfg.backbone_kwargs)
     known = set(GemmaConfig().to_dict())
     unknown = sorted(set(reward_cfg.backbone_kwargs) - known)
@@ -76,10 +83,13 @@ def build_backbone(reward_cfg: Any, tokenizer: Any | None = None) -> PreTrainedM
             model = AutoModel.from_pretrained(reward_cfg.backbone, dtype=dtype, token=hf_token())
         except OSError as e:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = " (HF_HUB_OFFLINE=1: only local folders or cached models load)" if offline \
-                else ""
-            raise ValueError(f"reward.backbone: cannot load {reward_cfg.backbone!r}{hint}: "
-                             f"{str(e).splitlines()[0]}") from None
+            hint = (
+                " (HF_HUB_OFFLINE=1: only local folders or cached models load)" if offline else ""
+            )
+            raise ValueError(
+                f"reward.backbone: cannot load {reward_cfg.backbone!r}{hint}: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
     return model.eval()
 
 
@@ -98,17 +108,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"reward.tokenizer_vocab: must be > {len(SPECIAL_TOKENS)}, "
-                         f"got {vocab_size}")
+        raise ValueError(
+            f"reward.tokenizer_vocab: must be > {len(SPECIAL_TOKENS)}, got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.BPEDecoder()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
     tok.train_from_iterator((t for t in texts), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", unk_token="<unk>", padding_side="right")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        padding_side="right",
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out)
@@ -120,8 +138,9 @@ def load_tokenizer(name_or_dir: str | Path) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_dir), token=hf_token())
     except OSError as e:
-        raise ValueError(f"tokenizer {str(name_or_dir)!r}: cannot load: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"tokenizer {str(name_or_dir)!r}: cannot load: {str(e).splitlines()[0]}"
+        ) from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer {str(name_or_dir)!r}: has neither pad nor eos token")

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from copl_ray.reward.backbone import TINY_GEMMA, backbone_from_config, build_backbone, load_tokenizer
+from copl_ray.reward.backbone import (
+    TINY_GEMMA,
+    backbone_from_config,
+    build_backbone,
+    load_tokenizer,
+)
 
 if TYPE_CHECKING:
     from copl_ray.reward.model import PersonalRewardModel
@@ -53,8 +58,11 @@ def save_reward_model(model: PersonalRewardModel, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rc = model.reward_cfg
     include_backbone = rc.backbone == TINY_GEMMA
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-             if include_backbone or _is_trainable_key(k)}
+    state = {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if include_backbone or _is_trainable_key(k)
+    }
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
@@ -72,15 +80,17 @@ def save_reward_model(model: PersonalRewardModel, out_dir: str | Path) -> Path:
     return out
 
 
-def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu"
-                      ) -> PersonalRewardModel:
+def load_reward_model(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> PersonalRewardModel:
     from copl_ray.config import config_from_dict
     from copl_ray.reward.model import PersonalRewardModel
 
     d = Path(model_dir)
     if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
-        raise FileNotFoundError(f"{d}: not a copl-ray reward model folder (needs {CONFIG_FILE} "
-                                f"and {WEIGHTS_FILE})")
+        raise FileNotFoundError(
+            f"{d}: not a copl-ray reward model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     meta = json.loads((d / CONFIG_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{d / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -90,16 +100,20 @@ def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu"
         backbone = backbone_from_config(meta["backbone_config"], rc.backbone_dtype)
     else:
         backbone = build_backbone(rc, tokenizer)
-    model = PersonalRewardModel(backbone, rc, meta["variant"], meta["user_dim"],
-                                meta["n_users"], tokenizer)
+    model = PersonalRewardModel(
+        backbone, rc, meta["variant"], meta["user_dim"], meta["n_users"], tokenizer
+    )
     state = load_file(str(d / WEIGHTS_FILE))
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys
-               if _is_trainable_key(k) or meta["backbone_weights_included"]]
+    missing = [
+        k for k in result.missing_keys if _is_trainable_key(k) or meta["backbone_weights_included"]
+    ]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{d / WEIGHTS_FILE}: missing {missing[:5]} / unexpected "
-                         f"{result.unexpected_keys[:5]} tensors (of {len(missing)} / "
-                         f"{len(result.unexpected_keys)})")
+        raise ValueError(
+            f"{d / WEIGHTS_FILE}: missing {missing[:5]} / unexpected "
+            f"{result.unexpected_keys[:5]} tensors (of {len(missing)} / "
+            f"{len(result.unexpected_keys)})"
+        )
     return model.to(device).eval()
 
 
@@ -120,14 +134,20 @@ def _seq_cls_config(model: PersonalRewardModel) -> Any:
 
 
 @torch.no_grad()
-def export_user_peft(model: PersonalRewardModel, user_emb: torch.Tensor | None,
-                     out_dir: str | Path, user_index: int | None = None) -> Path:
+def export_user_peft(
+    model: PersonalRewardModel,
+    user_emb: torch.Tensor | None,
+    out_dir: str | Path,
+    user_index: int | None = None,
+) -> Path:
     """Write one user's reward model as a standard PEFT LoRA folder (module docstring)."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     if model.variant == "no_mole":
-        raise ValueError("export_user_peft: variant 'no_mole' feeds the user as an input token; "
-                         "it has no per-user LoRA form")
+        raise ValueError(
+            "export_user_peft: variant 'no_mole' feeds the user as an input token; "
+            "it has no per-user LoRA form"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mole = model.mole
@@ -140,21 +160,34 @@ def export_user_peft(model: PersonalRewardModel, user_emb: torch.Tensor | None,
         if user_emb is None:
             raise ValueError("export_user_peft: variant 'copl' needs user_emb")
         user_emb = model.gate_input(user_emb.reshape(1, -1).to(dev), None)
-    lora = mole.user_lora(user_emb) if mole.gate is not None else {
-        name: (layer.lora_A.detach().clone(), layer.lora_B.detach().clone())
-        for name, layer in mole.mole_layers()}
+    lora = (
+        mole.user_lora(user_emb)
+        if mole.gate is not None
+        else {
+            name: (layer.lora_A.detach().clone(), layer.lora_B.detach().clone())
+            for name, layer in mole.mole_layers()
+        }
+    )
     rank = next(iter(lora.values()))[0].shape[0]
 
     config = _seq_cls_config(model)
     skeleton = _seq_cls_skeleton(config)
     prefix = skeleton.base_model_prefix
     if not isinstance(getattr(skeleton, "score", None), torch.nn.Linear):
-        raise ValueError(f"export_user_peft: {type(skeleton).__name__} has no linear `score` "
-                         "head on the last token; export supports decoder backbones only")
+        raise ValueError(
+            f"export_user_peft: {type(skeleton).__name__} has no linear `score` "
+            "head on the last token; export supports decoder backbones only"
+        )
     short_targets = sorted({n.rsplit(".", 1)[-1] for n in lora})
-    lcfg = LoraConfig(r=rank, lora_alpha=rank * mole.cfg.scaling, lora_dropout=0.0,
-                      target_modules=short_targets, modules_to_save=["score"], bias="none",
-                      task_type="SEQ_CLS")
+    lcfg = LoraConfig(
+        r=rank,
+        lora_alpha=rank * mole.cfg.scaling,
+        lora_dropout=0.0,
+        target_modules=short_targets,
+        modules_to_save=["score"],
+        bias="none",
+        task_type="SEQ_CLS",
+    )
     keys = list(get_peft_model_state_dict(get_peft_model(skeleton, lcfg)).keys())
     base_dtype = next(model.backbone.parameters()).dtype
     tensors: dict[str, torch.Tensor] = {}
@@ -171,8 +204,11 @@ def export_user_peft(model: PersonalRewardModel, user_emb: torch.Tensor | None,
             raise ValueError(f"export_user_peft: unexpected peft tensor {key!r}")
     if len([k for k in tensors if "lora_A" in k]) != len(lora):
         raise ValueError("export_user_peft: peft and MoLE wrap different module sets")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-              str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
     if model.reward_cfg.backbone == TINY_GEMMA:
         base = _write_base_folder(model, config, out / "base")
@@ -190,9 +226,11 @@ def _write_base_folder(model: PersonalRewardModel, config: Any, base_dir: Path) 
     from transformers import AutoModelForSequenceClassification
 
     seq = AutoModelForSequenceClassification.from_config(config, dtype=model.backbone.dtype)
-    base_state = {k.removeprefix(BACKBONE_PREFIX).replace(".base_layer.", "."): v
-                  for k, v in model.state_dict().items()
-                  if k.startswith(BACKBONE_PREFIX) and "lora_" not in k}
+    base_state = {
+        k.removeprefix(BACKBONE_PREFIX).replace(".base_layer.", "."): v
+        for k, v in model.state_dict().items()
+        if k.startswith(BACKBONE_PREFIX) and "lora_" not in k
+    }
     getattr(seq, seq.base_model_prefix).load_state_dict(base_state, strict=True)
     seq.score.weight.copy_(model.score.weight.to(seq.score.weight.dtype))
     seq.save_pretrained(base_dir)

@@ -55,8 +55,15 @@ def _tile(x: torch.Tensor | None, n_rows: int, what: str) -> torch.Tensor | None
 
 
 class PersonalRewardModel(nn.Module):
-    def __init__(self, backbone: nn.Module, reward_cfg: Any, variant: str, user_dim: int,
-                 n_users: int | None = None, tokenizer: Any | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        reward_cfg: Any,
+        variant: str,
+        user_dim: int,
+        n_users: int | None = None,
+        tokenizer: Any | None = None,
+    ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
@@ -73,27 +80,37 @@ class PersonalRewardModel(nn.Module):
             else:
                 r = reward_cfg.baseline_rank
                 mole_cfg = MoLEConfig.from_reward_config(
-                    reward_cfg, None, num_experts=0, rank=r,
-                    alpha=reward_cfg.alpha * r / reward_cfg.rank)
+                    reward_cfg,
+                    None,
+                    num_experts=0,
+                    rank=r,
+                    alpha=reward_cfg.alpha * r / reward_cfg.rank,
+                )
             self.mole = MoLEModel(backbone, mole_cfg)
             dev = next(backbone.parameters()).device
             self.score = nn.Linear(hidden, 1, bias=False, dtype=adapter_dtype, device=dev)
             nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden))
             self.user_table = self.user_proj = None
             if variant == "no_gnn":
-                self.user_table = nn.Embedding(n_users, user_dim, dtype=adapter_dtype,
-                                               device=dev)
+                self.user_table = nn.Embedding(n_users, user_dim, dtype=adapter_dtype, device=dev)
                 nn.init.normal_(self.user_table.weight, std=1.0 / math.sqrt(user_dim))
             if variant == "no_mole":
                 self.user_proj = nn.Linear(user_dim, hidden, dtype=adapter_dtype, device=dev)
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def build(cls, reward_cfg: Any, variant: str, user_dim: int, n_users: int | None = None,
-              tokenizer: Any | None = None) -> PersonalRewardModel:
+    def build(
+        cls,
+        reward_cfg: Any,
+        variant: str,
+        user_dim: int,
+        n_users: int | None = None,
+        tokenizer: Any | None = None,
+    ) -> PersonalRewardModel:
         """Backbone from ``reward_cfg`` (:func:`build_backbone`), adapters, head; seeded."""
-        return cls(build_backbone(reward_cfg, tokenizer), reward_cfg, variant, user_dim,
-                   n_users, tokenizer)
+        return cls(
+            build_backbone(reward_cfg, tokenizer), reward_cfg, variant, user_dim, n_users, tokenizer
+        )
 
     @property
     def backbone(self) -> nn.Module:
@@ -110,9 +127,21 @@ class PersonalRewardModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def gradient_checkpointing_enable(self, use_reentrant: bool = True) -> None:
+        """Checkpoint the backbone layers. The frozen backbone needs its input to require
+        grad for reentrant checkpointing: ``enable_input_require_grads`` does that with a
+        hook (the official code made the whole embedding matrix trainable, REFERENCE.md B8).
+        The MoLE route persists after forward, so recomputation uses the same gates."""
+        self.backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
+        )
+        if use_reentrant:
+            self.backbone.enable_input_require_grads()
+
     # ----------------------------------------------------------------- routing
-    def gate_input(self, user_emb: torch.Tensor | None, user_index: torch.Tensor | None
-                   ) -> torch.Tensor | None:
+    def gate_input(
+        self, user_emb: torch.Tensor | None, user_index: torch.Tensor | None
+    ) -> torch.Tensor | None:
         """What drives the gate / user token: ``e_u`` (copl, no_mole) or the table row."""
         if self.variant == "uniform":
             return None
@@ -120,58 +149,80 @@ class PersonalRewardModel(nn.Module):
             if user_index is None:
                 raise ValueError("variant 'no_gnn' needs user_index (LongTensor [B])")
             if user_index.numel() and (user_index.min() < 0 or user_index.max() >= self.n_users):
-                raise ValueError(f"user_index: values must be in [0, {self.n_users}), got "
-                                 f"[{int(user_index.min())}, {int(user_index.max())}]")
+                raise ValueError(
+                    f"user_index: values must be in [0, {self.n_users}), got "
+                    f"[{int(user_index.min())}, {int(user_index.max())}]"
+                )
             return self.user_table(user_index)
         if user_emb is None:
             raise ValueError(f"variant {self.variant!r} needs user_emb [B, {self.user_dim}]")
         if user_emb.dim() != 2 or user_emb.shape[1] != self.user_dim:
-            raise ValueError(f"user_emb: expected shape [B, {self.user_dim}], got "
-                             f"{tuple(user_emb.shape)}")
+            raise ValueError(
+                f"user_emb: expected shape [B, {self.user_dim}], got {tuple(user_emb.shape)}"
+            )
         return user_emb
 
-    def gate_weights(self, user_emb: torch.Tensor | None = None,
-                     user_index: torch.Tensor | None = None) -> torch.Tensor:
+    def gate_weights(
+        self, user_emb: torch.Tensor | None = None, user_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Expert weights without noise: ``[B, M]``, or ``[n_modules, B, M]`` per-module."""
         if self.mole.gate is None:
             raise ValueError(f"variant {self.variant!r} has no gate")
         return self.mole.gate_weights(self.gate_input(user_emb, user_index))
 
     # ----------------------------------------------------------------- forward
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                user_emb: torch.Tensor | None = None,
-                user_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        user_emb: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scores ``[N]`` fp32. ``user_emb``/``user_index`` have ``B`` rows, ``N = k·B``."""
         n = input_ids.shape[0]
-        gate_in = self.gate_input(user_emb, user_index)
+        if self.variant == "no_gnn":  # a table lookup, rebuilt from leaves on recompute
+            gate_in = None
+            route_in: Any = lambda: self.gate_input(user_emb, user_index)  # noqa: E731
+        else:
+            gate_in = route_in = self.gate_input(user_emb, user_index)
         mask = attention_mask.long()
         kwargs: dict[str, Any] = {}
         if self.variant == "no_mole":
             embed = self.backbone.get_input_embeddings()
             token = self.user_proj(_tile(gate_in, n, "user_emb").to(self.user_proj.weight.dtype))
             kwargs["inputs_embeds"] = torch.cat(
-                [token[:, None].to(embed.weight.dtype), embed(input_ids)], 1)
+                [token[:, None].to(embed.weight.dtype), embed(input_ids)], 1
+            )
             mask = torch.cat([mask.new_ones(n, 1), mask], 1)
-            gate_in = None  # the user enters as a token, the LoRA is shared
+            route_in = None  # the user enters as a token, the LoRA is shared
         else:
             kwargs["input_ids"] = input_ids
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        with self.mole.routed(gate_in, n):
-            hidden = self.backbone(attention_mask=mask, position_ids=position_ids,
-                                   use_cache=False, **kwargs).last_hidden_state
+        with self.mole.routed(route_in, n):
+            hidden = self.backbone(
+                attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
+            ).last_hidden_state
         pooled = hidden[torch.arange(n, device=hidden.device), last_token_index(mask)]
         return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
 
-    def score_texts(self, texts: list[str], user_emb: torch.Tensor | None = None,
-                    user_index: torch.Tensor | None = None) -> torch.Tensor:
+    def score_texts(
+        self,
+        texts: list[str],
+        user_emb: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Tokenise with the model's tokenizer (right padding, truncation) and score."""
         if self.tokenizer is None:
             raise ValueError("score_texts needs a tokenizer (build/load with one)")
-        enc = self.tokenizer(texts, padding=True, truncation=True,
-                             max_length=self.reward_cfg.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.reward_cfg.max_length,
+            return_tensors="pt",
+        )
         dev = self.score.weight.device
-        return self(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), user_emb,
-                    user_index)
+        return self(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), user_emb, user_index)
 
     # ----------------------------------------------------------------- persistence
     def save(self, out_dir: str | Path) -> Path:
@@ -181,14 +232,14 @@ class PersonalRewardModel(nn.Module):
         return save_reward_model(self, out_dir)
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu"
-             ) -> PersonalRewardModel:
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> PersonalRewardModel:
         from copl_ray.reward.export import load_reward_model
 
         return load_reward_model(model_dir, device)
 
-    def export_user_peft(self, user_emb: torch.Tensor | None, out_dir: str | Path,
-                         user_index: int | None = None) -> Path:
+    def export_user_peft(
+        self, user_emb: torch.Tensor | None, out_dir: str | Path, user_index: int | None = None
+    ) -> Path:
         """One user → standard PEFT LoRA folder + ``score`` head (see export.py)."""
         from copl_ray.reward.export import export_user_peft
 

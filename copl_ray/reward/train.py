@@ -81,6 +81,22 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Activation checkpointing of the backbone's layers, safe with ZeRO-3 + frozen weights.
+
+    ``use_reentrant=True``: the non-reentrant variant recomputes with frozen ZeRO-3 params
+    re-partitioned to shape [0] and fails with ``CheckpointError`` (ANCHORS B3; TRL forces
+    the same). Reentrant checkpointing only back-propagates into a segment whose input
+    requires grad, so the embedding output is made to require grad
+    (``enable_input_require_grads``; the official code's ``requires_grad_()`` on the whole
+    embedding matrix is bug B8). The MoLE route stays set after the forward, so the
+    recomputation reads the same gate (same noise).
+    """
+    backbone = model.backbone
+    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    backbone.enable_input_require_grads()
+
+
 def save_model(engine, model, out_dir: Path, zero_stage: int, rank: int) -> None:
     """``model.save(out_dir)`` on rank 0 with every parameter gathered under ZeRO-3.
 
@@ -91,7 +107,9 @@ def save_model(engine, model, out_dir: Path, zero_stage: int, rank: int) -> None
     import deepspeed
 
     if zero_stage == 3:
-        params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+        # Config-built backbones are saved whole; hub backbones only by their adapters/head.
+        everything = model.reward_cfg.backbone == "tiny-gemma"
+        params = [p for p in model.parameters() if everything or p.requires_grad]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             if rank == 0:
                 model.save(str(out_dir))
@@ -145,7 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
         tokenizer=tokenizer,
     )
     if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(model)
     user_table = None
     if config.get("user_embeddings") is not None:
         user_table = torch.as_tensor(np.asarray(config["user_embeddings"]), dtype=torch.float32)
@@ -181,15 +199,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
+    val_cache: list[dict] = []
+
     def validate() -> float | None:
         if val_shard is None:
             return None
         engine.eval()
         correct = n = 0.0
+        # The val shard is small and read every eval_every steps: keep it after one pass
+        # instead of re-running the Ray Data pipeline each time.
+        if not val_cache:
+            val_cache.extend(
+                val_shard.iter_torch_batches(
+                    batch_size=micro, collate_fn=collate_pairs, drop_last=False
+                )
+            )
         with torch.no_grad():
-            for b in val_shard.iter_torch_batches(
-                batch_size=micro, collate_fn=collate_pairs, drop_last=False
-            ):
+            for b in val_cache:
                 c, r = pair_forward(engine, _to_device(b, device), variant, user_table)
                 correct += float((c > r).sum())
                 n += c.numel()
@@ -206,6 +232,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
+    train_cache: list[dict] = []
+
+    def epoch_batches(epoch: int):
+        """Stream the shard; with ``train.cache_shards`` later epochs re-batch a permutation
+        of the rows the first streamed pass kept in worker memory (small data: re-running
+        the pipeline would cost more than the training)."""
+        if tc.cache_shards and train_cache:
+            cols = {
+                k: torch.cat([b[k] for b in train_cache])
+                for k in train_cache[0]
+                if isinstance(train_cache[0][k], torch.Tensor)
+            }
+            n_rows = next(iter(cols.values())).shape[0]
+            perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(tc.seed + epoch))
+            for j in range(n_rows // micro):
+                idx = perm[j * micro : (j + 1) * micro]
+                yield {k: v[idx] for k, v in cols.items()}
+            return
+        for b in train_shard.iter_torch_batches(
+            batch_size=micro,
+            collate_fn=collate_pairs,
+            drop_last=True,
+            local_shuffle_buffer_size=config["shuffle_buffer"],
+            local_shuffle_seed=tc.seed + epoch,
+        ):
+            if tc.cache_shards:
+                train_cache.append(b)
+            yield b
+
     # ------------------------------------------------------------------ loop
     engine.train()
     t0, tokens, window = time.time(), 0.0, [0.0, 0.0, 0.0, 0]  # loss_sum, correct, n, steps
@@ -216,14 +271,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
         if done:
             break
         skip = step - epoch * spe  # batches of this epoch consumed before a restart
-        batches = train_shard.iter_torch_batches(
-            batch_size=micro,
-            collate_fn=collate_pairs,
-            drop_last=True,
-            local_shuffle_buffer_size=config["shuffle_buffer"],
-            local_shuffle_seed=tc.seed + epoch,
-        )
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(epoch_batches(epoch)):
             if i >= spe * tc.grad_accum:
                 break
             if i < skip * tc.grad_accum:

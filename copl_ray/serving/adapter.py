@@ -2,8 +2,8 @@
 
 Labels arrive as texts ``{prompt, chosen, rejected}``. Each text is mapped to a
 response id of the run by an exact ``(prompt, text)`` match against
-``data/responses.parquet``; a text that matches nothing keeps id ``-1`` and is
-counted (``n_unknown``) — it cannot reach any neighbour in the graph, exactly as the
+``data/responses.parquet``; a text that matches nothing is
+counted (``n_unknown``) — it gets a negative id, so it cannot reach any neighbour in the graph, exactly as the
 adaptation contract treats an unknown id. The embedding is then (METHOD.md §4)::
 
     e_u* = Σ_{u ∈ N^+_u*(k)} w_{u,u*} e_u,   w = softmax_u(γ_{u,u*} / κ),
@@ -15,6 +15,7 @@ computed by :func:`copl_ray.graph.adapt.adapt_unseen_users` (variant ``weighted`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from copl_ray.artifacts import RunDir
-from copl_ray.config import AdaptConfig, config_from_dict
+from copl_ray.config import AdaptConfig, ConfigError, config_from_dict
 from copl_ray.serving.scorer import require, response_index
 from copl_ray.serving.store import Annotation
 
 OPTIMIZATION_FREE_VARIANTS = ("weighted", "naive")
-UNKNOWN_ID = -1
 
 
 @dataclass
@@ -49,7 +49,30 @@ def run_adapt_config(run: RunDir) -> AdaptConfig:
     if not path.exists():
         return AdaptConfig()
     saved = yaml.safe_load(path.read_text()) or {}
-    return config_from_dict({"adapt": saved.get("adapt") or {}}).adapt
+    try:
+        return config_from_dict({"adapt": saved.get("adapt") or {}}).adapt
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def frozen_artifacts(art):
+    """``art`` with its signed adjacency built once instead of on every adaptation call.
+
+    ``adapt_unseen_users`` asks the artifacts for ``binary_adjacency(...)`` each call,
+    which coalesces every edge of the graph (most of the cost of adapting one user against
+    10,000 seen users). A server never changes the graph, so the CSR is memoised.
+    """
+    from copl_ray.graph.artifacts import GNNArtifacts
+
+    class FrozenGNNArtifacts(GNNArtifacts):
+        def binary_adjacency(self, *args, **kwargs):
+            cache = self.__dict__.setdefault("_adjacency", {})
+            key = (args, tuple(sorted(kwargs.items())))
+            if key not in cache:
+                cache[key] = super().binary_adjacency(*args, **kwargs)
+            return cache[key]
+
+    return FrozenGNNArtifacts(**{f.name: getattr(art, f.name) for f in dataclasses.fields(art)})
 
 
 class UserAdapter:
@@ -69,7 +92,7 @@ class UserAdapter:
         self.cfg = adapt_cfg if adapt_cfg is not None else run_adapt_config(self.run)
         self.variant = variant
         require(self.run.gnn, "GNN stage output")
-        self.artifacts = GNNArtifacts.load(self.run.gnn)
+        self.artifacts = frozen_artifacts(GNNArtifacts.load(self.run.gnn))
         responses = pq.read_table(
             require(self.run.data / "responses.parquet", "responses table of the data stage"),
             columns=["response_id", "prompt", "text"],
@@ -95,8 +118,11 @@ class UserAdapter:
         """The optimisation-free embedding of one user from all of their annotations."""
         from copl_ray.graph.adapt import adapt_unseen_users
 
-        chosen = [UNKNOWN_ID if a.chosen_id is None else a.chosen_id for a in annotations]
-        rejected = [UNKNOWN_ID if a.rejected_id is None else a.rejected_id for a in annotations]
+        # each unknown text gets its own negative id: no graph node, and never "equal" to
+        # the other side of its pair (the contract refuses chosen == rejected)
+        fresh = iter(range(-1, -2 * len(annotations) - 1, -1))
+        chosen = [next(fresh) if a.chosen_id is None else a.chosen_id for a in annotations]
+        rejected = [next(fresh) if a.rejected_id is None else a.rejected_id for a in annotations]
         n_unknown = sum(a.chosen_id is None for a in annotations) + sum(
             a.rejected_id is None for a in annotations
         )

@@ -22,8 +22,17 @@ class ToyMLP(nn.Module):
 
 def make(seed: int = 0, **kw) -> MoLEModel:
     torch.manual_seed(seed)
-    cfg = dict(target_modules=["up", "down"], num_experts=4, rank=3, alpha=6.0, dropout=0.0,
-               user_dim=5, gate_hidden=7, top_k=1, gate_noise=0.0)
+    cfg = dict(
+        target_modules=["up", "down"],
+        num_experts=4,
+        rank=3,
+        alpha=6.0,
+        dropout=0.0,
+        user_dim=5,
+        gate_hidden=7,
+        top_k=1,
+        gate_noise=0.0,
+    )
     cfg.update(kw)
     m = MoLEModel(ToyMLP(), MoLEConfig(**cfg)).double()
     for _, layer in m.mole_layers():  # B is zero at init: give it values to compare
@@ -36,6 +45,7 @@ def reference(m: MoLEModel, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     w_all = m.compute_gate(e).weights  # [G, B, M]
     outs = []
     for b in range(x.shape[0]):
+
         def layer(name: str, v: torch.Tensor) -> torch.Tensor:
             lay = m.model.get_submodule(name)
             a_s, b_s = lay.block(0)

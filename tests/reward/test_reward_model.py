@@ -40,11 +40,10 @@ def reward_cfg(**kw):
 
 
 def make(variant, tok, **kw):
-    model = PersonalRewardModel.build(reward_cfg(**kw), variant, USER_DIM, n_users=5,
-                                      tokenizer=tok)
+    model = PersonalRewardModel.build(reward_cfg(**kw), variant, USER_DIM, n_users=5, tokenizer=tok)
     with torch.no_grad():  # B = 0 at init would make every user score alike
         for _, layer in model.mole.mole_layers():
-            layer.lora_B.normal_(std=0.05)
+            layer.lora_B.normal_(std=0.05, generator=torch.Generator().manual_seed(7))
     return model.eval()
 
 
@@ -130,8 +129,7 @@ def test_copl_gradients_reach_gate_and_experts_not_backbone(tok):
     s = model(ids, mask, e)
     (btl_loss(s[:3], s[3:]) + model.aux_loss).backward()
     assert model.mole.gate.w1.grad.abs().sum() > 0
-    assert all(p.grad is None for n, p in model.backbone.named_parameters()
-               if "lora_" not in n)
+    assert all(p.grad is None for n, p in model.backbone.named_parameters() if "lora_" not in n)
     w = model.gate_weights(e)
     n_mod = len(model.mole.module_names)
     assert w.shape == (n_mod, 3, 4) and ((w > 0).sum(-1) == 1).all()
@@ -189,8 +187,9 @@ def test_backbone_seeded_config_and_kwargs(tok, monkeypatch):
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.embed_tokens.weight, c.embed_tokens.weight)
     assert a.config.vocab_size == len(tok) and a.config.pad_token_id == tok.pad_token_id
-    big = build_backbone(reward_cfg(backbone_kwargs={"num_hidden_layers": 3,
-                                                     "hidden_size": 32}), tok)
+    big = build_backbone(
+        reward_cfg(backbone_kwargs={"num_hidden_layers": 3, "hidden_size": 32}), tok
+    )
     assert len(big.layers) == 3 and big.config.hidden_size == 32
     with pytest.raises(ValueError, match="reward.backbone_kwargs: unknown GemmaConfig"):
         build_backbone(reward_cfg(backbone_kwargs={"n_layer": 3}), tok)
@@ -216,3 +215,33 @@ def test_tokenizer_round_trip(tok, tmp_path):
     assert reloaded.pad_token == "<pad>" and reloaded.pad_token_id == 0
     with pytest.raises(ValueError, match="reward.tokenizer_vocab"):
         train_tokenizer(TEXTS, 3, tmp_path)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_same_gradients(tok, reentrant):
+    """Recompute in backward must see the same route (and noise) as the forward."""
+    grads = []
+    for ckpt in (False, True):
+        model = make("copl", tok, gate_noise=1.0)
+        if ckpt:
+            model.gradient_checkpointing_enable(use_reentrant=reentrant)
+        model.train()
+        ids, mask = encode(tok, TEXTS, "right")
+        torch.manual_seed(0)
+        s = model(ids, mask, users(3)[0])
+        btl_loss(s[:3], s[3:]).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert not model.backbone.embed_tokens.weight.requires_grad  # not B8
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_gradient_checkpointing_no_gnn_table_gets_gradients(tok):
+    model = make("no_gnn", tok)
+    model.gradient_checkpointing_enable(use_reentrant=True)
+    model.train()
+    ids, mask = encode(tok, TEXTS, "right")
+    s = model(ids, mask, user_index=torch.tensor([0, 2, 4]))
+    btl_loss(s[:3], s[3:]).backward()
+    g = model.user_table.weight.grad
+    assert g[[0, 2, 4]].abs().sum() > 0 and g[[1, 3]].abs().sum() == 0

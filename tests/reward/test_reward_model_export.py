@@ -32,7 +32,7 @@ def make(variant, tok, **kw):
     model = PersonalRewardModel.build(rc, variant, USER_DIM, n_users=4, tokenizer=tok)
     with torch.no_grad():  # trained-looking adapters: B = 0 at init would hide mistakes
         for _, layer in model.mole.mole_layers():
-            layer.lora_B.normal_(std=0.1)
+            layer.lora_B.normal_(std=0.1, generator=torch.Generator().manual_seed(7))
     return model.eval()
 
 
@@ -45,9 +45,23 @@ def load_exported(out):
     ("variant", "kw", "rank"),
     [
         ("copl", {}, 2 * 4),  # tiny preset: r = 4 → shared + 1 expert = rank 8
-        ("copl", {"gate_per_module": True, "top_k": 2,
-                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                     "up_proj", "down_proj"]}, 3 * 4),
+        (
+            "copl",
+            {
+                "gate_per_module": True,
+                "top_k": 2,
+                "target_modules": [
+                    "q_proj",
+                    "k_proj",
+                    "v_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ],
+            },
+            3 * 4,
+        ),
         ("no_gnn", {}, 2 * 4),
         ("uniform", {}, 16),
     ],
@@ -66,8 +80,9 @@ def test_exported_peft_scores_like_copl_ray(tok, tmp_path, variant, kw, rank):
         assert (out / "adapter_model.safetensors").exists()
         hf = load_exported(out)
         with torch.no_grad():
-            ours = model(enc["input_ids"], enc["attention_mask"], users[u:u + 1],
-                         torch.tensor([u]))
+            ours = model(
+                enc["input_ids"], enc["attention_mask"], users[u : u + 1], torch.tensor([u])
+            )
             theirs = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
         assert theirs.shape == (4, 1)
         torch.testing.assert_close(theirs[:, 0], ours, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,326 @@
+"""Eval stage: seen / unseen accuracy of every trained reward model, CoPL's adaptation
+variants, the labels curve (paper Fig. 2) and expert allocation (Fig. 3).
+
+``run_eval_stage(cfg, run)`` writes ``run.eval/results.json``::
+
+    {"models": {name: {"seen": S, "unseen": S}},
+     "adaptation": {variant: {"unseen": S}},
+     "labels_curve": {"counts": [...], "accuracy": [...]},
+     "expert_usage": {"seen": U, "unseen": U, "allocation": {...}}}
+
+with ``S = {overall, common, controversial, by_group, n_pairs, n_users}`` (see
+:mod:`copl_ray.eval.metrics`; null where a split does not exist) and
+``expert_allocation.png`` / ``labels_curve.png``.
+
+Users' embeddings: seen users use their trained GNN embedding; unseen users the
+optimisation-free adapted one (``kind="adapted"``; no gradient step). ``no_gnn`` has no
+representation of unseen users (its table is learnt per seen user), so its unseen entry
+is null. Oracle scores each user with the model of the user's true group.
+
+Scoring is batched: user-independent models (uniform, oracle) score each distinct
+response once; user-routed models score ``[chosen; rejected]`` of ``eval.batch_size``
+pairs per forward, trimmed to the batch's longest sequence (exact: right padding and
+causal attention leave earlier positions untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from copl_ray.artifacts import RunDir
+from copl_ray.config import Config, config_from_dict
+from copl_ray.data.tables import format_text
+from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage
+from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
+
+USER_FREE = ("uniform",)
+
+
+# ------------------------------------------------------------------ inputs
+class EvalData:
+    """Test pairs of every user with group / pair type, and tokenised responses."""
+
+    def __init__(self, run: RunDir, tokenizer, max_length: int) -> None:
+        from copl_ray.data.ray_data import tokenize_texts
+
+        ann = pq.read_table(run.data / "annotations.parquet").to_pandas()
+        users = pq.read_table(run.data / "users.parquet").to_pandas()
+        pairs = pq.read_table(run.data / "pairs.parquet", columns=["pair_id", "controversial"])
+        pairs = pairs.to_pandas()
+        resp = pq.read_table(run.data / "responses.parquet").to_pandas()
+        self.annotations = ann
+        self.users = users
+        test = ann[ann["split"] == "test"].merge(users, on="user_id", how="inner")
+        contr = pairs.set_index("pair_id")["controversial"]
+        test["controversial"] = (
+            contr.reindex(test["pair_id"].to_numpy()).map({True: 1, False: 0}).fillna(-1).to_numpy()
+        )
+        test["group"] = test["group"].fillna("")
+        needed = np.unique(np.concatenate([test["chosen"].to_numpy(), test["rejected"].to_numpy()]))
+        resp = resp.set_index("response_id")
+        missing = np.setdiff1d(needed, resp.index.to_numpy())
+        if len(missing):
+            raise ValueError(
+                f"{run.data / 'annotations.parquet'}: test pairs reference {len(missing)} "
+                f"response ids absent from responses.parquet (e.g. {missing[:3].tolist()})"
+            )
+        texts = [format_text(resp.at[r, "prompt"], resp.at[r, "text"]) for r in needed]
+        ids, mask = tokenize_texts(tokenizer, texts, max_length)
+        self.response_ids = needed
+        self.ids, self.mask = ids.astype(np.int64), mask.astype(np.int64)
+        row = pd.Index(needed)
+        test["chosen_row"] = row.get_indexer(test["chosen"].to_numpy())
+        test["rejected_row"] = row.get_indexer(test["rejected"].to_numpy())
+        self.seen = test[test["seen"]].reset_index(drop=True)
+        self.unseen = test[~test["seen"]].reset_index(drop=True)
+
+
+def _embedding_lookup(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {
+        str(u): np.asarray(e, dtype=np.float32)
+        for u, e in zip(frame["user_id"], frame["embedding"])
+    }
+
+
+# ------------------------------------------------------------------ scoring
+class Scorer:
+    """Batched scoring of test pairs with one loaded model."""
+
+    def __init__(self, data: EvalData, batch_size: int, device) -> None:
+        import torch
+
+        self.torch = torch
+        self.data, self.batch_size, self.device = data, batch_size, device
+
+    def _forward(self, model, rows_c, rows_r, user_emb=None, user_index=None) -> tuple:
+        torch = self.torch
+        ids = torch.as_tensor(np.concatenate([self.data.ids[rows_c], self.data.ids[rows_r]]))
+        mask = torch.as_tensor(np.concatenate([self.data.mask[rows_c], self.data.mask[rows_r]]))
+        width = int(mask.sum(1).max())
+        ids, mask = ids[:, :width].to(self.device), mask[:, :width].to(self.device)
+        kw = {}
+        if user_emb is not None:
+            kw["user_emb"] = torch.as_tensor(user_emb).to(self.device)
+        if user_index is not None:
+            kw["user_index"] = torch.as_tensor(user_index).to(self.device)
+        s = model(ids, mask, **kw).float().cpu().numpy()
+        return s[: len(rows_c)], s[len(rows_c) :]
+
+    def response_scores(self, model) -> np.ndarray:
+        """One score per distinct test response (user-independent models)."""
+        n = len(self.data.response_ids)
+        out = np.empty(n, dtype=np.float32)
+        rows = np.arange(n)
+        with self.torch.no_grad():
+            for i in range(0, n, 2 * self.batch_size):
+                r = rows[i : i + 2 * self.batch_size]
+                half = len(r) // 2
+                a, b = self._forward(model, r[:half], r[half:])
+                out[r[:half]], out[r[half:]] = a, b
+        return out
+
+    def pair_correct(self, model, pairs: pd.DataFrame, user_emb=None, user_index=None):
+        """``correct`` per row of ``pairs`` for a user-routed model."""
+        out = np.zeros(len(pairs), dtype=bool)
+        c_rows, r_rows = pairs["chosen_row"].to_numpy(), pairs["rejected_row"].to_numpy()
+        with self.torch.no_grad():
+            for i in range(0, len(pairs), self.batch_size):
+                sl = slice(i, i + self.batch_size)
+                c, r = self._forward(
+                    model,
+                    c_rows[sl],
+                    r_rows[sl],
+                    None if user_emb is None else user_emb[sl],
+                    None if user_index is None else user_index[sl],
+                )
+                out[sl] = c > r
+        return out
+
+
+def _summary(pairs: pd.DataFrame, correct: np.ndarray | None) -> dict[str, Any]:
+    if correct is None:
+        return accuracy_summary(None)
+    return accuracy_summary(pairs.assign(correct=correct))
+
+
+def _embeddings_for(pairs: pd.DataFrame, table: dict[str, np.ndarray], what: str) -> np.ndarray:
+    missing = sorted(set(pairs["user_id"]) - set(table))
+    if missing:
+        raise ValueError(
+            f"{what}: no embedding for {len(missing)} users with test pairs (e.g. {missing[:3]})"
+        )
+    return np.stack([table[u] for u in pairs["user_id"]])
+
+
+# ------------------------------------------------------------------ the stage
+def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
+    """All metrics of the results contract (pure computation; no Ray)."""
+    import torch
+
+    from copl_ray.graph.adapt import adapt_unseen_users
+    from copl_ray.graph.artifacts import GNNArtifacts
+    from copl_ray.reward.backbone import load_tokenizer
+    from copl_ray.reward.model import PersonalRewardModel
+
+    t0 = time.time()
+    tokenizer = load_tokenizer(run.root / "tokenizer")
+    tokenizer.padding_side = "right"
+    data = EvalData(run, tokenizer, cfg.reward.max_length)
+    scorer = Scorer(data, cfg.eval.batch_size, device)
+    emb = pq.read_table(run.gnn / "user_embeddings.parquet").to_pandas()
+    seen_emb = _embedding_lookup(emb[emb["seen"]])
+    unseen_emb = _embedding_lookup(emb[(~emb["seen"]) & (emb["kind"] == "adapted")])
+
+    def load(path: Path):
+        if not (path / "reward_config.json").exists():
+            raise FileNotFoundError(f"{path}: no trained reward model (run the reward stage)")
+        return PersonalRewardModel.load(path, device=device).eval()
+
+    models: dict[str, Any] = {}
+    notes: list[str] = []
+    copl = None
+    for name in cfg.reward.models:
+        if name in USER_FREE:
+            s = scorer.response_scores(load(run.reward(name)))
+            res = {}
+            for split, pairs in (("seen", data.seen), ("unseen", data.unseen)):
+                correct = s[pairs["chosen_row"].to_numpy()] > s[pairs["rejected_row"].to_numpy()]
+                res[split] = _summary(pairs, correct)
+            models[name] = res
+        elif name == "oracle":
+            groups = json.loads((run.reward("oracle") / "groups.json").read_text())
+            scores = {g: scorer.response_scores(load(run.reward("oracle") / g)) for g in groups}
+            res = {}
+            for split, pairs in (("seen", data.seen), ("unseen", data.unseen)):
+                correct = np.zeros(len(pairs), dtype=bool)
+                for g, s in scores.items():
+                    sel = (pairs["group"] == g).to_numpy()
+                    correct[sel] = (
+                        s[pairs.loc[sel, "chosen_row"].to_numpy()]
+                        > s[pairs.loc[sel, "rejected_row"].to_numpy()]
+                    )
+                known = pairs["group"].isin(list(scores)).to_numpy()
+                res[split] = _summary(pairs[known], correct[known])
+            models[name] = res
+        elif name == "no_gnn":
+            model = load(run.reward(name))
+            ids = json.loads((run.reward(name) / "user_ids.json").read_text())
+            index = pd.Index(ids).get_indexer(data.seen["user_id"])
+            ok = index >= 0
+            seen = data.seen[ok]
+            correct = scorer.pair_correct(model, seen, user_index=index[ok])
+            models[name] = {"seen": _summary(seen, correct), "unseen": _summary(data.unseen, None)}
+            notes.append("no_gnn: unseen users have no row in the free embedding table (null)")
+        else:  # copl, no_mole: routed by the GNN embedding
+            model = load(run.reward(name))
+            res = {}
+            for split, pairs, table in (
+                ("seen", data.seen, seen_emb),
+                ("unseen", data.unseen, unseen_emb),
+            ):
+                e = _embeddings_for(pairs, table, f"{name}/{split}") if len(pairs) else None
+                correct = scorer.pair_correct(model, pairs, user_emb=e) if len(pairs) else None
+                res[split] = _summary(pairs, correct)
+            models[name] = res
+            if name == "copl":
+                copl = model
+
+    results: dict[str, Any] = {"models": models, "adaptation": {}, "notes": notes}
+    if copl is not None and len(data.unseen):
+        # ---- adaptation variants (stage-1 output) on unseen users
+        adapt_file = run.gnn / "adaptation.parquet"
+        if adapt_file.exists():
+            adaptation = pq.read_table(adapt_file).to_pandas()
+            for variant, frame in adaptation.groupby("variant", sort=False):
+                table = _embedding_lookup(frame)
+                e = _embeddings_for(data.unseen, table, f"adaptation/{variant}")
+                correct = scorer.pair_correct(copl, data.unseen, user_emb=e)
+                results["adaptation"][str(variant)] = {"unseen": _summary(data.unseen, correct)}
+        # ---- labels curve: re-adapt with each unseen user's first k survey labels
+        art = GNNArtifacts.load(run.gnn)
+        survey = data.annotations[
+            (data.annotations["split"] == "survey")
+            & data.annotations["user_id"].isin(set(data.unseen["user_id"]))
+        ]
+        curve = []
+        for k in cfg.eval.label_counts:
+            first_k = survey.groupby("user_id", sort=False).head(k)
+            adapted = adapt_unseen_users(art, first_k, cfg.adapt, variant="weighted")
+            table = _embedding_lookup(adapted)
+            pairs = data.unseen[data.unseen["user_id"].isin(set(table))]
+            e = _embeddings_for(pairs, table, f"labels_curve/k={k}")
+            curve.append(float(scorer.pair_correct(copl, pairs, user_emb=e).mean()))
+        results["labels_curve"] = {"counts": list(cfg.eval.label_counts), "accuracy": curve}
+    else:
+        results["labels_curve"] = {"counts": list(cfg.eval.label_counts), "accuracy": []}
+
+    # ---- expert allocation / usage (CoPL gate, no noise)
+    results["expert_usage"] = {}
+    if copl is not None and copl.mole.gate is not None:
+        usage = {}
+        for split, table in (("seen", seen_emb), ("unseen", unseen_emb)):
+            ids = [
+                u
+                for u in data.users.loc[data.users["seen"] == (split == "seen"), "user_id"]
+                if u in table
+            ]
+            if not ids:
+                continue
+            with torch.no_grad():
+                w = copl.gate_weights(torch.as_tensor(np.stack([table[u] for u in ids])).to(device))
+            w = w.float().cpu().numpy()
+            usage[split] = expert_usage(w)
+            if split == "seen":
+                group_of = dict(zip(data.users["user_id"], data.users["group"].fillna("")))
+                groups, matrix = allocation_matrix(w, [group_of[u] for u in ids])
+                layers = list(copl.mole.module_names) if w.ndim == 3 else None
+                usage["allocation"] = {
+                    "groups": groups,
+                    "matrix": matrix.tolist(),
+                    "layers": layers,
+                }
+                plot_expert_allocation(groups, matrix, run.eval / "expert_allocation.png", layers)
+        results["expert_usage"] = usage
+    if results["labels_curve"]["accuracy"]:
+        ref = {f"{m} (unseen)": models[m]["unseen"]["overall"] for m in models if m != "copl"}
+        plot_labels_curve(
+            results["labels_curve"]["counts"],
+            results["labels_curve"]["accuracy"],
+            run.eval / "labels_curve.png",
+            ref,
+        )
+    results["seconds"] = round(time.time() - t0, 2)
+    return results
+
+
+def _evaluate_remote(cfg_dict: dict, root: str, device: str) -> dict[str, Any]:
+    return evaluate(config_from_dict(cfg_dict), RunDir(root), device)
+
+
+def run_eval_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
+    """Evaluate and write ``run.eval/results.json``; returns the headline accuracies.
+
+    On GPU presets the scoring runs in a Ray task holding one GPU (same code, other
+    placement); on CPU it runs in the calling process.
+    """
+    run.eval.mkdir(parents=True, exist_ok=True)
+    if cfg.train.use_gpu:
+        import ray
+
+        task = ray.remote(num_gpus=1, num_cpus=1)(_evaluate_remote)
+        results = ray.get(task.remote(cfg.to_dict(), str(run.root.resolve()), "cuda"))
+    else:
+        results = evaluate(cfg, run)
+    (run.eval / "results.json").write_text(json.dumps(results, indent=2))
+    headline = {
+        f"{m}/{split}": r[split]["overall"] for m, r in results["models"].items() for split in r
+    }
+    headline["seconds"] = results["seconds"]
+    return headline

@@ -1,0 +1,94 @@
+"""Ray Train + DeepSpeed ZeRO-3 training of a real PersonalRewardModel on 2 CPU workers:
+gradient checkpointing, checkpoint with the reward head gathered, interruption + resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from copl_ray.artifacts import RunDir
+from copl_ray.config import load_config
+from copl_ray.data.build import build_tables
+from copl_ray.data.ray_data import read_lookups
+from copl_ray.reward.backbone import load_tokenizer
+from copl_ray.reward.model import PersonalRewardModel
+from copl_ray.reward.stage import (
+    RewardTrainingError,
+    load_user_table,
+    prepare_tokenizer,
+    train_reward_model,
+)
+
+SMALL = [
+    "data.n_users=40",
+    "data.n_unseen_users=4",
+    "data.synthetic.n_prompts=60",
+    "gnn.dim=16",
+    "reward.max_length=64",
+    "reward.models=[no_gnn]",
+    "train.zero_stage=3",
+    "train.gradient_checkpointing=true",
+    "train.batch_size=8",
+    "train.max_steps=5",
+    "train.ckpt_every=2",
+    "train.eval_every=2",
+    "train.log_every=1",
+    "train.lr=0.01",
+]
+
+
+def test_zero3_interrupt_resume_keeps_reward_head(ray_session, tmp_path):
+    cfg = load_config("tiny", SMALL + [f"run.dir={tmp_path}"])
+    run = RunDir(tmp_path)
+    build_tables(cfg).write(run.data)
+    tok_dir = prepare_tokenizer(cfg, run)
+    users, table = load_user_table(cfg, run, need_embeddings=False)
+    assert table is None
+    kwargs = dict(
+        job="no_gnn",
+        variant="no_gnn",
+        out_dir=run.reward("no_gnn"),
+        users=users,
+        user_embeddings=None,
+        tokenizer_dir=tok_dir,
+        lookups=read_lookups(run.data, users),
+    )
+    # 1) crash right after step 3: the last checkpoint is the one of step 2
+    with pytest.raises(RewardTrainingError, match="no_gnn.*injected interruption at step 3"):
+        train_reward_model(cfg, run, interrupt_at_step=3, **kwargs)
+    assert not (run.reward("no_gnn") / "model.safetensors").exists()
+    # 2) rerun: Ray Train hands the step-2 checkpoint back, DeepSpeed restores ZeRO-3 shards
+    metrics = train_reward_model(cfg, run, **kwargs)
+    assert metrics["resumed_from_step"] == 2
+    assert metrics["steps"] == metrics["total_steps"] == 5
+    assert [p["step"] for p in metrics["loss_curve"]] == [1, 2, 3, 4, 5]  # history carried over
+    assert metrics["val_accuracy"] is not None
+    assert json.loads((run.reward("no_gnn") / "metrics.json").read_text())["steps"] == 5
+
+    # 3) the saved model is complete: head, gate, user table, adapters all full-size
+    out = run.reward("no_gnn")
+    state = load_file(str(out / "model.safetensors"))
+    fresh = PersonalRewardModel.build(
+        cfg.reward,
+        "no_gnn",
+        user_dim=cfg.gnn.dim,
+        n_users=len(users.user_ids),
+        tokenizer=load_tokenizer(tok_dir),
+    )
+    ref = fresh.state_dict()
+    for name, tensor in state.items():
+        assert tensor.shape == ref[name].shape, name  # ZeRO-3 would leave shape [0] ungathered
+    assert state["score.weight"].shape == (1, fresh.score.weight.shape[1])
+    assert not torch.equal(state["score.weight"], ref["score.weight"])  # trained, not init
+    lora_b = [k for k in state if k.endswith("lora_B")]
+    assert lora_b and any(state[k].abs().sum() > 0 for k in lora_b)  # B starts at 0
+    # reload scores like the saved weights say (a forward on the reloaded model is finite)
+    model = PersonalRewardModel.load(out).eval()
+    tok = load_tokenizer(out / "tokenizer")
+    enc = tok(["Human: hi\n\nAssistant: perhaps careful"], return_tensors="pt")
+    with torch.no_grad():
+        s = model(enc["input_ids"], enc["attention_mask"], user_index=torch.tensor([0]))
+    assert torch.isfinite(s).all()

@@ -1,0 +1,69 @@
+"""The real tiny run (``tiny_run``: data → gnn → reward → eval → report, once per session)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from copl_ray.artifacts import RunDir
+from copl_ray.config import load_config
+from copl_ray.pipeline import STAGES, run_pipeline
+from copl_ray.report import SPLIT_KEYS
+
+
+def _report(run: RunDir) -> dict:
+    return json.loads(run.report_json.read_text())
+
+
+def test_tiny_run_report_is_complete(tiny_run):
+    rep = _report(tiny_run)
+    cfg = load_config("tiny")
+    data = rep["data"]
+    assert data["source"] == "synthetic" and data["n_users_seen"] == cfg.data.n_users
+    assert data["n_users_unseen"] == cfg.data.n_unseen_users
+    assert 0.0 <= rep["gnn"]["heldout_accuracy"] <= 1.0
+    assert set(rep["models"]) == set(cfg.reward.models)
+    for name, model in rep["models"].items():
+        assert set(model["seen"]) == set(SPLIT_KEYS), name
+        acc = model["seen"]["overall"]
+        assert acc is not None and 0.0 <= acc <= 1.0, name
+        # the figure is backed by users and pairs the report names
+        assert 0 < model["seen"]["n_users"] <= data["n_users_seen"], name
+        assert model["seen"]["n_pairs"] >= model["seen"]["n_users"], name
+    for name in ("copl", "uniform"):  # unseen users exist for the models that adapt
+        unseen = rep["models"][name]["unseen"]
+        assert 0 < unseen["n_users"] <= data["n_users_unseen"]
+        assert 0.0 <= unseen["overall"] <= 1.0
+    assert rep["adaptation"] and all(
+        v["unseen"]["overall"] is None or 0 <= v["unseen"]["overall"] <= 1
+        for v in rep["adaptation"].values()
+    )
+    assert all(rep["timings"][f"{s}_s"] > 0 for s in STAGES)
+    for key in ("tsne", "expert_allocation", "labels_curve", "accuracy"):
+        assert rep["figures"][key], key
+        assert (tiny_run.root / rep["figures"][key]).stat().st_size > 1000, key
+    md = tiny_run.report_md.read_text()
+    for heading in ("Table 1", "Table 2", "Table 4", "Table 5", "Fig. 2", "Fig. 1/4",
+                    "Fig. 3", "## Data", "Wall time per stage", "Package versions",
+                    "Resolved config"):  # fmt: skip
+        assert heading in md, heading
+
+
+def test_tiny_run_is_reused_and_an_interrupted_stage_resumes(tiny_run, tmp_path):
+    """Same config → nothing reruns; a missing eval marker (interrupted eval) → only eval."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run.root, copy, symlinks=True)
+    cfg = load_config("tiny", [f"run.dir={copy}"])
+    markers = {s: (copy / s / "_SUCCESS").read_text() for s in STAGES}
+
+    run_pipeline(cfg)
+    assert _report(RunDir(copy))["executed"] == []
+    assert {s: (copy / s / "_SUCCESS").read_text() for s in STAGES} == markers
+
+    (copy / "eval" / "_SUCCESS").unlink()
+    run_pipeline(cfg)
+    rep = _report(RunDir(copy))
+    assert rep["executed"] == ["eval"]
+    for s in ("data", "gnn", "reward"):
+        assert (copy / s / "_SUCCESS").read_text() == markers[s]
+    assert rep["models"]["copl"]["seen"] == _report(tiny_run)["models"]["copl"]["seen"]
