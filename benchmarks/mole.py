@@ -319,9 +319,12 @@ def main() -> None:
         default=989.0,
         help="accelerator dense bf16 peak for MFU (H100/H200 SXM: 989)",
     )
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--no-micro", action="store_true", help="skip the layer micro-benchmark")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return

@@ -66,3 +66,31 @@ def test_stage_jobs_share_the_arguments():
         assert r.returncode == 0
         for flag in ("--config", "--set", "--stages", "--run-dir", "--data", "--force"):
             assert flag in r.stdout, (job, flag)
+
+
+def test_own_data_file_runs_into_its_own_run_dir(tmp_path):
+    """``--data FILE`` = data.source=own + data.path=FILE; run dir defaults to runs/<stem>."""
+    rows = ["user_id,prompt,chosen,rejected"]
+    for u in range(12):
+        for p in range(6):  # users of one half prefer the long answer, the others the short
+            long, short = f"a long detailed answer {p}", f"short {p}"
+            chosen, rejected = (long, short) if u % 2 else (short, long)
+            rows.append(f"user{u},question {p}?,{chosen},{rejected}")
+    prefs = tmp_path / "my_prefs.csv"
+    prefs.write_text("\n".join(rows) + "\n")
+    r = _run("jobs/full.py", "--data", str(prefs), "--stages", "data",
+             "--set", "data.n_unseen_users=2", "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert rep["data"]["source"] == "own"
+    assert rep["data"]["n_users_seen"] + rep["data"]["n_users_unseen"] == 12
+    assert rep["config"]["data"]["path"] == str(prefs.resolve())
+
+    import argparse
+
+    from copl_ray.pipeline import add_run_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--data", str(prefs)]))
+    assert cfg.run.dir == str(Path("runs") / "my_prefs")  # never the preset's runs/tiny

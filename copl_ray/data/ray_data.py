@@ -221,7 +221,7 @@ def pair_dataset(
     )
     if shuffle:
         ds = ds.random_shuffle(seed=seed)
-    return ds.map_batches(
+    ds = ds.map_batches(
         join_and_tokenize,
         batch_format="pandas",
         batch_size=batch_size,
@@ -235,6 +235,10 @@ def pair_dataset(
             "take_slice": bool(take_slice),
         },
     )
+    # The trainer prints its own progress; Ray Data's per-operator bars would flood the
+    # worker logs once per epoch and per validation pass.
+    ds.context.enable_progress_bars = False
+    return ds
 
 
 def holdout_mask(user_ids: np.ndarray, pair_ids: np.ndarray, fraction: float) -> np.ndarray:
@@ -251,9 +255,9 @@ def collate_pairs(batch: dict[str, np.ndarray]) -> dict:
     out: dict = {}
     for k, v in batch.items():
         if k in TOKEN_COLUMNS or k in ("pair_id", "user_index"):
-            out[k] = torch.as_tensor(np.asarray(v), dtype=torch.long)
+            out[k] = torch.as_tensor(np.array(v), dtype=torch.long)  # copy: blocks are read-only
         elif k == "controversial":
-            out[k] = torch.as_tensor(np.asarray(v), dtype=torch.int8)
+            out[k] = torch.as_tensor(np.array(v), dtype=torch.int8)
         else:
             out[k] = np.asarray(v)
     return out

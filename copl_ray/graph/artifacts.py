@@ -114,8 +114,12 @@ class GNNArtifacts:
     @classmethod
     def load(cls, gnn_dir: str | Path) -> GNNArtifacts:
         d = Path(gnn_dir)
-        for name in ("graph.json", "graph.safetensors", "response_embeddings.safetensors",
-                     "user_embeddings.parquet"):  # fmt: skip
+        for name in (
+            "graph.json",
+            "graph.safetensors",
+            "response_embeddings.safetensors",
+            "user_embeddings.parquet",
+        ):
             if not (d / name).exists():
                 raise FileNotFoundError(f"GNN artifacts: {d / name} is missing (run the gnn stage)")
         meta = json.loads((d / "graph.json").read_text())

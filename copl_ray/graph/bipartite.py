@@ -29,7 +29,6 @@ import pandas as pd
 import torch
 
 
-
 def coo_to_csr(indices: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """COO → CSR without torch's "beta"/"invariant checks" warnings (sizes are ours)."""
     with warnings.catch_warnings():
@@ -43,9 +42,14 @@ def csr_with_values(adj: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
-            adj.crow_indices(), adj.col_indices(), values, size=adj.shape, device=adj.device,
+            adj.crow_indices(),
+            adj.col_indices(),
+            values,
+            size=adj.shape,
+            device=adj.device,
             check_invariants=False,
         )
+
 
 REQUIRED_ANNOTATION_COLUMNS = ("user_id", "chosen", "rejected", "split")
 

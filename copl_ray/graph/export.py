@@ -145,13 +145,22 @@ def export_gnn(
     graph = inputs.graph
     e_user, e_resp = final_embeddings(graph, shape, best_state)
     e_export = export_user_embeddings(e_user, cfg.gnn.normalize_embeddings)
-    save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()},
-              str(out / "model.safetensors"))  # fmt: skip
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in best_state.items()},
+        str(out / "model.safetensors"),
+    )
     (out / "gnn_config.json").write_text(
         json.dumps({"shape": asdict(shape), "gnn": asdict(cfg.gnn)}, indent=2)
     )
-    art = GNNArtifacts(graph.user_ids, e_export, graph.response_ids, e_resp,
-                       graph.pos_edge_index, graph.neg_edge_index, cfg.gnn.normalize_embeddings)  # fmt: skip
+    art = GNNArtifacts(
+        graph.user_ids,
+        e_export,
+        graph.response_ids,
+        e_resp,
+        graph.pos_edge_index,
+        graph.neg_edge_index,
+        cfg.gnn.normalize_embeddings,
+    )
     art.save(out)
 
     users = tables.users.copy()
@@ -166,15 +175,29 @@ def export_gnn(
         missing = [u for u in unseen_ids if df is None or u not in set(df["user_id"])]
         if missing:  # an unseen user without a label: the mean seen user, flagged
             mean = art.mean_user().numpy().astype(np.float32)
-            extra = pd.DataFrame({"user_id": missing, "embedding": [mean] * len(missing),
-                                  "n_neighbors": 0, "fallback": True, "n_unknown": 0,
-                                  "fallback_kind": "mean_user"})  # fmt: skip
+            extra = pd.DataFrame(
+                {
+                    "user_id": missing,
+                    "embedding": [mean] * len(missing),
+                    "n_neighbors": 0,
+                    "fallback": True,
+                    "n_unknown": 0,
+                    "fallback_kind": "mean_user",
+                }
+            )
             df = extra if df is None else pd.concat([df, extra], ignore_index=True)
         adapted[variant] = df.set_index("user_id").loc[unseen_ids].reset_index()
 
-    seen_rows = pd.DataFrame({"user_id": graph.user_ids, "embedding": list(e_export.numpy()),
-                              "seen": True, "kind": "trained", "n_neighbors": 0,
-                              "fallback": False})  # fmt: skip
+    seen_rows = pd.DataFrame(
+        {
+            "user_id": graph.user_ids,
+            "embedding": list(e_export.numpy()),
+            "seen": True,
+            "kind": "trained",
+            "n_neighbors": 0,
+            "fallback": False,
+        }
+    )
     parts = [seen_rows]
     if unseen_ids:
         w = adapted["weighted"]
@@ -183,7 +206,15 @@ def export_gnn(
     if adapted:
         rows = [df.assign(variant=v) for v, df in adapted.items() if v in cfg.adapt.variants]
         table = pd.concat(rows, ignore_index=True)[
-            ["variant", "user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "fallback_kind"]
+            [
+                "variant",
+                "user_id",
+                "embedding",
+                "n_neighbors",
+                "fallback",
+                "n_unknown",
+                "fallback_kind",
+            ]
         ]
         table["embedding"] = [np.asarray(e, np.float32) for e in table["embedding"]]
         table.to_parquet(out / "adaptation.parquet", index=False)
@@ -191,8 +222,9 @@ def export_gnn(
     # ------------------------------------------------------------- metrics
     seed = cfg.gnn.seed
     heldout = concat_pairs(inputs.val, inputs.test)
-    rows, ta, tb = truth_pairs(tables, graph.user_ids, graph.response_index,
-                               cfg.gnn.truth_pairs_per_user, seed)  # fmt: skip
+    rows, ta, tb = truth_pairs(
+        tables, graph.user_ids, graph.response_index, cfg.gnn.truth_pairs_per_user, seed
+    )
     groups = users.set_index("user_id").reindex(graph.user_ids)["group"].to_numpy()
     metrics = {
         "heldout_accuracy": pair_accuracy(e_user, e_resp, heldout),
@@ -217,7 +249,7 @@ def export_gnn(
         "n_edges": {
             "pos": int(graph.pos_edge_index.shape[1]),
             "neg": int(graph.neg_edge_index.shape[1]),
-        },  # fmt: skip
+        },
         "ari": _kmeans_ari(e_export.numpy(), groups, seed),
         "adaptation": {},
     }
@@ -229,8 +261,9 @@ def export_gnn(
             graph.response_index(uann["rejected"].to_numpy()),
         )  # noqa: E501
         ok = (ua >= 0) & (ub >= 0)
-        trows, tra, trb = truth_pairs(tables, unseen_ids, graph.response_index,
-                                      cfg.gnn.truth_pairs_per_user, seed)  # fmt: skip
+        trows, tra, trb = truth_pairs(
+            tables, unseen_ids, graph.response_index, cfg.gnn.truth_pairs_per_user, seed
+        )
         for v, df in adapted.items():
             emb = torch.from_numpy(np.stack(df["embedding"].to_numpy()).astype(np.float32))
             metrics["adaptation"][v] = {
@@ -253,8 +286,9 @@ def export_gnn(
             emb_all.append(np.stack(adapted["weighted"]["embedding"].to_numpy()))
             seen_flags.append(np.zeros(len(unseen_ids), bool))
             grp += list(users.set_index("user_id").reindex(unseen_ids)["group"].to_numpy())
-        plot_user_tsne(np.concatenate(emb_all), grp, np.concatenate(seen_flags),
-                       out / "tsne.png", seed=seed)  # fmt: skip
+        plot_user_tsne(
+            np.concatenate(emb_all), grp, np.concatenate(seen_flags), out / "tsne.png", seed=seed
+        )
     metrics["export_seconds"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -265,8 +299,10 @@ def train_gnn_local(cfg: Config, tables: PreferenceTables, out_dir: str | Path, 
     from copl_ray.graph.train import GNNTrainer, resolve_device
 
     inputs = prepare_inputs(tables)
-    trainer = GNNTrainer(inputs.graph, inputs.train, inputs.val, cfg.gnn,
-                         resolve_device(cfg.gnn.use_gpu))  # fmt: skip
+    trainer = GNNTrainer(
+        inputs.graph, inputs.train, inputs.val, cfg.gnn, resolve_device(cfg.gnn.use_gpu)
+    )
     trainer.fit(on_epoch=log)
-    return export_gnn(cfg, tables, inputs, trainer.shape, trainer.best_state,
-                      trainer.state_meta(), out_dir)  # fmt: skip
+    return export_gnn(
+        cfg, tables, inputs, trainer.shape, trainer.best_state, trainer.state_meta(), out_dir
+    )

@@ -97,8 +97,9 @@ def bpr_backward(
     er = e_resp.detach().requires_grad_(True)
     total = 0.0
     for s in range(0, n, chunk):
-        part = PairIndex(pairs.user[s : s + chunk], pairs.chosen[s : s + chunk],
-                         pairs.rejected[s : s + chunk])  # fmt: skip
+        part = PairIndex(
+            pairs.user[s : s + chunk], pairs.chosen[s : s + chunk], pairs.rejected[s : s + chunk]
+        )
         nll, sq = bpr_terms(eu, er, part)
         loss = nll / n + l2 * sq
         loss.backward()

@@ -49,8 +49,15 @@ def plot_user_tsne(
         m = grp == g
         ax.scatter(*xy[m & seen].T, s=8, alpha=0.6, color=cmap(i % 10), label=f"{g} (seen)")
         if (m & ~seen).any():
-            ax.scatter(*xy[m & ~seen].T, s=70, marker="*", color=cmap(i % 10),
-                       edgecolors="black", linewidths=0.6, label=f"{g} (adapted unseen)")  # fmt: skip
+            ax.scatter(
+                *xy[m & ~seen].T,
+                s=70,
+                marker="*",
+                color=cmap(i % 10),
+                edgecolors="black",
+                linewidths=0.6,
+                label=f"{g} (adapted unseen)",
+            )
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -126,8 +126,10 @@ class RouteContext:
     set-route + forward, so two threads sharing one model (e.g. a threaded server
     replica) never see each other's routes.
 
-    Gradient checkpointing: the route stays set after the forward, and a layer recomputed
-    *during backward* (``torch._C._current_graph_task_id() != -1``) gets its scale from
+    Gradient checkpointing: the route stays set after the forward, so a recomputation
+    during backward sees the same route. With REENTRANT checkpointing
+    (``fresh_in_backward``), a layer recomputed *during backward*
+    (``torch._C._current_graph_task_id() != -1``) gets its scale from
     ``recompute()``: a fresh evaluation of the gate on the same inputs with the SAME noise
     tensor. Same values, and a fresh small gate graph per recomputed segment, because a
     reentrant checkpoint backpropagates each recomputed segment separately and would
@@ -138,6 +140,9 @@ class RouteContext:
         self.lock = threading.RLock()
         self.scale: torch.Tensor | None = None  # [G, N, E·r]
         self.recompute: Callable[[], torch.Tensor] | None = None
+        # set per forward by MoLEModel when HF reentrant checkpointing is on (non-reentrant
+        # replays saved tensors and must see exactly the forward's ops: the cached scale)
+        self.fresh_in_backward = False
 
     def set(
         self, scale: torch.Tensor | None, recompute: Callable[[], torch.Tensor] | None = None
@@ -155,7 +160,11 @@ class RouteContext:
                 f"MoLE layer {where!r}: route set for {self.scale.shape[1]} rows but the input "
                 f"has {n_rows}"
             )
-        if self.recompute is not None and torch._C._current_graph_task_id() != -1:
+        if (
+            self.fresh_in_backward
+            and self.recompute is not None
+            and torch._C._current_graph_task_id() != -1
+        ):
             return self.recompute()[gate_index]
         return self.scale[gate_index]
 

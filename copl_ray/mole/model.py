@@ -124,6 +124,7 @@ class MoLEModel(nn.Module):
         that checkpoint recomputation rebuilds it from leaves (see RouteContext)."""
         with self.route.lock:
             gate = None
+            self.route.fresh_in_backward = self._reentrant_checkpointing()
             if self.gate is not None:
                 if user_emb is None:
                     raise ValueError("user_emb is required: this MoLE model has experts")
@@ -147,6 +148,16 @@ class MoLEModel(nn.Module):
                 self.last_gate = gate
                 self.aux_loss = self.cfg.load_balance_coef * gate.balance_loss
             yield gate
+
+    def _reentrant_checkpointing(self) -> bool:
+        """Whether HF gradient checkpointing with ``use_reentrant=True`` is on (RouteContext)."""
+        if not (self.training and torch.is_grad_enabled()):
+            return False
+        for module in self.model.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if func is not None and getattr(module, "gradient_checkpointing", False):
+                return bool(getattr(func, "keywords", {}).get("use_reentrant", True))
+        return False
 
     def forward(self, *args: Any, user_emb: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """``model(*args, **kwargs)`` with every wrapped layer routed by ``user_emb``."""

@@ -131,7 +131,8 @@ class PersonalRewardModel(nn.Module):
         """Checkpoint the backbone layers. The frozen backbone needs its input to require
         grad for reentrant checkpointing: ``enable_input_require_grads`` does that with a
         hook (the official code made the whole embedding matrix trainable, REFERENCE.md B8).
-        The MoLE route persists after forward, so recomputation uses the same gates."""
+        The MoLE route is replayed on recomputation (same gates, same noise; the route
+        detects reentrant checkpointing itself, so calling HF's method directly works too)."""
         self.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
         )

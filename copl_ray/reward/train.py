@@ -44,6 +44,10 @@ def pair_forward(model, batch: dict, variant: str, user_table):
     """Scores ``(chosen [B], rejected [B])`` of a collated batch in one forward of 2B rows."""
     ids = torch_cat(batch["chosen_input_ids"], batch["rejected_input_ids"])
     mask = torch_cat(batch["chosen_attention_mask"], batch["rejected_attention_mask"])
+    # Rows are right-padded to max_length; cutting the all-pad tail is exact (causal
+    # attention: no position attends to later ones) and skips wasted compute.
+    width = int(mask.sum(1).max())
+    ids, mask = ids[:, :width], mask[:, :width]
     kwargs: dict[str, Any] = {}
     if variant in ("copl", "no_mole"):
         kwargs["user_emb"] = user_table[batch["user_index"].to(user_table.device)]

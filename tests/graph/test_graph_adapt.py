@@ -48,14 +48,15 @@ def test_weighted_rule_is_softmax_of_summed_log_sigmoid_over_two_hop_neighbours(
     assert row["n_neighbors"] == 3 and not row["fallback"] and row["n_unknown"] == 0
     eu, er = art.user_embeddings, art.response_embeddings
     nb = [0, 1, 2]
-    gamma = torch.stack(
-        [F.logsigmoid(eu[nb] @ (er[a] - er[b])) for a, b in ((0, 1), (3, 2))]
-    ).sum(0)
+    gamma = torch.stack([F.logsigmoid(eu[nb] @ (er[a] - er[b])) for a, b in ((0, 1), (3, 2))]).sum(
+        0
+    )
     w = torch.softmax(gamma / 0.07, 0)
     assert np.allclose(row["embedding"], (w[:, None] * eu[nb]).sum(0).numpy(), atol=1e-6)
     # gamma="mean" divides by the number of pairs (the official code)
-    mean = adapt_unseen_users(art, ann([("n1", 100, 101), ("n1", 103, 102)]),
-                              AdaptConfig(renormalize=False, gamma="mean"))  # fmt: skip
+    mean = adapt_unseen_users(
+        art, ann([("n1", 100, 101), ("n1", 103, 102)]), AdaptConfig(renormalize=False, gamma="mean")
+    )
     w2 = torch.softmax(gamma / 2 / 0.07, 0)
     assert np.allclose(mean.iloc[0]["embedding"], (w2[:, None] * eu[nb]).sum(0).numpy(), atol=1e-6)
 
@@ -76,11 +77,13 @@ def test_naive_average_negative_edges_and_four_hops():
 
 def test_fallbacks_are_flagged_and_never_zero():
     art = artifacts()
-    rows = ann([
-        ("lonely", 102, 104),  # chose r2 (nobody chose it): any-sign neighbours v0, v3
-        ("ghost", 900, 901),  # both responses unknown: mean seen user
-        ("ok", 100, 101),
-    ])  # fmt: skip
+    rows = ann(
+        [
+            ("lonely", 102, 104),  # chose r2 (nobody chose it): any-sign neighbours v0, v3
+            ("ghost", 900, 901),  # both responses unknown: mean seen user
+            ("ok", 100, 101),
+        ]
+    )
     for variant in ("weighted", "naive", "user_opt"):
         out = adapt_unseen_users(art, rows, AdaptConfig(), variant).set_index("user_id")
         emb = np.stack(out["embedding"].to_numpy())

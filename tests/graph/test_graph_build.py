@@ -23,8 +23,11 @@ def tables():
         columns=["user_id", "pair_id", "chosen", "rejected", "split"],
     )
     users = pd.DataFrame(
-        {"user_id": ["u1", "u2", "u3", "x1"], "seen": [True, True, True, False],
-         "group": ["a", "a", "b", "b"]}  # fmt: skip
+        {
+            "user_id": ["u1", "u2", "u3", "x1"],
+            "seen": [True, True, True, False],
+            "group": ["a", "a", "b", "b"],
+        }
     )
     return ann, users
 
@@ -41,9 +44,7 @@ def test_nodes_and_signed_edges_come_from_seen_survey_labels_only():
     data = g.to_hetero_data()
     assert data["user"].num_nodes == 3 and data["response"].num_nodes == 3
     assert data["user", "prefers", "response"].edge_index.shape == (2, 3)
-    assert torch.equal(
-        data["response", "rev_rejects", "user"].edge_index, g.neg_edge_index.flip(0)
-    )
+    assert torch.equal(data["response", "rev_rejects", "user"].edge_index, g.neg_edge_index.flip(0))
 
 
 def test_each_sign_is_normalised_by_its_own_degrees():

@@ -47,8 +47,18 @@ def check_contract(cfg, run: RunDir, m: dict) -> None:
     adaptation = pd.read_parquet(run.gnn / "adaptation.parquet")
     assert set(adaptation["variant"]) == set(cfg.adapt.variants)
     assert (adaptation.groupby("variant").size() == 12).all()
-    for key in ("heldout_accuracy", "val_accuracy", "test_accuracy_in_graph", "best_epoch",
-                "epochs", "loss_curve", "val_curve", "seconds", "ari", "adaptation"):  # fmt: skip
+    for key in (
+        "heldout_accuracy",
+        "val_accuracy",
+        "test_accuracy_in_graph",
+        "best_epoch",
+        "epochs",
+        "loss_curve",
+        "val_curve",
+        "seconds",
+        "ari",
+        "adaptation",
+    ):
         assert key in m
     assert json.loads((run.gnn / "metrics.json").read_text())["epochs"] == 30
     assert set(m["adaptation"]) == {"weighted", "naive", "user_opt"}

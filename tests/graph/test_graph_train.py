@@ -34,8 +34,16 @@ def planted(n_users: int = 24, n_resp: int = 12, n_labels: int = 6, seed: int = 
 
 
 def cfg(**kw) -> GNNConfig:
-    base = dict(dim=8, layers=2, epochs=6, lr=0.02, warmup_ratio=0.2, schedule="full",
-                edge_dropout=0.1, eval_every=1)  # fmt: skip
+    base = dict(
+        dim=8,
+        layers=2,
+        epochs=6,
+        lr=0.02,
+        warmup_ratio=0.2,
+        schedule="full",
+        edge_dropout=0.1,
+        eval_every=1,
+    )
     return GNNConfig(**(base | kw))
 
 

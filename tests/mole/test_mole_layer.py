@@ -43,21 +43,21 @@ def make(seed: int = 0, **kw) -> MoLEModel:
 def reference(m: MoLEModel, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """Explicit per-sample loop: W_u = W0 + (α/r)(B_s A_s + Σ_i w_i B_i A_i)."""
     w_all = m.compute_gate(e).weights  # [G, B, M]
+
+    def layer(name: str, v: torch.Tensor, b: int) -> torch.Tensor:
+        lay = m.model.get_submodule(name)
+        a_s, b_s = lay.block(0)
+        delta = b_s @ a_s
+        for i in range(lay.num_experts):
+            a_i, b_i = lay.block(i + 1)
+            delta = delta + w_all[lay.gate_index, b, i] * (b_i @ a_i)
+        w = lay.base_layer.weight + lay.scaling * delta
+        return v @ w.T + lay.base_layer.bias
+
     outs = []
     for b in range(x.shape[0]):
-
-        def layer(name: str, v: torch.Tensor) -> torch.Tensor:
-            lay = m.model.get_submodule(name)
-            a_s, b_s = lay.block(0)
-            delta = b_s @ a_s
-            for i in range(lay.num_experts):
-                a_i, b_i = lay.block(i + 1)
-                delta = delta + w_all[lay.gate_index, b, i] * (b_i @ a_i)
-            w = lay.base_layer.weight + lay.scaling * delta
-            return v @ w.T + lay.base_layer.bias
-
-        h = torch.tanh(layer("up", x[b]))
-        outs.append(m.model.other(layer("down", h)))
+        h = torch.tanh(layer("up", x[b], b))
+        outs.append(m.model.other(layer("down", h, b)))
     return torch.stack(outs)
 
 

@@ -6,4 +6,4 @@ import pytest
 def tiny_run():
     from copl_ray.artifacts import RunDir
 
-    return RunDir("/tmp/serve_dev/run")
+    return RunDir("/tmp/serve_dev/tiny")
