@@ -104,7 +104,8 @@ class LoopMoLELinear(nn.Module):
         batch_index = torch.nonzero(gates)[index_sorted[:, 1], 0]
         part_sizes = (gates > 0).sum(0).tolist()  # host sync, as the original
         nonzero_gates = torch.gather(gates[batch_index.flatten()], 1, expert_index)
-        inputs = x[batch_index].split(part_sizes, dim=0)
+        xa = x.to(self.shared_A.weight.dtype)  # fp32 adapters on a bf16 base, as copl-ray
+        inputs = xa[batch_index].split(part_sizes, dim=0)
         outs = []
         for i in range(self.n):
             if part_sizes[i] == 0:
@@ -113,7 +114,7 @@ class LoopMoLELinear(nn.Module):
             outs.append(h * self.scaling)
         stitched = torch.cat(outs, 0) * nonzero_gates.to(x.dtype)[:, :, None]
         combined = torch.zeros_like(out).index_add(0, batch_index, stitched.to(out.dtype))
-        shared = self.shared_B(self.shared_A(self.dropout(x))) * self.scaling
+        shared = self.shared_B(self.shared_A(self.dropout(xa))) * self.scaling
         return out + combined + shared.to(out.dtype)
 
 
@@ -280,7 +281,7 @@ def micro(args: argparse.Namespace, d: int = 2048) -> None:
         f"layer micro-benchmark ({d}×{d} projection, {2 * b}×{t} rows, fwd+bwd, min of "
         f"{3 * args.steps}): bare {bare * 1e3:.2f} ms; adapter overhead ms: "
         + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in res.items())
-        + f"; loop / mole {res['loop'] / max(res['mole'], 1e-9):.2f}"
+        + f"; loop / mole {res['loop'] / res['mole'] if res['mole'] > 0 else float('nan'):.2f}"
     )
 
 
@@ -338,13 +339,13 @@ def main() -> None:
     )
     results = {}
     for v in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", v] + [
-            a for a in sys.argv[1:] if not a.startswith("--variants")
-        ]
-        # drop a "--variants X" pair if given as two tokens
-        if "--variants" in cmd:
-            i = cmd.index("--variants")
-            del cmd[i : i + 2]
+        passed, skip = [], False
+        for a in sys.argv[1:]:  # forward every option except --variants (and its value)
+            if skip or a.startswith("--variants"):
+                skip = a == "--variants"
+                continue
+            passed.append(a)
+        cmd = [sys.executable, __file__, "--variant", v, *passed]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             print(f"{v}: FAILED\n{proc.stderr[-2000:]}")
@@ -383,7 +384,8 @@ def main() -> None:
             om, o16, olp = (x - base for x in (m, l16, lp))
             print(
                 f"adapter overhead over base (s): mole {om:.4f}, lora16 {o16:.4f}, "
-                f"loop {olp:.4f}; loop / mole overhead {olp / max(om, 1e-9):.2f}"
+                f"loop {olp:.4f}; loop / mole overhead "
+                + (f"{olp / om:.2f}" if om > 0 and olp > 0 else "n/a (≤ 0: timing noise)")
             )
     if not args.no_micro:
         micro(args)

@@ -257,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
         results["http_single"] = time_calls(
             lambda: sess.post(f"{base}/v1/score", json=b0, timeout=30).raise_for_status(), args.n
         )
+        # the floor of any request through the Serve proxy (no model, no batching)
+        results["http_healthz"] = time_calls(
+            lambda: sess.get(f"{base}/healthz", timeout=30).raise_for_status(), args.n
+        )
         results["overhead_ms_p50"] = (
             results["http_single"]["p50_ms"] - results["in_process"]["p50_ms"]
         )
@@ -319,6 +323,8 @@ def print_table(r: dict) -> None:
     ip, hs = r["in_process"], r["http_single"]
     print(f"in-process score (1 request): p50 {ip['p50_ms']:.2f} ms  p99 {ip['p99_ms']:.2f} ms")
     print(f"HTTP /v1/score, sequential:    p50 {hs['p50_ms']:.2f} ms  p99 {hs['p99_ms']:.2f} ms")
+    hz = r["http_healthz"]
+    print(f"HTTP /healthz (Serve floor):   p50 {hz['p50_ms']:.2f} ms  p99 {hz['p99_ms']:.2f} ms")
     print(
         f"overhead p50: {r['overhead_ms_p50']:.2f} ms (goal <= 5), "
         f"ratio {r['overhead_ratio_p50']:.2f}x"

@@ -180,7 +180,7 @@ class ServeConfig:
     max_annotations: int = 64
     auth_token_env: str = "COPL_SERVE_TOKEN"
     batch_max_size: int = 32
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.001
     model: str = "copl"  # reward model of the run served (run_dir/reward/<model>)
     adapt_variant: Literal["weighted", "naive"] = "weighted"  # optimisation-free only
     users_dir: str | None = None  # adapted-user store (None = run_dir/serve/users)

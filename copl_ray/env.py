@@ -26,6 +26,8 @@ def setup_env() -> dict[str, str]:
         "RAY_AUTH_MODE": "disabled",
         "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "copl_ray" / "torch_extensions"),
         "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+        # Serve kills its HTTP proxy if not ready in 5 s; a busy 2-core box needs longer.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     }
     if not has_cuda:
         defaults["DS_ACCELERATOR"] = "cpu"

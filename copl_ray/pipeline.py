@@ -24,7 +24,9 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,7 +297,17 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 
 def main_with_errors(fn: Callable[[], int]) -> int:
-    """Run a job body: user errors → message on stderr + exit 2, Ctrl-C → 130."""
+    """Run a job body: user errors → message on stderr + exit 2, Ctrl-C → 130.
+
+    SIGTERM (``timeout``, ``ray job stop``, a preempted node) unwinds like Ctrl-C, so the
+    local Ray this process started is shut down and the next run resumes cleanly.
+    """
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
     try:
         return fn()
     except KeyboardInterrupt:

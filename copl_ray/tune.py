@@ -254,6 +254,9 @@ def write_results(grid, space: SweepSpace, cfg: Config, out: Path) -> dict[str, 
                 f"best_{space.metric}": best,
                 "steps": (r.metrics or {}).get("step"),
                 "status": "ERROR" if r.error else "OK",
+                "error": (str(r.error).strip().splitlines() or [repr(r.error)])[0][:200]
+                if r.error
+                else "",
             }
         )
     import pandas as pd

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from copl_ray.serving.scorer import check_run_dir
 from copl_ray.serving.settings import ServeSettings, resolve_settings
 from copl_ray.serving.store import AdaptedUser, StoreError, UserStore, now
 from serve_app.schemas import (
@@ -343,6 +344,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     Values override the ``serve`` section of ``run_dir/config.yaml``.
     """
     s = resolve_settings(dict(args))
+    check_run_dir(s.run_dir, s.model)
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
         "max_ongoing_requests": max(64, 2 * s.target_ongoing_requests),

@@ -66,7 +66,7 @@ def test_tiny_sweep_reuses_one_gnn_and_resumes(ray_session, tmp_path):
 
     gnn_marker = (tmp_path / "run" / "gnn" / "_SUCCESS").read_text()
     table = pd.read_csv(out["results_csv"])
-    assert len(table) == 2 and (table["status"] == "OK").all()
+    assert len(table) == 2 and (table["status"] == "OK").all(), table.to_string()
     assert table["best_val_acc"].between(0, 1).all()
     assert set(space.search) <= set(table.columns)
     # every trial trained on the one GNN artifact (a link into the base run, not a copy)

@@ -68,7 +68,17 @@ class GNNArtifacts:
         return pd.Index(self.response_ids).get_indexer(np.asarray(response_ids, dtype=np.int64))
 
     def binary_adjacency(self, sign: str, transpose: bool = False) -> torch.Tensor:
-        """``[U, R]`` (``[R, U]`` if ``transpose``) 0/1 CSR of the ``"pos"``/``"neg"`` edges."""
+        """``[U, R]`` (``[R, U]`` if ``transpose``) 0/1 CSR of the ``"pos"``/``"neg"`` edges.
+
+        Memoised per instance (the graph of a trained run never changes): adaptation calls
+        this for every batch of new users.
+        """
+        cache = self.__dict__.setdefault("_adjacency_cache", {})
+        if (sign, transpose) not in cache:
+            cache[(sign, transpose)] = self._binary_adjacency(sign, transpose)
+        return cache[(sign, transpose)]
+
+    def _binary_adjacency(self, sign: str, transpose: bool) -> torch.Tensor:
         edges = self.pos_edge_index if sign == "pos" else self.neg_edge_index
         shape = (self.n_users, self.n_responses)
         if transpose:

@@ -44,6 +44,15 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
+def check_run_dir(run_dir: str | Path, model_name: str = "copl") -> None:
+    """Fail before deploying when a file serving needs is missing (names the file)."""
+    run = RunDir(run_dir)
+    require(run.reward(model_name) / "reward_config.json", f"reward model {model_name!r}")
+    require(run.gnn / "user_embeddings.parquet", "user embeddings from the GNN stage")
+    require(run.gnn / "graph.json", "GNN graph used to adapt new users")
+    require(run.data / "responses.parquet", "responses table of the data stage")
+
+
 @dataclass
 class UserRow:
     """A user the run already knows (trained seen user, or an offline-adapted unseen one)."""

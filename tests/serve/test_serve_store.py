@@ -112,3 +112,11 @@ def test_settings_precedence_and_errors(tmp_path, monkeypatch):
         resolve_settings({"run_dir": str(tmp_path), "max_char": 3})
     with pytest.raises(ConfigError, match="run_dir"):
         resolve_settings({"run_dir": str(tmp_path / "missing")})
+
+
+def test_build_app_names_the_missing_artifact(tmp_path):
+    from copl_ray.serving.scorer import RunDirIncomplete
+    from serve_app.app import build_app
+
+    with pytest.raises(RunDirIncomplete, match="reward/copl/reward_config.json"):
+        build_app({"run_dir": str(tmp_path)})
