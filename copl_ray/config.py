@@ -39,6 +39,7 @@ class SyntheticConfig:
     responses_per_prompt: int = 4
     label_noise: float = 0.0  # probability a user's label is flipped (sets the accuracy ceiling)
     max_rating: int = 5
+    latent_attributes: int = 4  # attributes expressed in text; groups = the first n_groups
     response_words: int = 30  # fixed words per response (> n_groups * max_rating)
 
 

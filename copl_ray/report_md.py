@@ -232,6 +232,7 @@ def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out: dict[str, str | None] = {"labels_curve": None, "accuracy": None}
     curve = rep.get("labels_curve")
@@ -251,6 +252,7 @@ def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
             ax.axhline(uni, ls="--", c="gray", label="Uniform (unseen)")
         ax.set(xlabel="labels per unseen user", ylabel="accuracy", xscale="log", title="Fig. 2")
         ax.set_xticks(curve["counts"], [str(c) for c in curve["counts"]])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(root / "report_labels_curve.png", dpi=120)

@@ -25,7 +25,8 @@ Space file (``tune_spaces/*.yaml``)::
       reward.temperature: {loguniform: [0.5, 2.0]}
 
 Outputs in the sweep folder: ``results.csv``, ``results.md``, ``best_config.yaml``
-(a full config, usable with ``--config``) and ``ray/`` (Tune's state; ``--resume``).
+(a full config, usable with ``--config``), ``ray/`` (Tune's state; ``--resume``) and
+``trials/<trial id>/run`` (each trial's reward model; ``data``/``gnn`` link to the base run).
 """
 
 from __future__ import annotations
@@ -128,15 +129,21 @@ def max_concurrent_trials(cfg: Config, cluster_cpus: float, cluster_gpus: float)
 
 
 # -------------------------------------------------------------------------- trial
-def _trial(params: dict[str, Any], *, base: dict, model: str, base_root: str, shared: dict):
-    """One Tune trial: train ``model`` with the sampled config on the shared GNN artifact."""
+def _trial(
+    params: dict[str, Any], *, base: dict, model: str, base_root: str, trials: str, shared: dict
+):
+    """One Tune trial: train ``model`` with the sampled config on the shared GNN artifact.
+
+    The trial's run dir lives in ``<sweep>/trials/<trial id>/run``, outside Tune's trial
+    folder: Tune uploads that folder to its storage and would copy the linked artifacts.
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from copl_ray.reward.stage import train_reward_model
 
     cfg = trial_config(base, params, model)
-    trial_root = Path(tune.get_context().get_trial_dir()) / "run"
+    trial_root = Path(trials) / tune.get_context().get_trial_id() / "run"
     run = RunDir(trial_root)
     trial_root.mkdir(parents=True, exist_ok=True)
     for stage in ("data", "gnn"):  # read-only inputs: one artifact for every trial
@@ -163,7 +170,7 @@ def _trial(params: dict[str, Any], *, base: dict, model: str, base_root: str, sh
         tune.report({"val_acc": metrics["val_accuracy"], "step": metrics["steps"]})
 
 
-def _trainable(cfg: Config, space: SweepSpace, run: RunDir):
+def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
     """The function trainable with its shared inputs in the object store."""
     from ray import tune
 
@@ -179,7 +186,7 @@ def _trainable(cfg: Config, space: SweepSpace, run: RunDir):
     }
     fn = tune.with_parameters(
         _trial, base=cfg.to_dict(), model=space.model, base_root=str(run.root.resolve()),
-        shared=shared,
+        trials=str(trials), shared=shared,
     )  # fmt: skip
     return tune.with_resources(fn, {"cpu": 0.1})  # STACK.md §5: 0 is rejected
 
@@ -207,7 +214,7 @@ def run_sweep(
     try:
         report = run_pipeline(cfg, ["data", "gnn"])  # the one GNN artifact of the sweep
         run = RunDir(report.parent)
-        trainable = _trainable(cfg, space, run)
+        trainable = _trainable(cfg, space, run, out / "trials")
         storage, name = out / "ray", space.name
         if resume and tune.Tuner.can_restore(str(storage / name)):
             log(f"resuming sweep {storage / name}")

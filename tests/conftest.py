@@ -14,6 +14,8 @@ import pytest
 from copl_ray.env import setup_env
 
 setup_env()
+# Under load a raylet can take longer than the default to register.
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_UKP = REPO.parent / "shared" / "data" / "ukpconvarg1"

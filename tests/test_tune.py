@@ -70,9 +70,10 @@ def test_tiny_sweep_reuses_one_gnn_and_resumes(ray_session, tmp_path):
     assert table["best_val_acc"].between(0, 1).all()
     assert set(space.search) <= set(table.columns)
     # every trial trained on the one GNN artifact (a link into the base run, not a copy)
-    trial_links = list((tmp_path / "sweep" / "ray").rglob("run/gnn"))
+    trial_links = list((tmp_path / "sweep" / "trials").glob("*/run/gnn"))
     assert len(trial_links) == 2 and all(p.is_symlink() for p in trial_links)
     assert all(p.resolve() == (tmp_path / "run" / "gnn").resolve() for p in trial_links)
+    assert all((p.parent / "reward" / "copl" / "metrics.json").exists() for p in trial_links)
 
     best = load_config(str(out["best_config"]))
     for key, value in out["best"].items():

@@ -19,9 +19,15 @@ Generative model
   with the higher rating on attribute ``g``: ``label_g = sign(r_{a,g} - r_{b,g})``.
   Ties: ``data.tie_policy=drop`` (the tiny default) drops a pair tied on any attribute
   (counted as ``tie``); ``coin`` breaks each tie by a fair coin.
+* **Latent attributes.** Every text expresses ``synthetic.latent_attributes`` (default 4)
+  attributes; the user groups are the first ``n_groups`` of them, exactly as UF-P-2 takes
+  helpfulness and honesty out of UltraFeedback's four ratings.
 * **Pools.** ``controversial`` = the groups do not all agree. As in UF-P, the survey pool
-  is the controversial pairs of non-held-out prompts (agreeing pairs of those prompts are
-  dropped, counted as ``all_groups_agree``). ``data.heldout_prompt_frac`` of the prompts
+  is the pairs of non-held-out prompts on which the *latent attributes* do not all agree
+  (``data.ufp2_require_disagreement=true``: on which the groups disagree); the rest are
+  dropped, counted as ``all_groups_agree``. With 2 groups the pool therefore also holds
+  pairs both groups agree on, which is what lets a model learn each attribute rather than
+  only their difference. ``data.heldout_prompt_frac`` of the prompts
   are held out; their pairs are the test candidates: with ``data.test_pool=all`` (default)
   both common and controversial pairs, so both halves of the report are measured;
   ``test_pool=pool`` applies the survey-pool filter.
@@ -160,7 +166,7 @@ def generate_responses(
         )
     if not 0 <= sc.label_noise < 0.5:
         raise DataError(f"data.synthetic.label_noise: must be in [0, 0.5), got {sc.label_noise}")
-    words, marker_ids, topic_ids, func_ids = _vocab(groups)
+    words, marker_ids, topic_ids, func_ids = _vocab(groups)  # groups here = latent attributes
     # prompts
     topic = rng.integers(0, len(TOPICS), size=n_p)
     tw = rng.permuted(np.tile(np.arange(6), (n_p, 1)), axis=1)[:, :2]
@@ -204,8 +210,11 @@ def generate_responses(
 def build_synthetic(cfg: DataConfig) -> PreferenceTables:
     rng = np.random.default_rng(cfg.seed)
     groups = synthetic_groups(cfg.n_groups)
+    n_latent = max(cfg.synthetic.latent_attributes, len(groups))
+    latents = synthetic_groups(min(n_latent, len(ATTRIBUTES)))  # groups are the first latents
     summary = DataSummary(source="synthetic", groups=groups)
-    responses, ratings = generate_responses(cfg, groups, rng)
+    responses, latent_ratings = generate_responses(cfg, latents, rng)
+    ratings = latent_ratings[:, : len(groups)]
     n_p, n_r = cfg.synthetic.n_prompts, cfg.synthetic.responses_per_prompt
     # all C(k,2) pairs per prompt
     ia, ib = np.array(list(combinations(range(n_r), 2))).T
@@ -223,14 +232,21 @@ def build_synthetic(cfg: DataConfig) -> PreferenceTables:
         diff = np.where(tie, rng.choice(np.array([-1, 1]), size=diff.shape), diff)
         keep = np.ones(len(a), dtype=bool)
         summary.notes.append(f"{int(tie.sum())} tied (pair, group) labels broken by a coin")
-    controversial = (diff != diff[:, :1]).any(axis=1)
+    controversial = (diff != diff[:, :1]).any(axis=1)  # the user groups disagree
+    # Survey-pool filter, as UF-P builds it (REFERENCE §1.2): the pair is controversial
+    # across ALL latent attributes, so with 2 groups the pool still holds pairs on which
+    # the two groups agree (the attributes stay identifiable one by one), unless
+    # data.ufp2_require_disagreement keeps only the pairs the groups disagree on.
+    latent_diff = np.sign(latent_ratings[a] - latent_ratings[b])
+    latent_controversial = (latent_diff != latent_diff[:, :1]).any(axis=1) | controversial
+    pool_filter = controversial if cfg.ufp2_require_disagreement else latent_controversial
     held_prompt = heldout_prompts(n_p, cfg.heldout_prompt_frac, rng)
     heldout = held_prompt[prompt_id]
-    in_pool = keep & ~heldout & controversial
-    in_test = keep & heldout & (controversial if cfg.test_pool == "pool" else True)
-    summary.drop("all_groups_agree", int((keep & ~heldout & ~controversial).sum()))
+    in_pool = keep & ~heldout & pool_filter
+    in_test = keep & heldout & (pool_filter if cfg.test_pool == "pool" else True)
+    summary.drop("all_groups_agree", int((keep & ~heldout & ~pool_filter).sum()))
     if cfg.test_pool == "pool":
-        summary.drop("all_groups_agree_heldout", int((keep & heldout & ~controversial).sum()))
+        summary.drop("all_groups_agree_heldout", int((keep & heldout & ~pool_filter).sum()))
     sel = in_pool | in_test
     pairs = pd.DataFrame(
         {

@@ -53,8 +53,13 @@ def test_user_labels_are_their_group_labels() -> None:
     test = a[a["split"] == "test"]
     assert test["heldout"].all() and not a.loc[a["split"] != "test", "heldout"].any()
     assert test["controversial"].any() and (~test["controversial"]).any()
-    # survey pool = controversial only
-    assert a.loc[a["split"] != "test", "controversial"].all()
+    # survey pool: pairs on which the 4 latent attributes disagree (UF-P-2's rule), so with
+    # 2 groups it also holds pairs both groups agree on -- each attribute stays identifiable
+    survey = a[a["split"] != "test"]
+    assert survey["controversial"].any() and (~survey["controversial"]).any()
+    strict = build_tables(_cfg("data.ufp2_require_disagreement=true"))
+    s = strict.annotations.merge(strict.pairs, on="pair_id")
+    assert s.loc[s["split"] != "test", "controversial"].all()
 
 
 def test_label_noise_rate() -> None:
