@@ -57,13 +57,16 @@ def tiny_run(ray_session, tmp_path_factory):
 
     Returns the :class:`copl_ray.artifacts.RunDir`; reuses the session's Ray. Set
     ``COPL_TINY_RUN_DIR`` to reuse an existing run directory across sessions (stages whose
-    markers match the config are reused, so a finished run costs nothing).
+    markers match the config are reused, so a finished run costs nothing) and
+    ``COPL_TINY_OVERRIDES`` ("a.b=c;d.e=f") to shrink the run while developing; tests read
+    their expectations from the run's own config.yaml.
     """
     from copl_ray.artifacts import RunDir
     from copl_ray.config import load_config
     from copl_ray.pipeline import run_pipeline
 
     root = os.environ.get("COPL_TINY_RUN_DIR") or str(tmp_path_factory.mktemp("tiny_run"))
-    cfg = load_config("tiny", [f"run.dir={root}"])
+    extra = [o for o in os.environ.get("COPL_TINY_OVERRIDES", "").split(";") if o.strip()]
+    cfg = load_config("tiny", [*extra, f"run.dir={root}"])
     run_pipeline(cfg)
     return RunDir(root)

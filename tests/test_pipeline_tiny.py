@@ -17,7 +17,7 @@ def _report(run: RunDir) -> dict:
 
 def test_tiny_run_report_is_complete(tiny_run):
     rep = _report(tiny_run)
-    cfg = load_config("tiny")
+    cfg = load_config(str(tiny_run.root / "config.yaml"))
     data = rep["data"]
     assert data["source"] == "synthetic" and data["n_users_seen"] == cfg.data.n_users
     assert data["n_users_unseen"] == cfg.data.n_unseen_users
@@ -53,7 +53,7 @@ def test_tiny_run_is_reused_and_an_interrupted_stage_resumes(tiny_run, tmp_path)
     """Same config → nothing reruns; a missing eval marker (interrupted eval) → only eval."""
     copy = tmp_path / "run"
     shutil.copytree(tiny_run.root, copy, symlinks=True)
-    cfg = load_config("tiny", [f"run.dir={copy}"])
+    cfg = load_config(str(tiny_run.root / "config.yaml"), [f"run.dir={copy}"])
     markers = {s: (copy / s / "_SUCCESS").read_text() for s in STAGES}
 
     run_pipeline(cfg)

@@ -173,15 +173,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
         user_table = torch.as_tensor(np.asarray(config["user_embeddings"]), dtype=torch.float32)
         user_table = user_table.to(device)
 
-    if tc.zero_stage == 3 and model.mole.gate is not None:
-        # The gate returns a GateOutput record, not tensors, so ZeRO-3 cannot hook its
-        # outputs to re-gather the gate's partitioned weights for backward ("size of tensor
-        # a (0) must match ... (M)"). As a z3 leaf module its parameters stay gathered from
-        # its forward through its backward (OpenRLHF does the same for MoE blocks; the gate
-        # is tiny).
-        from deepspeed.utils import set_z3_leaf_modules
-
-        set_z3_leaf_modules(model, [type(model.mole.gate)])
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_warm = config["warmup_steps"]
     engine, _, _, scheduler = deepspeed.initialize(
