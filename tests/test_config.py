@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from copl_ray.config import ConfigError, Config, list_presets, load_config, save_config
+from copl_ray.config import Config, ConfigError, list_presets, load_config, save_config
 
 
-@pytest.mark.parametrize("preset", ["tiny", "ufp2-gemma-2b", "ufp4-gemma-2b", "ufp4-gemma-7b", "ukp"])
+@pytest.mark.parametrize(
+    "preset", ["tiny", "ufp2-gemma-2b", "ufp4-gemma-2b", "ufp4-gemma-7b", "ukp"]
+)
 def test_every_shipped_preset_loads(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, Config)
@@ -30,11 +32,17 @@ def test_paper_hyperparameters_in_gemma_presets():
         assert c.data.n_users == 10000 and c.data.n_unseen_users == 100
     assert (c2.data.n_groups, c2.data.labels_per_user, c2.train.batch_size) == (2, 8, 32)
     assert (c4.data.n_groups, c4.data.labels_per_user, c4.train.batch_size) == (4, 16, 32)
-    assert (c7.reward.backbone, c7.train.batch_size, c7.train.zero_stage) == ("google/gemma-7b-it", 16, 3)
+    assert (c7.reward.backbone, c7.train.batch_size, c7.train.zero_stage) == (
+        "google/gemma-7b-it",
+        16,
+        3,
+    )
 
 
 def test_overrides_apply_with_yaml_types():
-    cfg = load_config("tiny", ["gnn.epochs=7", "reward.target_modules=[q_proj,k_proj]", "data.path=null"])
+    cfg = load_config(
+        "tiny", ["gnn.epochs=7", "reward.target_modules=[q_proj,k_proj]", "data.path=null"]
+    )
     assert cfg.gnn.epochs == 7
     assert cfg.reward.target_modules == ["q_proj", "k_proj"]
     assert cfg.data.path is None
