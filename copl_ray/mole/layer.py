@@ -51,10 +51,18 @@ class MoLEGate(nn.Module):
     The ``G`` gates (one global gate, or one per wrapped module as in the official code)
     are stacked into ``[G, ...]`` parameters and evaluated with two einsums. Everything is
     at least fp32 (autocast off): a bf16 softmax flips near-tied top-1 choices (REFERENCE.md B3).
+
+    ``forward`` returns the logits TENSOR ``[G, B, M]`` and :meth:`route` turns it into a
+    :class:`GateOutput`. DeepSpeed ZeRO-3 gathers a module's partitioned parameters around
+    its forward and re-gathers them in backward through hooks it attaches to the tensors the
+    forward returns; it does not look inside a dataclass, so a forward returning
+    ``GateOutput`` left ``w1..b2`` partitioned (size 0) in backward.
     """
 
     def __init__(self, user_dim: int, hidden: int, num_experts: int, n_gates: int = 1) -> None:
         super().__init__()
+        # plain ints: under ZeRO-3 the parameters read shape [0] outside the forward
+        self.user_dim, self._n_gates = user_dim, n_gates
         self.w1 = nn.Parameter(torch.empty(n_gates, user_dim, hidden))
         self.b1 = nn.Parameter(torch.empty(n_gates, hidden))
         self.w2 = nn.Parameter(torch.empty(n_gates, hidden, num_experts))
@@ -67,7 +75,7 @@ class MoLEGate(nn.Module):
 
     @property
     def n_gates(self) -> int:
-        return self.w1.shape[0]
+        return self._n_gates
 
     def logits(self, user_emb: torch.Tensor) -> torch.Tensor:
         # at least fp32 (fp64 stays fp64, which the exactness tests use)
@@ -80,7 +88,11 @@ class MoLEGate(nn.Module):
             z = torch.einsum("gbh,ghm->gbm", torch.relu(h), self.w2.to(dt))
             return z + self.b2.to(dt)[:, None]
 
-    def forward(
+    def forward(self, user_emb: torch.Tensor) -> torch.Tensor:
+        """Logits ``z`` ``[G, B, M]`` (no noise); the only place the parameters are read."""
+        return self.logits(user_emb)
+
+    def route(
         self,
         user_emb: torch.Tensor,
         *,
@@ -93,11 +105,10 @@ class MoLEGate(nn.Module):
 
         ``noise``: a std (fresh Gaussian draw) or the exact noise tensor ``[G, B, M]`` to
         add (replays a forward's routing during gradient-checkpoint recompute)."""
-        if user_emb.dim() != 2 or user_emb.shape[1] != self.w1.shape[1]:
-            raise ValueError(
-                f"user_emb: expected shape [B, {self.w1.shape[1]}], got {tuple(user_emb.shape)}"
-            )
-        z = self.logits(user_emb)
+        d = self.user_dim
+        if user_emb.dim() != 2 or user_emb.shape[1] != d:
+            raise ValueError(f"user_emb: expected shape [B, {d}], got {tuple(user_emb.shape)}")
+        z = self(user_emb)  # through __call__: ZeRO-3 gathers/re-gathers w1..b2 around it
         drawn = None
         if isinstance(noise, torch.Tensor):
             drawn = noise

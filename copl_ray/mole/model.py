@@ -105,7 +105,7 @@ class MoLEModel(nn.Module):
         if not isinstance(noise, torch.Tensor):
             use_noise = self.training if noise is None else noise
             noise = c.gate_noise if use_noise else 0.0
-        return self.gate(
+        return self.gate.route(
             user_emb, top_k=c.top_k, temperature=c.temperature, noise=noise, squared=c.gate_squared
         )
 
