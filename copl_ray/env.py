@@ -34,4 +34,20 @@ def setup_env() -> dict[str, str]:
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
         env[k] = os.environ[k]
+    _clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
     return env
+
+
+def _clear_stale_build_locks(root: Path, max_age_s: float = 900.0) -> None:
+    """A JIT build killed mid-way leaves ``<ext>/lock`` behind, and torch then waits on it
+    forever (every later DeepSpeed init hangs). Remove locks older than any real build."""
+    import time
+
+    if not root.is_dir():
+        return
+    for lock in list(root.glob("*/lock")) + list(root.glob("*/*/lock")):
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+        except OSError:
+            pass
