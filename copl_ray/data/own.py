@@ -26,11 +26,17 @@ import pandas as pd
 
 from copl_ray.config import DataConfig
 from copl_ray.data.sampling import split_user_annotations
-from copl_ray.data.tables import SPLITS, DataSummary, PreferenceTables
+from copl_ray.data.tables import (
+    SPLITS,
+    DataSummary,
+    PreferenceTables,
+    drop_unreferenced_responses,
+)
 from copl_ray.data.validate import (
     DataError,
     check_columns,
     check_string_column,
+    duplicated_unordered,
     null_or_empty_mask,
     read_records,
     resolve_path,
@@ -81,11 +87,9 @@ def load_own_frame(cfg: DataConfig, summary: DataSummary) -> tuple[pd.DataFrame,
     users_before = set(uid[~no_user].map(str))
     df = df[~(no_user | empty | same)].copy()
     df["user_id"] = df["user_id"].map(str)
-    lo = np.minimum(df["chosen"], df["rejected"])
-    hi = np.maximum(df["chosen"], df["rejected"])
-    dup = pd.DataFrame({"u": df["user_id"], "p": df["prompt"], "lo": lo, "hi": hi}).duplicated()
+    dup = duplicated_unordered(df, "chosen", "rejected", by=("user_id", "prompt"))
     summary.drop("duplicate_annotation", int(dup.sum()))
-    df = df[~dup.to_numpy()]
+    df = df[~dup]
     lost = users_before - set(df["user_id"])
     summary.drop("user_without_usable_annotation", len(lost))
     if df.empty:
@@ -155,13 +159,7 @@ def tables_from_judgments(
     pid_map = pd.Series(np.arange(len(pairs), dtype=np.int64), index=pairs["pair_id"])
     ann["pair_id"] = pid_map[ann["pair_id"]].to_numpy()
     pairs["pair_id"] = np.arange(len(pairs), dtype=np.int64)
-    used = np.unique(np.r_[pairs["response_a"], pairs["response_b"]])
-    rmap = np.full(len(responses), -1, dtype=np.int64)
-    rmap[used] = np.arange(len(used))
-    responses = responses.iloc[used].reset_index(drop=True)
-    responses["response_id"] = np.arange(len(responses), dtype=np.int64)
-    for c in ("response_a", "response_b"):
-        pairs[c] = rmap[pairs[c]]
+    responses, pairs, rmap = drop_unreferenced_responses(responses, pairs)
     for c in ("chosen", "rejected"):
         ann[c] = rmap[ann[c]]
     summary.n_pool_pairs = int((~pairs["heldout"]).sum())

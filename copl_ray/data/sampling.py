@@ -114,6 +114,58 @@ def heldout_prompts(n_prompts: int, frac: float, rng: np.random.Generator) -> np
     return mask
 
 
+def select_group_pairs(
+    groups: list[str],
+    prompt_id: np.ndarray,
+    response_a: np.ndarray,
+    response_b: np.ndarray,
+    labels: np.ndarray,
+    controversial: np.ndarray,
+    pool_ok: np.ndarray,
+    heldout: np.ndarray,
+    cfg: DataConfig,
+    summary: DataSummary,
+    drop_reason: str,
+    keep: np.ndarray | bool = True,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The ``pairs`` table of group-labelled candidate pairs, with its survey and test masks.
+
+    Over the candidate pairs (``labels[i, j]`` = ±1 label of ``groups[j]``; ``keep`` = the
+    pair survived earlier filters), the survey pool and the test candidates are
+
+    * ``survey = keep & ~heldout & pool_ok``,
+    * ``test = keep & heldout & (pool_ok if data.test_pool == "pool" else True)``.
+
+    Kept non-held-out pairs failing ``pool_ok`` are counted as ``drop_reason`` (with
+    ``test_pool=pool`` the held-out ones as ``<drop_reason>_heldout``). The table keeps
+    ``survey | test`` in candidate order, numbered ``pair_id = 0..P-1``, with one
+    ``label_<g>`` int8 column per group. Sets ``summary.n_pool_pairs``; returns
+    ``(pairs, survey_mask, test_mask)``, the masks over the rows of ``pairs`` (the inputs
+    of :func:`sample_group_users`).
+    """
+    test_filter = pool_ok if cfg.test_pool == "pool" else True
+    in_pool = keep & ~heldout & pool_ok
+    in_test = keep & heldout & test_filter
+    summary.drop(drop_reason, int((keep & ~heldout & ~pool_ok).sum()))
+    if cfg.test_pool == "pool":
+        summary.drop(f"{drop_reason}_heldout", int((keep & heldout & ~pool_ok).sum()))
+    sel = in_pool | in_test
+    pairs = pd.DataFrame(
+        {
+            "pair_id": np.arange(int(sel.sum()), dtype=np.int64),
+            "prompt_id": prompt_id[sel].astype(np.int64),
+            "response_a": response_a[sel].astype(np.int64),
+            "response_b": response_b[sel].astype(np.int64),
+            "controversial": controversial[sel],
+            "heldout": heldout[sel],
+        }
+    )
+    for j, g in enumerate(groups):
+        pairs[label_column(g)] = labels[sel, j].astype(np.int8)
+    summary.n_pool_pairs = int(in_pool.sum())
+    return pairs, in_pool[sel], in_test[sel]
+
+
 def sample_group_users(
     pairs: pd.DataFrame,
     groups: list[str],

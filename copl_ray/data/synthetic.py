@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 
 from copl_ray.config import DataConfig
-from copl_ray.data.sampling import heldout_prompts, sample_group_users
-from copl_ray.data.tables import DataSummary, PreferenceTables, label_column
+from copl_ray.data.sampling import heldout_prompts, sample_group_users, select_group_pairs
+from copl_ray.data.tables import DataSummary, PreferenceTables
 from copl_ray.data.validate import DataError
 
 ATTRIBUTES: dict[str, list[str]] = {
@@ -241,31 +241,25 @@ def build_synthetic(cfg: DataConfig) -> PreferenceTables:
     latent_controversial = (latent_diff != latent_diff[:, :1]).any(axis=1) | controversial
     pool_filter = controversial if cfg.ufp2_require_disagreement else latent_controversial
     held_prompt = heldout_prompts(n_p, cfg.heldout_prompt_frac, rng)
-    heldout = held_prompt[prompt_id]
-    in_pool = keep & ~heldout & pool_filter
-    in_test = keep & heldout & (pool_filter if cfg.test_pool == "pool" else True)
-    summary.drop("all_groups_agree", int((keep & ~heldout & ~pool_filter).sum()))
-    if cfg.test_pool == "pool":
-        summary.drop("all_groups_agree_heldout", int((keep & heldout & ~pool_filter).sum()))
-    sel = in_pool | in_test
-    pairs = pd.DataFrame(
-        {
-            "pair_id": np.arange(int(sel.sum()), dtype=np.int64),
-            "prompt_id": prompt_id[sel].astype(np.int64),
-            "response_a": a[sel].astype(np.int64),
-            "response_b": b[sel].astype(np.int64),
-            "controversial": controversial[sel],
-            "heldout": heldout[sel],
-        }
+    pairs, survey_mask, test_mask = select_group_pairs(
+        groups,
+        prompt_id,
+        a,
+        b,
+        diff,
+        controversial,
+        pool_filter,
+        held_prompt[prompt_id],
+        cfg,
+        summary,
+        drop_reason="all_groups_agree",
+        keep=keep,
     )
-    for j, g in enumerate(groups):
-        pairs[label_column(g)] = diff[sel, j].astype(np.int8)
-    summary.n_pool_pairs = int(in_pool.sum())
     annotations, users = sample_group_users(
         pairs,
         groups,
-        in_pool[sel],
-        in_test[sel],
+        survey_mask,
+        test_mask,
         cfg,
         rng,
         summary,

@@ -22,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -145,3 +146,23 @@ class PreferenceTables:
             users=pq.read_table(folder / "users.parquet").to_pandas(),
             summary=DataSummary(**s),
         )
+
+
+def drop_unreferenced_responses(
+    responses: pd.DataFrame, pairs: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Keep only the responses some pair references, renumbered ``0..R-1`` in their order.
+
+    ``responses.response_id`` must equal the row position. Returns ``(responses, pairs,
+    remap)`` with ``pairs.response_a/b`` renumbered and ``remap[old_id]`` = the new id
+    (``-1``: dropped), for other columns holding response ids (``chosen``, ``rejected``).
+    """
+    used = np.unique(np.r_[pairs["response_a"], pairs["response_b"]])
+    remap = np.full(len(responses), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    responses = responses.iloc[used].reset_index(drop=True)
+    responses["response_id"] = np.arange(len(responses), dtype=np.int64)
+    pairs = pairs.assign(
+        response_a=remap[pairs["response_a"]], response_b=remap[pairs["response_b"]]
+    )
+    return responses, pairs, remap

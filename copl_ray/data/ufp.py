@@ -35,9 +35,20 @@ import numpy as np
 import pandas as pd
 
 from copl_ray.config import DataConfig
-from copl_ray.data.sampling import heldout_prompts, sample_group_users
-from copl_ray.data.tables import DataSummary, PreferenceTables, format_text, label_column
-from copl_ray.data.validate import DataError, read_records, resolve_path, where
+from copl_ray.data.sampling import heldout_prompts, sample_group_users, select_group_pairs
+from copl_ray.data.tables import (
+    DataSummary,
+    PreferenceTables,
+    drop_unreferenced_responses,
+    format_text,
+)
+from copl_ray.data.validate import (
+    DataError,
+    duplicated_unordered,
+    read_records,
+    resolve_path,
+    where,
+)
 
 ATTRIBUTES = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 GROUPS = {2: ["helpfulness", "honesty"], 4: ATTRIBUTES}
@@ -199,10 +210,9 @@ def build_ufp(cfg: DataConfig) -> PreferenceTables:
         )
     df = pd.DataFrame(joined, columns=["prompt", "a", "b", "ra", "rb"])
     # duplicates (the same two responses of the same prompt, either order)
-    lo, hi = np.minimum(df["a"], df["b"]), np.maximum(df["a"], df["b"])
-    dup = pd.DataFrame({"p": df["prompt"], "lo": lo, "hi": hi}).duplicated()
+    dup = duplicated_unordered(df, "a", "b", by=("prompt",))
     summary.drop("duplicate_pair", int(dup.sum()))
-    df = df[~dup.to_numpy()].reset_index(drop=True)
+    df = df[~dup].reset_index(drop=True)
     # orientation per attribute: +1 when response a is rated higher
     diff = np.sign(np.array(df["ra"].tolist()) - np.array(df["rb"].tolist()))
     tie = diff == 0
@@ -244,39 +254,26 @@ def build_ufp(cfg: DataConfig) -> PreferenceTables:
     if cfg.n_groups == 2 and cfg.ufp2_require_disagreement:
         pool_ok &= controversial
     held = heldout_prompts(len(prompt_uniques), cfg.heldout_prompt_frac, rng)[prompt_codes]
-    in_pool = pool_ok & ~held
-    in_test = held & (pool_ok if cfg.test_pool == "pool" else True)
-    summary.drop("groups_agree", int((~pool_ok & ~held).sum()))
-    if cfg.test_pool == "pool":
-        summary.drop("groups_agree_heldout", int((~pool_ok & held).sum()))
-    sel = in_pool | in_test
-    pairs = pd.DataFrame(
-        {
-            "pair_id": np.arange(int(sel.sum()), dtype=np.int64),
-            "prompt_id": prompt_codes[sel].astype(np.int64),
-            "response_a": ra_id[sel].astype(np.int64),
-            "response_b": rb_id[sel].astype(np.int64),
-            "controversial": controversial[sel],
-            "heldout": held[sel],
-        }
+    pairs, survey_mask, test_mask = select_group_pairs(
+        groups,
+        prompt_codes,
+        ra_id,
+        rb_id,
+        labels,
+        controversial,
+        pool_ok,
+        held,
+        cfg,
+        summary,
+        drop_reason="groups_agree",
     )
-    for j, g in enumerate(groups):
-        pairs[label_column(g)] = labels[sel, j].astype(np.int8)
-    # keep only responses of kept pairs, renumbered 0..R-1
-    used = np.unique(np.r_[pairs["response_a"], pairs["response_b"]])
-    remap = np.full(len(responses), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    responses = responses.iloc[used].reset_index(drop=True)
-    responses["response_id"] = np.arange(len(responses), dtype=np.int64)
-    pairs["response_a"] = remap[pairs["response_a"]]
-    pairs["response_b"] = remap[pairs["response_b"]]
-    summary.n_pool_pairs = int(in_pool.sum())
+    responses, pairs, _ = drop_unreferenced_responses(responses, pairs)
     summary.notes.append(
         f"joined {len(df)} pairs over {len(prompt_uniques)} prompts; survey pool "
         f"{summary.n_pool_pairs} (paper UF-P-4 survey set: {PAPER_POOL}); "
-        f"held-out test candidates {int(in_test.sum())}"
+        f"held-out test candidates {int(test_mask.sum())}"
     )
     annotations, users = sample_group_users(
-        pairs, groups, in_pool[sel], in_test[sel], cfg, rng, summary
+        pairs, groups, survey_mask, test_mask, cfg, rng, summary
     )
     return PreferenceTables(responses, pairs, annotations, users, summary)

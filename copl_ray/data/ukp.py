@@ -28,7 +28,7 @@ import pandas as pd
 from copl_ray.config import DataConfig
 from copl_ray.data.own import tables_from_judgments
 from copl_ray.data.tables import DataSummary, PreferenceTables
-from copl_ray.data.validate import DataError, resolve_path, where
+from copl_ray.data.validate import DataError, duplicated_unordered, resolve_path, where
 
 FILES = ("topics.jsonl", "arguments.jsonl", "judgments.jsonl.gz")
 COLUMNS = {
@@ -120,11 +120,9 @@ def build_ukp(cfg: DataConfig) -> PreferenceTables:
     same = df["chosen"] == df["rejected"]
     summary.drop("identical_responses", int(same.sum()))
     df = df[~same]
-    lo = np.minimum(df["chosen"], df["rejected"])
-    hi = np.maximum(df["chosen"], df["rejected"])
-    dup = pd.DataFrame({"u": df["user_id"], "p": df["prompt"], "lo": lo, "hi": hi}).duplicated()
+    dup = duplicated_unordered(df, "chosen", "rejected", by=("user_id", "prompt"))
     summary.drop("duplicate_annotation", int(dup.sum()))
-    df = df[~dup.to_numpy()].reset_index(drop=True)
+    df = df[~dup].reset_index(drop=True)
     summary.notes.append(
         f"{n_all} judgments, {len(df)} usable non-tie; workers with < {cfg.ukp_min_labels} "
         "non-tie judgments dropped (data.ukp_min_labels)"

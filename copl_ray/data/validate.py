@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -78,6 +79,20 @@ def check_string_column(df: pd.DataFrame, file: str | Path, column: str) -> None
 def null_or_empty_mask(series: pd.Series) -> pd.Series:
     s = series.astype(object)
     return s.isna() | s.map(lambda v: isinstance(v, str) and v.strip() == "")
+
+
+def duplicated_unordered(
+    df: pd.DataFrame, first: str, second: str, by: Sequence[str] = ()
+) -> np.ndarray:
+    """Rows repeating an earlier row's ``by`` values and ``{first, second}`` in either order.
+
+    E.g. ``by=("user_id", "prompt")`` on ``chosen, rejected``: the same user judging the
+    same two responses again (whichever won); the first occurrence is kept (``False``).
+    """
+    lo = np.minimum(df[first], df[second])
+    hi = np.maximum(df[first], df[second])
+    keys = pd.DataFrame({**{f"by_{c}": df[c] for c in by}, "lo": lo, "hi": hi})
+    return keys.duplicated().to_numpy()
 
 
 def check_utf8(path: Path) -> None:

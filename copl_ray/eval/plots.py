@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (parents created), free it, return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
 def plot_expert_allocation(
     groups: list[str], matrix: np.ndarray, path: str | Path, layer_names: list[str] | None = None
 ) -> Path:
@@ -60,11 +69,7 @@ def plot_expert_allocation(
                     color="white" if v < 0.6 else "black",
                 )
     fig.colorbar(im, ax=axes, shrink=0.8, label="share of group's users (top-1)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_labels_curve(
@@ -84,8 +89,4 @@ def plot_labels_curve(
     ax.set_xscale("log", base=2)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)

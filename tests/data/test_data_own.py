@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,25 +188,11 @@ def test_row_problems_are_counted_drops(tmp_path: Path) -> None:
     assert "drops:" in t.summary.format() and "empty_text=2" in t.summary.format()
 
 
-def test_cli_prints_data_error_without_traceback(tmp_path: Path) -> None:
+def test_cli_prints_data_error_without_traceback(data_cli, tmp_path: Path) -> None:
     rows = [{k: v for k, v in r.items() if k != "prompt"} for r in own_rows()]
     p = write(tmp_path / "own.csv", rows)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "copl_ray.data",
-            "build",
-            "--set",
-            "data.source=own",
-            "--set",
-            f"data.path={p}",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    r = data_cli(
+        "--set", "data.source=own", "--set", f"data.path={p}", "--out", str(tmp_path / "out")
     )
     assert r.returncode == 2
     assert "missing column" in r.stderr and "prompt" in r.stderr and "Traceback" not in r.stderr

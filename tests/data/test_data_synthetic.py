@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -96,45 +94,15 @@ def test_stage_writes_readable_tables(tmp_path) -> None:
     assert set(back.users["user_id"]) == set(back.annotations["user_id"])
 
 
-def test_cli_build_prints_summary(tmp_path) -> None:
+def test_cli_build_prints_summary(data_cli, tmp_path) -> None:
     out = tmp_path / "d"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "copl_ray.data",
-            "build",
-            "--config",
-            "tiny",
-            "--set",
-            "data.n_users=20",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = data_cli("--config", "tiny", "--set", "data.n_users=20", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "users: 20 seen" in r.stdout and "controversial share" in r.stdout
     assert re.search(r"labels per seen user .*min 8, median 8, max 8", r.stdout)
     assert "drops:" in r.stdout and (out / "annotations.parquet").exists()
 
 
-def test_cli_bad_config_exits_2(tmp_path) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "copl_ray.data",
-            "build",
-            "--set",
-            "data.n_groups=9",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_cli_bad_config_exits_2(data_cli, tmp_path) -> None:
+    r = data_cli("--set", "data.n_groups=9", "--out", str(tmp_path))
     assert r.returncode == 2 and "data.n_groups" in r.stderr and "Traceback" not in r.stderr

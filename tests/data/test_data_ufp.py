@@ -120,22 +120,21 @@ def _write(path: Path, rows: list[dict]) -> None:
         path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
+# a small UF-P build: few users and labels, so the ~60-prompt fixture can serve them
+SMALL_UFP = [
+    "data.source=ufp",
+    "data.n_users=24",
+    "data.n_unseen_users=4",
+    "data.labels_per_user=4",
+    "data.test_pairs_seen=2",
+    "data.test_pairs_unseen=3",
+    "data.heldout_prompt_frac=0.2",
+    "data.tie_policy=coin",
+]
+
+
 def _cfg(folder: Path, *ov: str):
-    return load_config(
-        "tiny",
-        [
-            "data.source=ufp",
-            f"data.path={folder}",
-            "data.n_users=24",
-            "data.n_unseen_users=4",
-            "data.labels_per_user=4",
-            "data.test_pairs_seen=2",
-            "data.test_pairs_unseen=3",
-            "data.heldout_prompt_frac=0.2",
-            "data.tie_policy=coin",
-            *ov,
-        ],
-    )
+    return load_config("tiny", [*SMALL_UFP, f"data.path={folder}", *ov])
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
@@ -256,15 +255,8 @@ def test_ufp_through_datasets_load_dataset(tmp_path: Path, monkeypatch) -> None:
     hub = load_config(
         "tiny",
         [
-            "data.source=ufp",
+            *SMALL_UFP,
             "data.n_groups=4",
-            "data.n_users=24",
-            "data.n_unseen_users=4",
-            "data.labels_per_user=4",
-            "data.test_pairs_seen=2",
-            "data.test_pairs_unseen=3",
-            "data.heldout_prompt_frac=0.2",
-            "data.tie_policy=coin",
             f"data.ufp_ratings={tmp_path / 'hub' / UF}",
             f"data.ufp_pairs={tmp_path / 'hub' / BIN}",
         ],

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from copl_ray.config import load_config
 from copl_ray.reward import (
     VARIANTS,
     PersonalRewardModel,
@@ -29,22 +26,7 @@ TEXTS = [
 USER_DIM = 8
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return train_tokenizer(TEXTS * 4, 120, tmp_path_factory.mktemp("tok"))
-
-
-def reward_cfg(**kw):
-    rc = load_config("tiny").reward
-    return dataclasses.replace(rc, dropout=0.0, **kw)
-
-
-def make(variant, tok, **kw):
-    model = PersonalRewardModel.build(reward_cfg(**kw), variant, USER_DIM, n_users=5, tokenizer=tok)
-    with torch.no_grad():  # B = 0 at init would make every user score alike
-        for _, layer in model.mole.mole_layers():
-            layer.lora_B.normal_(std=0.05, generator=torch.Generator().manual_seed(7))
-    return model.eval()
+# ``tok``, ``make_model``, ``reward_cfg``: tests/reward/conftest.py (built on TEXTS, USER_DIM)
 
 
 def encode(tok, texts, side):
@@ -60,8 +42,8 @@ def users(n=3, seed=0):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_left_and_right_padding_give_the_same_scores(tok, variant):
-    model = make(variant, tok)
+def test_left_and_right_padding_give_the_same_scores(make_model, tok, variant):
+    model = make_model(variant)
     e, idx = users(3)
     texts = TEXTS[:3] + TEXTS[3:]  # 6 rows = 2 × 3 users
     right = model(*encode(tok, texts, "right"), e, idx)
@@ -83,8 +65,8 @@ def test_last_token_index_both_sides():
 
 
 @pytest.mark.parametrize("variant", ["copl", "no_gnn", "no_mole"])
-def test_users_change_scores_and_pairs_share_one_route(tok, variant):
-    model = make(variant, tok, gate_noise=3.0)
+def test_users_change_scores_and_pairs_share_one_route(make_model, tok, variant):
+    model = make_model(variant, gate_noise=3.0)
     e, idx = users(3)
     ids, mask = encode(tok, TEXTS, "right")
     s = model(ids, mask, e, idx)
@@ -105,8 +87,8 @@ def test_users_change_scores_and_pairs_share_one_route(tok, variant):
         assert dup_same or variant == "no_gnn"
 
 
-def test_uniform_ignores_users_and_only_adapters_train(tok):
-    model = make("uniform", tok)
+def test_uniform_ignores_users_and_only_adapters_train(make_model, tok):
+    model = make_model("uniform")
     ids, mask = encode(tok, TEXTS, "right")
     e, _ = users(3)
     torch.testing.assert_close(model(ids, mask, e), model(ids, mask))
@@ -121,8 +103,8 @@ def test_uniform_ignores_users_and_only_adapters_train(tok):
     assert lay.lora_A.shape[0] == model.reward_cfg.baseline_rank
 
 
-def test_copl_gradients_reach_gate_and_experts_not_backbone(tok):
-    model = make("copl", tok, gate_per_module=True)
+def test_copl_gradients_reach_gate_and_experts_not_backbone(make_model, tok):
+    model = make_model("copl", gate_per_module=True)
     ids, mask = encode(tok, TEXTS, "right")
     e, _ = users(3)
     model.train()
@@ -143,8 +125,8 @@ def test_btl_loss():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_save_load_reproduces_scores_exactly(tok, variant, tmp_path):
-    model = make(variant, tok, gate_per_module=variant == "no_gnn")
+def test_save_load_reproduces_scores_exactly(make_model, tok, variant, tmp_path):
+    model = make_model(variant, gate_per_module=variant == "no_gnn")
     e, idx = users(3)
     ids, mask = encode(tok, TEXTS, "right")
     before = model(ids, mask, e, idx)
@@ -162,8 +144,8 @@ def test_load_errors_are_clear(tmp_path):
         PersonalRewardModel.load(tmp_path)
 
 
-def test_bad_inputs_raise_clear_errors(tok):
-    model = make("copl", tok)
+def test_bad_inputs_raise_clear_errors(make_model, reward_cfg, tok):
+    model = make_model("copl")
     ids, mask = encode(tok, TEXTS, "right")
     with pytest.raises(ValueError, match="needs user_emb"):
         model(ids, mask)
@@ -171,7 +153,7 @@ def test_bad_inputs_raise_clear_errors(tok):
         model(ids, mask, torch.randn(3, 5))
     with pytest.raises(ValueError, match="not a multiple"):
         model(ids, mask, torch.randn(4, USER_DIM))
-    no_gnn = make("no_gnn", tok)
+    no_gnn = make_model("no_gnn")
     with pytest.raises(ValueError, match="user_index: values must be in \\[0, 5\\)"):
         no_gnn(ids, mask, user_index=torch.tensor([0, 1, 5]))
     with pytest.raises(ValueError, match="variant: expected one of"):
@@ -180,7 +162,7 @@ def test_bad_inputs_raise_clear_errors(tok):
         PersonalRewardModel.build(reward_cfg(target_modules=["c_attn"]), "copl", USER_DIM)
 
 
-def test_backbone_seeded_config_and_kwargs(tok, monkeypatch):
+def test_backbone_seeded_config_and_kwargs(reward_cfg, tok, monkeypatch):
     a = build_backbone(reward_cfg(), tok)
     b = build_backbone(reward_cfg(), tok)
     c = build_backbone(reward_cfg(seed=1), tok)
@@ -200,8 +182,8 @@ def test_backbone_seeded_config_and_kwargs(tok, monkeypatch):
     assert bf16.embed_tokens.weight.dtype == torch.bfloat16
 
 
-def test_bf16_backbone_keeps_fp32_adapters_and_scores(tok):
-    model = make("copl", tok, backbone_dtype="bfloat16")
+def test_bf16_backbone_keeps_fp32_adapters_and_scores(make_model, tok):
+    model = make_model("copl", backbone_dtype="bfloat16")
     ids, mask = encode(tok, TEXTS, "right")
     s = model(ids, mask, users(3)[0])
     assert s.dtype == torch.float32 and torch.isfinite(s).all()
@@ -218,11 +200,11 @@ def test_tokenizer_round_trip(tok, tmp_path):
 
 
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_same_gradients(tok, reentrant):
+def test_gradient_checkpointing_same_gradients(make_model, tok, reentrant):
     """Recompute in backward must see the same route (and noise) as the forward."""
     grads = []
     for ckpt in (False, True):
-        model = make("copl", tok, gate_noise=1.0)
+        model = make_model("copl", gate_noise=1.0)
         if ckpt:
             model.gradient_checkpointing_enable(use_reentrant=reentrant)
         model.train()
@@ -236,8 +218,8 @@ def test_gradient_checkpointing_same_gradients(tok, reentrant):
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)
 
 
-def test_gradient_checkpointing_no_gnn_table_gets_gradients(tok):
-    model = make("no_gnn", tok)
+def test_gradient_checkpointing_no_gnn_table_gets_gradients(make_model, tok):
+    model = make_model("no_gnn")
     model.gradient_checkpointing_enable(use_reentrant=True)
     model.train()
     ids, mask = encode(tok, TEXTS, "right")
@@ -247,9 +229,9 @@ def test_gradient_checkpointing_no_gnn_table_gets_gradients(tok):
     assert g[[0, 2, 4]].abs().sum() > 0 and g[[1, 3]].abs().sum() == 0
 
 
-def test_hf_reentrant_checkpointing_called_directly_works(tok):
+def test_hf_reentrant_checkpointing_called_directly_works(make_model, tok):
     """The trainer may call HF's gradient_checkpointing_enable itself: the route adapts."""
-    model = make("copl", tok, gate_noise=1.0, gate_per_module=True)
+    model = make_model("copl", gate_noise=1.0, gate_per_module=True)
     model.backbone.gradient_checkpointing_enable(
         gradient_checkpointing_kwargs={"use_reentrant": True}
     )
@@ -262,9 +244,9 @@ def test_hf_reentrant_checkpointing_called_directly_works(tok):
 
 
 @pytest.mark.parametrize("variant", ["copl", "no_gnn"])
-def test_mixed_user_batch_equals_each_user_alone(tok, variant):
+def test_mixed_user_batch_equals_each_user_alone(make_model, tok, variant):
     """Per-sample routing on the tiny Gemma: one batch of several users = each row alone."""
-    model = make(variant, tok, gate_per_module=True, temperature=0.1)
+    model = make_model(variant, gate_per_module=True, temperature=0.1)
     e, idx = users(3)
     ids, mask = encode(tok, TEXTS, "right")
     batch = model(ids, mask, e, idx)  # rows j and j + 3 belong to user j

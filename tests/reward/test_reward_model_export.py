@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
-
-from copl_ray.config import load_config
-from copl_ray.reward import PersonalRewardModel, train_tokenizer
 
 TEXTS = [
     "Human: fix a pipe\n\nAssistant: steps : turn off water , example wrench , careful",
@@ -22,18 +18,7 @@ TEXTS = [
 USER_DIM = 8
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return train_tokenizer(TEXTS * 4, 100, tmp_path_factory.mktemp("tok"))
-
-
-def make(variant, tok, **kw):
-    rc = dataclasses.replace(load_config("tiny").reward, dropout=0.0, **kw)
-    model = PersonalRewardModel.build(rc, variant, USER_DIM, n_users=4, tokenizer=tok)
-    with torch.no_grad():  # trained-looking adapters: B = 0 at init would hide mistakes
-        for _, layer in model.mole.mole_layers():
-            layer.lora_B.normal_(std=0.1, generator=torch.Generator().manual_seed(7))
-    return model.eval()
+# ``tok``, ``make_model``: tests/reward/conftest.py (trained-looking adapters, B != 0)
 
 
 def load_exported(out):
@@ -66,8 +51,8 @@ def load_exported(out):
         ("uniform", {}, 16),
     ],
 )
-def test_exported_peft_scores_like_copl_ray(tok, tmp_path, variant, kw, rank):
-    model = make(variant, tok, **kw)
+def test_exported_peft_scores_like_copl_ray(make_model, tok, tmp_path, variant, kw, rank):
+    model = make_model(variant, **kw)
     enc = tok(TEXTS, padding=True, return_tensors="pt")  # right padding (HF pools by pad id)
     g = torch.Generator().manual_seed(1)
     users = torch.randn(2, USER_DIM, generator=g)
@@ -88,9 +73,9 @@ def test_exported_peft_scores_like_copl_ray(tok, tmp_path, variant, kw, rank):
         torch.testing.assert_close(theirs[:, 0], ours, rtol=1e-5, atol=1e-5)
 
 
-def test_two_users_export_different_adapters(tok, tmp_path):
+def test_two_users_export_different_adapters(make_model, tok, tmp_path):
     """Guard against an export that ignores the user: two routed users, two scorings."""
-    model = make("copl", tok, temperature=0.05)
+    model = make_model("copl", temperature=0.05)
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     g = torch.Generator().manual_seed(2)
     users = torch.randn(16, USER_DIM, generator=g)
@@ -104,6 +89,6 @@ def test_two_users_export_different_adapters(tok, tmp_path):
     assert not torch.allclose(scores[0], scores[1])
 
 
-def test_no_mole_cannot_export(tok, tmp_path):
+def test_no_mole_cannot_export(make_model, tmp_path):
     with pytest.raises(ValueError, match="no per-user LoRA form"):
-        make("no_mole", tok).export_user_peft(torch.zeros(USER_DIM), tmp_path)
+        make_model("no_mole").export_user_peft(torch.zeros(USER_DIM), tmp_path)

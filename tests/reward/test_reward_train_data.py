@@ -6,9 +6,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from copl_ray.artifacts import RunDir
-from copl_ray.config import load_config
-from copl_ray.data.build import build_tables
 from copl_ray.data.ray_data import (
     collate_pairs,
     count_pairs,
@@ -18,24 +15,15 @@ from copl_ray.data.ray_data import (
 )
 from copl_ray.data.tables import format_text
 from copl_ray.reward.backbone import load_tokenizer
-from copl_ray.reward.stage import load_user_table, prepare_tokenizer
-
-SMALL = [
-    "data.n_users=40",
-    "data.n_unseen_users=4",
-    "data.synthetic.n_prompts=60",
-    "reward.max_length=64",
-]
+from copl_ray.reward.stage import load_user_table
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rd")
-    cfg = load_config("tiny", SMALL + [f"run.dir={root}"])
-    run = RunDir(root)
-    build_tables(cfg).write(run.data)
-    tok_dir = prepare_tokenizer(cfg, run)
-    return cfg, run, tok_dir
+def small_run(small_data_run, tmp_path_factory):
+    """(run, tokenizer_dir, seen users, lookups) of the conftest's small data set."""
+    cfg, run, tok_dir = small_data_run(tmp_path_factory.mktemp("rd"))
+    users, _ = load_user_table(cfg, run, need_embeddings=False)
+    return run, tok_dir, users, read_lookups(run.data, users)
 
 
 def _rows(ds) -> list[dict]:
@@ -47,9 +35,7 @@ def _rows(ds) -> list[dict]:
 
 
 def test_pairs_are_joined_tokenised_and_fixed_length(ray_session, small_run):
-    cfg, run, tok_dir = small_run
-    users, _ = load_user_table(cfg, run, need_embeddings=False)
-    lookups = read_lookups(run.data, users)
+    run, tok_dir, users, lookups = small_run
     ds = pair_dataset(
         run.data, users=users, tokenizer_dir=tok_dir, max_length=64, lookups=lookups, seed=1
     )
@@ -84,9 +70,7 @@ def test_pairs_are_joined_tokenised_and_fixed_length(ray_session, small_run):
 
 
 def test_user_filter_and_validation_slice_are_disjoint(ray_session, small_run):
-    cfg, run, tok_dir = small_run
-    users, _ = load_user_table(cfg, run, need_embeddings=False)
-    lookups = read_lookups(run.data, users)
+    run, tok_dir, users, lookups = small_run
     group = sorted(set(users.groups))[0]
     members = [u for u, g in zip(users.user_ids, users.groups) if g == group]
     common = dict(users=users, tokenizer_dir=tok_dir, max_length=64, lookups=lookups)

@@ -11,25 +11,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from copl_ray.artifacts import RunDir
-from copl_ray.config import load_config
-from copl_ray.data.build import build_tables
 from copl_ray.data.ray_data import read_lookups
 from copl_ray.reward.backbone import load_tokenizer
 from copl_ray.reward.model import PersonalRewardModel
 from copl_ray.reward.stage import (
     RewardTrainingError,
     load_user_table,
-    prepare_tokenizer,
     train_reward_model,
 )
 
-SMALL = [
-    "data.n_users=40",
-    "data.n_unseen_users=4",
-    "data.synthetic.n_prompts=60",
+# on top of the conftest's SMALL_DATA: 5 steps of the no_gnn model, checkpoints every 2
+SMALL_TRAIN = [
     "gnn.dim=16",
-    "reward.max_length=64",
     "reward.models=[no_gnn]",
     "train.gradient_checkpointing=false",
     "train.batch_size=8",
@@ -42,11 +35,8 @@ SMALL = [
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_interrupt_resume_keeps_reward_head(ray_session, tmp_path, zero_stage):
-    cfg = load_config("tiny", SMALL + [f"run.dir={tmp_path}", f"train.zero_stage={zero_stage}"])
-    run = RunDir(tmp_path)
-    build_tables(cfg).write(run.data)
-    tok_dir = prepare_tokenizer(cfg, run)
+def test_interrupt_resume_keeps_reward_head(ray_session, small_data_run, tmp_path, zero_stage):
+    cfg, run, tok_dir = small_data_run(tmp_path, *SMALL_TRAIN, f"train.zero_stage={zero_stage}")
     users, table = load_user_table(cfg, run, need_embeddings=False)
     assert table is None
     kwargs = dict(
