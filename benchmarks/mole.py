@@ -71,17 +71,24 @@ class LoopMoLELinear(nn.Module):
     """Per-expert loop as in the official peft fork: gate per module, SparseDispatcher."""
 
     def __init__(
-        self, base: nn.Linear, rank: int, n_experts: int, alpha: float, gate_hidden: int
+        self,
+        base: nn.Linear,
+        rank: int,
+        n_experts: int,
+        alpha: float,
+        gate_hidden: int,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.base_layer, self.scaling, self.n = base, alpha / rank, n_experts
         d_in, d_out = base.in_features, base.out_features
-        self.experts_A = nn.ModuleList(nn.Linear(d_in, rank, bias=False) for _ in range(n_experts))
-        self.experts_B = nn.ModuleList(nn.Linear(rank, d_out, bias=False) for _ in range(n_experts))
+        kw = dict(bias=False, dtype=dtype)  # adapters in the adapter dtype, gate in fp32
+        self.experts_A = nn.ModuleList(nn.Linear(d_in, rank, **kw) for _ in range(n_experts))
+        self.experts_B = nn.ModuleList(nn.Linear(rank, d_out, **kw) for _ in range(n_experts))
         for b in self.experts_B:
             nn.init.normal_(b.weight, std=1e-3)
-        self.shared_A = nn.Linear(d_in, rank, bias=False)
-        self.shared_B = nn.Linear(rank, d_out, bias=False)
+        self.shared_A = nn.Linear(d_in, rank, **kw)
+        self.shared_B = nn.Linear(rank, d_out, **kw)
         self.w_gate = nn.Sequential(
             nn.Linear(USER_DIM, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, n_experts)
         )
@@ -104,7 +111,7 @@ class LoopMoLELinear(nn.Module):
         batch_index = torch.nonzero(gates)[index_sorted[:, 1], 0]
         part_sizes = (gates > 0).sum(0).tolist()  # host sync, as the original
         nonzero_gates = torch.gather(gates[batch_index.flatten()], 1, expert_index)
-        xa = x.to(self.shared_A.weight.dtype)  # fp32 adapters on a bf16 base, as copl-ray
+        xa = x.to(self.shared_A.weight.dtype)  # adapter dtype, as copl-ray
         inputs = xa[batch_index].split(part_sizes, dim=0)
         outs = []
         for i in range(self.n):
@@ -118,31 +125,38 @@ class LoopMoLELinear(nn.Module):
         return out + combined + shared.to(out.dtype)
 
 
-def wrap_loop(model: nn.Module, targets: list[str], rank: int, n: int) -> list[LoopMoLELinear]:
+def wrap_loop(
+    model: nn.Module, targets: list[str], rank: int, n: int, dtype: torch.dtype
+) -> list[LoopMoLELinear]:
     layers = []
     for p in model.parameters():
         p.requires_grad_(False)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
             parent, _, child = name.rpartition(".")
-            layer = LoopMoLELinear(mod, rank, n, 2.0 * rank, 256).to(mod.weight.device)
+            layer = LoopMoLELinear(mod, rank, n, 2.0 * rank, 256, dtype).to(mod.weight.device)
             setattr(model.get_submodule(parent), child, layer)
             layers.append(layer)
     return layers
 
 
 # ----------------------------------------------------------------- one variant
-def build(variant: str, shape: dict, dtype: torch.dtype, device: str, targets: list[str]):
+def build(
+    variant: str, shape: dict, dtype: torch.dtype, device: str, targets: list[str], adapter: str
+):
     from transformers import AutoModel, GemmaConfig
 
     from copl_ray.mole import MoLEConfig, MoLEModel
 
     torch.manual_seed(0)
     cfg = GemmaConfig(**shape, max_position_embeddings=4096, pad_token_id=0)
-    backbone = AutoModel.from_config(cfg, dtype=dtype).to(device).eval()
+    with torch.device(device):  # random init on the device: seconds, not minutes, at 2.5B
+        backbone = AutoModel.from_config(cfg, dtype=dtype).eval()
     if variant == "loop":
-        return backbone, wrap_loop(backbone, targets, 8, 8)
-    kw = dict(dropout=0.1, user_dim=USER_DIM, gate_hidden=256, gate_noise=0.1)
+        return backbone, wrap_loop(backbone, targets, 8, 8, getattr(torch, adapter))
+    kw = dict(
+        dropout=0.1, user_dim=USER_DIM, gate_hidden=256, gate_noise=0.1, adapter_dtype=adapter
+    )
     if variant == "base":
         mcfg = MoLEConfig(
             target_modules=["layers.0.self_attn.q_proj"], num_experts=0, rank=1, alpha=2.0, **kw
@@ -166,7 +180,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     device, dtype = args.device, getattr(torch, args.dtype)
     shape = SHAPES[args.shape]
     targets = ALL_PROJ if args.targets == "all" else ["q_proj", "v_proj"]
-    model, loop_layers = build(args.variant, shape, dtype, device, targets)
+    model, loop_layers = build(args.variant, shape, dtype, device, targets, args.adapter_dtype)
     head = nn.Linear(shape["hidden_size"], 1, bias=False, device=device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
@@ -260,7 +274,7 @@ def micro(args: argparse.Namespace, d: int = 2048) -> None:
             alpha=2.0 * r,
             dropout=0.1,
             route=route if m else None,
-            dtype=torch.float32,
+            dtype=getattr(torch, args.adapter_dtype),
         ).to(device)
         if m:
             gate = nn.Sequential(nn.Linear(USER_DIM, 256), nn.ReLU(), nn.Linear(256, m)).to(device)
@@ -274,7 +288,7 @@ def micro(args: argparse.Namespace, d: int = 2048) -> None:
             res[name] = bench(layer, set_route) - bare
         else:
             res[name] = bench(layer) - bare
-    loop = LoopMoLELinear(base, 8, 8, 16.0, 256).to(device)
+    loop = LoopMoLELinear(base, 8, 8, 16.0, 256, getattr(torch, args.adapter_dtype)).to(device)
     loop.input_emb = users
     res["loop"] = bench(loop) - bare
     print(
@@ -308,6 +322,12 @@ def main() -> None:
     ap.add_argument("--shape", choices=list(SHAPES), default="cpu")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument(
+        "--adapter-dtype",
+        choices=["float32", "bfloat16"],
+        help="LoRA/MoLE weights (default: --dtype, as DeepSpeed's bf16 engine casts the "
+        "whole module, adapters included; gates and softmax stay fp32 either way)",
+    )
     ap.add_argument("--batch", type=int, default=4, help="pairs per step (2×batch rows)")
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
@@ -326,6 +346,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.adapter_dtype = args.adapter_dtype or args.dtype
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -333,7 +354,7 @@ def main() -> None:
     tokens = 2 * args.batch * args.seq
     print(f"machine: {machine()}")
     print(
-        f"shape {args.shape} {shape}, dtype {args.dtype}, device {args.device}, targets "
+        f"shape {args.shape} {shape}, dtype {args.dtype} (adapters {args.adapter_dtype}), device {args.device}, targets "
         f"{args.targets}, batch {args.batch} pairs × 2 × {args.seq} tokens, min of "
         f"{args.steps} steps (a shared machine adds noise only upwards) after {args.warmup} warm-up"
     )

@@ -3,15 +3,21 @@
     python benchmarks/serve.py --run-dir runs/tiny                  # 60 s per concurrency
     python benchmarks/serve.py --run-dir runs/tiny --duration 15    # shortened
 
-Measures, on loopback only (127.0.0.1), one replica:
+Measures, on loopback only (127.0.0.1), one replica (``num_cpus=1``):
 
-1. in process: ``RewardScorer.score`` (tokenise + forward) of one request — the baseline;
+1. sequential, interleaved call by call so a shared machine's load hits all alike:
+   in process ``RewardScorer.score`` (tokenise + forward, the baseline), ``POST /v1/score``
+   and ``GET /healthz`` (the Serve proxy floor). Overhead = p50(HTTP) − p50(in process),
+   split by the replica's ``Server-Timing`` header into outside the replica (client,
+   proxy, Ray transport) and inside it (tokenize, batch = queue wait + forward);
 2. ``POST /v1/score`` at concurrency 1, 8, 64 (closed loop, each client sends its next
    request when the previous answers; users drawn at random so batches mix users):
-   p50/p99 latency, throughput, errors. Overhead = p50(HTTP, c=1) − p50(in process);
+   p50/p99 latency, throughput, errors;
 3. user creation (16 labels) against a synthetic GNN artifact with 10,000 seen users:
-   the adaptation alone (in process) and ``POST /v1/users`` end to end.
+   the adaptation alone in process (the server's per-user path, and the batched dense
+   path on the same labels for comparison) and ``POST /v1/users`` end to end.
 
+Load averages (1/5/15 min) are recorded at each step: on a shared machine figures need them.
 If ``--run-dir`` has no trained reward model, the tiny pipeline (data, gnn, reward) is
 run into it first. Every loop is bounded by ``--duration`` / ``--n``. Prints a table and
 writes JSON (``--out``).
@@ -166,6 +172,46 @@ async def closed_loop(url: str, bodies: list[dict], concurrency: int, duration: 
     return out
 
 
+def server_timing(response) -> dict[str, float]:
+    """``Server-Timing`` parts of a response, in ms (the app sends replica/tokenize/batch)."""
+    response.raise_for_status()
+    out = {}
+    for item in response.headers.get("server-timing", "").split(","):
+        name, _, dur = item.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
+def paired_overhead(in_process, http_score, http_healthz, n: int) -> dict:
+    """In-process score, ``POST /v1/score`` and ``GET /healthz`` interleaved call by call,
+    so a shared machine's load drifts through all three alike. Overhead = p50(HTTP) −
+    p50(in process); its parts from the replica's Server-Timing header: outside the replica
+    (client, Serve proxy, Ray transport, body fetch) and inside it beside tokenise + batch."""
+    rows = []
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        in_process()
+        t1 = time.perf_counter()
+        parts = server_timing(http_score())
+        t2 = time.perf_counter()
+        server_timing(http_healthz())
+        t3 = time.perf_counter()
+        if i >= 10:  # warm-up
+            rows.append((t1 - t0, t2 - t1, t3 - t2, parts))
+    ip, hs, hz = (_pct([r[k] for r in rows]) for k in range(3))
+    med = {k: float(np.median([r[3].get(k, 0.0) for r in rows])) for k in rows[0][3]}
+    return {
+        "in_process": ip,
+        "http_score": hs,
+        "http_healthz": hz,
+        "server_timing_p50_ms": med,
+        "overhead_ms_p50": hs["p50_ms"] - ip["p50_ms"],
+        "overhead_ratio_p50": hs["p50_ms"] / ip["p50_ms"],
+        "outside_replica_ms_p50": float(np.median([r[1] * 1e3 - r[3]["replica"] for r in rows])),
+    }
+
+
 def time_calls(fn, n: int, warmup: int = 5) -> dict[str, float]:
     for _ in range(warmup):
         fn()
@@ -201,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     from ray import serve
 
     from copl_ray.data.tables import PreferenceTables
-    from copl_ray.serving.adapter import UserAdapter
+    from copl_ray.graph.adapt import adapt_unseen_users
+    from copl_ray.serving.adapter import UserAdapter, annotation_bodies
     from copl_ray.serving.scorer import RewardScorer
     from serve_app.app import build_app
 
@@ -209,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-    results: dict = {"machine": machine(), "args": vars(args)}
+    results: dict = {"machine": machine(), "args": vars(args), "load_avg_start": os.getloadavg()}
     try:
         ensure_run(run_dir)
         tables = PreferenceTables.read(run_dir / "data")
@@ -250,27 +297,19 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         b0 = bodies[0]
         emb0 = scorer.users.get(b0["user_id"]).embedding
-        results["in_process"] = time_calls(
-            lambda: scorer.score(emb0, b0["prompt"], b0["responses"]), args.n
-        )
         sess = requests.Session()
-        results["http_single"] = time_calls(
-            lambda: sess.post(f"{base}/v1/score", json=b0, timeout=30).raise_for_status(), args.n
+        results["sequential"] = paired_overhead(
+            lambda: scorer.score(emb0, b0["prompt"], b0["responses"]),
+            lambda: sess.post(f"{base}/v1/score", json=b0, timeout=30),
+            lambda: sess.get(f"{base}/healthz", timeout=30),
+            args.n,
         )
-        # the floor of any request through the Serve proxy (no model, no batching)
-        results["http_healthz"] = time_calls(
-            lambda: sess.get(f"{base}/healthz", timeout=30).raise_for_status(), args.n
-        )
-        results["overhead_ms_p50"] = (
-            results["http_single"]["p50_ms"] - results["in_process"]["p50_ms"]
-        )
-        results["overhead_ratio_p50"] = (
-            results["http_single"]["p50_ms"] / results["in_process"]["p50_ms"]
-        )
+        results["load_avg_after_sequential"] = os.getloadavg()
 
         results["load"] = []
         for c in (int(x) for x in args.concurrency.split(",")):
             r = asyncio.run(closed_loop(f"{base}/v1/score", bodies, c, args.duration))
+            r["load_avg_after"] = os.getloadavg()
             print(f"[bench] concurrency {c}: {r}")
             results["load"].append(r)
         serve.delete("bench")
@@ -283,19 +322,19 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = tables.pairs[
             tables.pairs["response_a"].isin(known) & tables.pairs["response_b"].isin(known)
         ].sample(args.labels, random_state=1)
-        text = tables.responses.set_index("response_id")
-        anns = [
-            {
-                "prompt": str(text.loc[a, "prompt"]),
-                "chosen": str(text.loc[a, "text"]),
-                "rejected": str(text.loc[b, "text"]),
-            }
-            for a, b in zip(pairs["response_a"], pairs["response_b"])
-        ]
+        anns = annotation_bodies(tables.responses, pairs["response_a"], pairs["response_b"])
         resolved = adapter.resolve([(x["prompt"], x["chosen"], x["rejected"]) for x in anns])
+        # the server's per-user sparse path vs the batched dense path on the same labels
         results["adapt_in_process"] = time_calls(lambda: adapter.adapt(resolved), args.n)
         res = adapter.adapt(resolved)
         results["adapt_neighbors"] = res.n_neighbors
+        one = pairs.rename(columns={"response_a": "chosen", "response_b": "rejected"})
+        one = one[["chosen", "rejected"]].assign(user_id="bench")
+        results["adapt_dense_in_process"] = time_calls(
+            lambda: adapt_unseen_users(adapter.artifacts, one, adapter.cfg, method="dense"),
+            max(20, args.n // 4),
+        )
+        results["load_avg_after_adapt"] = os.getloadavg()
         serve.run(
             build_app({"run_dir": str(big), "users_dir": str(work / "users_big"), **common}),
             name="bench_big",
@@ -307,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
             ).raise_for_status(),
             max(20, args.n // 4),
         )
+        results["load_avg_end"] = os.getloadavg()
         serve.delete("bench_big")
     finally:
         serve.shutdown()
@@ -318,30 +358,42 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def _ms(x: dict) -> str:
+    return f"p50 {x['p50_ms']:.2f} ms  p99 {x['p99_ms']:.2f} ms"
+
+
+def _load(xs) -> str:
+    return "/".join(f"{v:.2f}" for v in xs)
+
+
 def print_table(r: dict) -> None:
     print(f"\nmachine: {r['machine']}")
-    ip, hs = r["in_process"], r["http_single"]
-    print(f"in-process score (1 request): p50 {ip['p50_ms']:.2f} ms  p99 {ip['p99_ms']:.2f} ms")
-    print(f"HTTP /v1/score, sequential:    p50 {hs['p50_ms']:.2f} ms  p99 {hs['p99_ms']:.2f} ms")
-    hz = r["http_healthz"]
-    print(f"HTTP /healthz (Serve floor):   p50 {hz['p50_ms']:.2f} ms  p99 {hz['p99_ms']:.2f} ms")
+    print(f"load average (1/5/15 min) at start: {_load(r['load_avg_start'])}")
+    q = r["sequential"]
+    print(f"in-process score (1 request):  {_ms(q['in_process'])}")
+    print(f"HTTP /v1/score, sequential:     {_ms(q['http_score'])}")
+    print(f"HTTP /healthz (Serve floor):    {_ms(q['http_healthz'])}")
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in q["server_timing_p50_ms"].items())
+    print(f"inside the replica (Server-Timing p50 ms): {parts}")
     print(
-        f"overhead p50: {r['overhead_ms_p50']:.2f} ms (goal <= 5), "
-        f"ratio {r['overhead_ratio_p50']:.2f}x"
+        f"overhead p50: {q['overhead_ms_p50']:.2f} ms (goal <= 5), ratio "
+        f"{q['overhead_ratio_p50']:.2f}x; outside the replica {q['outside_replica_ms_p50']:.2f} ms"
     )
-    print("concurrency | p50 ms | p99 ms | req/s | errors")
+    print(f"load average after the sequential part: {_load(r['load_avg_after_sequential'])}")
+    print("concurrency | p50 ms | p99 ms | req/s | errors | load avg after")
     for x in r["load"]:
         print(
             f"{x['concurrency']:>11} | {x['p50_ms']:6.1f} | {x['p99_ms']:6.1f} | "
-            f"{x['rps']:5.1f} | {x['errors']}"
+            f"{x['rps']:5.1f} | {x['errors']:>6} | {_load(x['load_avg_after'])}"
         )
-    a, h = r["adapt_in_process"], r["create_user_http"]
     print(
-        f"adaptation (16 labels, {r['args']['adapt_users']} seen users, in process): "
-        f"p50 {a['p50_ms']:.2f} ms  p99 {a['p99_ms']:.2f} ms (goal <= 5); "
+        f"adaptation ({r['args']['labels']} labels, {r['args']['adapt_users']} seen users, "
+        f"in process, per-user path): {_ms(r['adapt_in_process'])} (goal <= 5); "
         f"neighbours {r['adapt_neighbors']}"
     )
-    print(f"POST /v1/users end to end: p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms")
+    print(f"  same labels, batched dense path: {_ms(r['adapt_dense_in_process'])}")
+    print(f"POST /v1/users end to end: {_ms(r['create_user_http'])}")
+    print(f"load average at the end: {_load(r['load_avg_end'])}")
 
 
 if __name__ == "__main__":

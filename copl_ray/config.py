@@ -78,6 +78,9 @@ class GNNConfig:
     leaky_slope: float = 0.2
     edge_dropout: float = 0.1
     l2: float = 1e-6
+    # 0: λ·Σ over each step's pairs (official form: its strength grows with the batch);
+    # N > 0: λ·(N/B)·Σ_B, the per-pair strength of an N-pair batch in every schedule
+    l2_reference_batch: int = 0
     epochs: int = 300
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -126,6 +129,10 @@ class RewardConfig:
     gate_per_module: bool = False  # official code: one gate per wrapped module
     gate_squared: bool = False  # official bug B3 (expert scaled by p^2), kept as a switch
     load_balance_coef: float = 0.0
+    # fraction of training steps routed densely (all experts, softmax weights, no noise)
+    # before top-k: lets the gate learn from an init whose routes cut across user groups.
+    # 0 = the paper (top-k from the first step).
+    gate_dense_warmup: float = 0.0
     baseline_rank: int = 64
     models: list[str] = field(default_factory=lambda: ["copl", "uniform", "oracle"])
     train_on_val_pairs: bool = False  # official code trains on the GNN validation pair (B7)

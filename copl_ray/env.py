@@ -34,15 +34,21 @@ def setup_env() -> dict[str, str]:
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
         env[k] = os.environ[k]
-    _clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
+    clear_stale_build_locks()
     return env
 
 
-def _clear_stale_build_locks(root: Path, max_age_s: float = 900.0) -> None:
+def clear_stale_build_locks(root: Path | None = None, max_age_s: float = 300.0) -> None:
     """A JIT build killed mid-way leaves ``<ext>/lock`` behind, and torch then waits on it
-    forever (every later DeepSpeed init hangs). Remove locks older than any real build."""
+    forever (every later DeepSpeed init hangs: seen when a run was killed during DeepSpeed's
+    first shm-comm op build). Remove locks older than any real build (that op builds in
+    < 1 min even on a loaded 2-core box). Called at setup and again by each training worker
+    right before DeepSpeed initialises, so a lock left while a job was queued is caught too."""
     import time
 
+    if root is None:
+        default = Path.home() / ".cache" / "copl_ray" / "torch_extensions"
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", default))
     if not root.is_dir():
         return
     for lock in list(root.glob("*/lock")) + list(root.glob("*/*/lock")):

@@ -36,6 +36,7 @@ from copl_ray import fsutil
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, save_config
 from copl_ray.env import setup_env
+from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
 
 STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
 RAY_STAGES = frozenset({"gnn", "reward", "eval"})  # the data stage is plain pandas/pyarrow
@@ -123,6 +124,9 @@ def ensure_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     env = setup_env()
+    for k, v in QUIET_RAY_ENV.items():
+        env[k] = os.environ.setdefault(k, v)  # the user's own setting wins
+    quiet_ray_data()
     skip = _job_env_keys()
     runtime_env = {"env_vars": {k: v for k, v in env.items() if k not in skip}}
     # Ray libraries' INFO lines (one per reported metric) drown the stages' own progress

@@ -42,8 +42,8 @@ def _name(m: str) -> str:
 # ----------------------------------------------------------------------- sections
 def _table1(rep: dict) -> list[str]:
     paper = rep.get("paper")
-    header = ["Model", "Seen acc. %", "seen users / pairs", "Unseen acc. %",
-              "unseen users / pairs"]  # fmt: skip
+    header = ["Model", "Seen acc. %", "seen users / test labels", "Unseen acc. %",
+              "unseen users / test labels"]  # fmt: skip
     if paper:
         header += [f"paper seen % ({paper['column']})", "paper unseen %"]
     rows = []
@@ -67,7 +67,9 @@ def _table1(rep: dict) -> list[str]:
         "## Reward-model accuracy (Table 1 / Table 3)",
         "",
         "Per-user pairwise accuracy on held-out test pairs: *seen* users trained on; *unseen*",
-        "users adapted from their few survey labels without any gradient step.",
+        "users adapted from their few survey labels without any gradient step. Each figure",
+        "is pooled over the labelled test pairs of the users named beside it; the labels they",
+        "were trained on / adapted from are counted in the Data section.",
         "",
         *_table(header, rows),
     ]

@@ -8,7 +8,9 @@ accuracy as it trains; ASHA stops the weak trials early.
 
 Train V2 cannot be wrapped by a ``Tuner`` (STACK.md §5), so each trial is a *function*
 trainable that builds and fits a ``TorchTrainer`` (``copl_ray.reward.stage.
-train_reward_model``) whose ``RunConfig`` carries ``TuneReportCallback``; trials ask for
+train_reward_model``) whose ``RunConfig`` carries a ``TuneReportCallback`` forwarding every
+validation report (``train.eval_every``) to Tune, so ASHA decides at its rungs while the
+trial trains; trials ask for
 ``{"cpu": 0.1}`` themselves and their training workers ask for
 ``train.num_workers × train.cpus_per_worker``.
 
@@ -32,7 +34,6 @@ Outputs in the sweep folder: ``results.csv``, ``results.md``, ``best_config.yaml
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,14 @@ def max_concurrent_trials(cfg: Config, cluster_cpus: float, cluster_gpus: float)
 
 # -------------------------------------------------------------------------- trial
 def _trial(
-    params: dict[str, Any], *, base: dict, model: str, base_root: str, trials: str, shared: dict
+    params: dict[str, Any],
+    *,
+    base: dict,
+    model: str,
+    metric: str,
+    base_root: str,
+    trials: str,
+    shared: dict,
 ):
     """One Tune trial: train ``model`` with the sampled config on the shared GNN artifact.
 
@@ -138,7 +146,6 @@ def _trial(
     folder: Tune uploads that folder to its storage and would copy the linked artifacts.
     """
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from copl_ray.reward.stage import train_reward_model
 
@@ -150,11 +157,7 @@ def _trial(
         link = trial_root / stage
         if not link.exists():
             link.symlink_to(Path(base_root) / stage, target_is_directory=True)
-    kwargs: dict[str, Any] = {}
-    live = "callbacks" in inspect.signature(train_reward_model).parameters
-    if live:
-        kwargs["callbacks"] = [TuneReportCallback()]
-    metrics = train_reward_model(
+    final = train_reward_model(
         cfg,
         run,
         job=model,
@@ -164,10 +167,38 @@ def _trial(
         user_embeddings=shared["table"],
         tokenizer_dir=Path(shared["tokenizer_dir"]),
         lookups=shared["lookups"],
-        **kwargs,
+        callbacks=[metric_report_callback(metric)],
     )
-    if not live:  # no per-step reports reached Tune: report the final figure once
-        tune.report({"val_acc": metrics["val_accuracy"], "step": metrics["steps"]})
+    # The last validation is reported only now, with the model saved: ASHA stops a trial
+    # that reaches max_t, and stopping it inside fit() would lose the trained model.
+    tune.report(
+        {"val_acc": final["val_accuracy"], "step": final["steps"],
+         "total_steps": final["total_steps"]}
+    )  # fmt: skip
+
+
+def metric_report_callback(metric: str):
+    """A ``TuneReportCallback`` that forwards only the Train reports carrying ``metric``.
+
+    The worker loop reports at every ``train.log_every`` and ``train.eval_every`` step; only
+    the validation reports hold ``val_acc``, and Tune rejects a result without the metric
+    its scheduler needs. Forwarding each validation report as one Tune result is what lets
+    ASHA compare trials at its rungs (``time_attr="step"``) and stop the weak ones while
+    they train. The report of the last step is held back (the trial reports it after
+    ``fit`` returns, see ``_trial``).
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class MetricReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            total = (run_context.train_loop_config or {}).get("total_steps")
+            row = dict(metrics[0]) if metrics else {}
+            if row.get(metric) is None or (total and row.get("step", 0) >= total):
+                return
+            row["total_steps"] = total
+            super().after_report(run_context, [row], checkpoint)
+
+    return MetricReportCallback()
 
 
 def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
@@ -185,7 +216,8 @@ def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
         "lookups": read_lookups(run.data, users),
     }
     fn = tune.with_parameters(
-        _trial, base=cfg.to_dict(), model=space.model, base_root=str(run.root.resolve()),
+        _trial, base=cfg.to_dict(), model=space.model, metric=space.metric,
+        base_root=str(run.root.resolve()),
         trials=str(trials), shared=shared,
     )  # fmt: skip
     return tune.with_resources(fn, {"cpu": 0.1})  # STACK.md §5: 0 is rejected
@@ -226,8 +258,7 @@ def run_sweep(
                 log(f"nothing to resume at {storage / name}: starting the sweep")
             res = ray.cluster_resources()
             concurrency = max_concurrent_trials(cfg, res.get("CPU", 1), res.get("GPU", 0))
-            sch = {"max_t": max(cfg.train.max_steps, 1), "grace_period": 1,
-                   "reduction_factor": 2, **space.scheduler}  # fmt: skip
+            sch = asha_settings(space, cfg)
             log(f"sweep {name}: {space.num_samples} samples, {concurrency} at once, ASHA {sch}")
             tuner = tune.Tuner(
                 trainable,
@@ -246,20 +277,33 @@ def run_sweep(
             ray.shutdown()
 
 
+def asha_settings(space: SweepSpace, cfg: Config) -> dict[str, Any]:
+    """ASHA's ``max_t`` / ``grace_period`` / ``reduction_factor`` (in optimizer steps)."""
+    return {"max_t": max(cfg.train.max_steps, 1), "grace_period": 1,
+            "reduction_factor": 2, **space.scheduler}  # fmt: skip
+
+
 def write_results(grid, space: SweepSpace, cfg: Config, out: Path) -> dict[str, Any]:
-    """results.csv / results.md (one row per trial, best first) and best_config.yaml."""
+    """results.csv / results.md (one row per trial, best first) and best_config.yaml.
+
+    ``reports``: validation results the scheduler received from the trial; ``early_stop``:
+    the trial ended without error before its last step (ASHA stopped it at a rung).
+    """
     rows = []
     for r in grid:
         hist = r.metrics_dataframe
         vals = hist[space.metric].dropna() if hist is not None and space.metric in hist else []
         best = (max(vals) if space.mode == "max" else min(vals)) if len(vals) else None
+        steps, total = (r.metrics or {}).get("step"), (r.metrics or {}).get("total_steps")
         rows.append(
             {
                 "trial": (r.metrics or {}).get("trial_id") or Path(r.path).name,
                 **{k: r.config.get(k) for k in space.search},
                 f"last_{space.metric}": (r.metrics or {}).get(space.metric),
                 f"best_{space.metric}": best,
-                "steps": (r.metrics or {}).get("step"),
+                "steps": steps,
+                "reports": len(vals),
+                "early_stop": bool(not r.error and steps is not None and steps < total),
                 "status": "ERROR" if r.error else "OK",
                 "error": (str(r.error).strip().splitlines() or [repr(r.error)])[0][:200]
                 if r.error

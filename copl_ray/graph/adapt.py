@@ -38,6 +38,8 @@ responses known). Pure torch, no Ray.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -48,23 +50,39 @@ from copl_ray.graph.artifacts import GNNArtifacts
 
 VARIANTS = ("weighted", "naive", "user_opt")
 OUTPUT_COLUMNS = ["user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "fallback_kind"]
+METHODS = ("auto", "dense", "sparse")
+# method="auto": batches of at most this many new users take the per-user sparse path. It
+# reads only the adjacency rows of the responses a user labelled and scores only their
+# neighbours; the dense path costs O(M·R + M·U + U·J) whatever the batch, and wins when
+# many users share one pass (offline adaptation of every unseen user).
+SPARSE_MAX_USERS = 16
 
 
-def _check_input(annotations: pd.DataFrame, cfg: AdaptConfig, variant: str) -> None:
+def _check_params(cfg: AdaptConfig, variant: str, method: str = "auto") -> None:
     if variant not in VARIANTS:
         raise ValueError(f"adapt variant: expected one of {list(VARIANTS)}, got {variant!r}")
+    if method not in METHODS:
+        raise ValueError(f"adapt method: expected one of {list(METHODS)}, got {method!r}")
     if cfg.hops < 2 or cfg.hops % 2:
         raise ValueError(f"adapt.hops: must be an even number >= 2, got {cfg.hops}")
     if cfg.kappa <= 0:
         raise ValueError(f"adapt.kappa: must be > 0, got {cfg.kappa}")
+
+
+def _zero_annotations() -> ValueError:
+    return ValueError(
+        "adaptation annotations: zero annotations given; an unseen user needs at least "
+        "one labelled pair (chosen ≻ rejected) to be adapted"
+    )
+
+
+def _check_input(annotations: pd.DataFrame, cfg: AdaptConfig, variant: str, method: str) -> None:
+    _check_params(cfg, variant, method)
     missing = [c for c in ("user_id", "chosen", "rejected") if c not in annotations.columns]
     if missing:
         raise ValueError(f"adaptation annotations: missing column(s) {missing}")
     if len(annotations) == 0:
-        raise ValueError(
-            "adaptation annotations: zero annotations given; an unseen user needs at least "
-            "one labelled pair (chosen ≻ rejected) to be adapted"
-        )
+        raise _zero_annotations()
     for col in ("user_id", "chosen", "rejected"):
         bad = annotations[col].isna().to_numpy()
         if bad.any():
@@ -195,11 +213,17 @@ def adapt_unseen_users(
     annotations: pd.DataFrame,
     cfg: AdaptConfig,
     variant: str = "weighted",
+    method: str = "auto",
 ) -> pd.DataFrame:
     """One embedding per distinct ``user_id`` of ``annotations`` (columns: user_id, chosen,
     rejected — response ids). Returns ``user_id, embedding (np.float32 [d]), n_neighbors,
-    fallback, n_unknown, fallback_kind`` in first-appearance order of the users."""
-    _check_input(annotations, cfg, variant)
+    fallback, n_unknown, fallback_kind`` in first-appearance order of the users.
+
+    ``method``: ``"dense"`` (one pass of matrix products for the whole batch), ``"sparse"``
+    (per user, only the rows it reaches; :func:`adapt_one_user`) or ``"auto"`` (sparse up
+    to :data:`SPARSE_MAX_USERS` users). Both give the same results up to float rounding.
+    """
+    _check_input(annotations, cfg, variant, method)
     user_ids = pd.unique(annotations["user_id"].astype(str))
     owner = pd.Index(user_ids).get_indexer(annotations["user_id"].astype(str)).astype(np.int64)
     a = art.response_index(annotations["chosen"].to_numpy())
@@ -214,8 +238,12 @@ def adapt_unseen_users(
     if variant == "user_opt":
         emb = user_opt(art, so, sa, sb, n_new, cfg)
         n_neighbors = np.zeros(n_new, dtype=np.int64)
-        fallback = n_scored == 0
-        how = np.where(fallback, "mean_user", "")
+        how = np.where(n_scored == 0, "mean_user", "").astype(object)
+    elif method == "sparse" or (method == "auto" and n_new <= SPARSE_MAX_USERS):
+        rows = [_adapt_one(art, a[owner == m], b[owner == m], cfg, variant) for m in range(n_new)]
+        emb = torch.stack([r[0] for r in rows])
+        n_neighbors = np.array([r[1] for r in rows], dtype=np.int64)
+        how = np.array([r[2] for r in rows], dtype=object)
     else:
         shape = (n_new, art.n_responses)
         x_pos, x_neg = _rows(owner, a, shape), _rows(owner, b, shape)
@@ -226,17 +254,127 @@ def adapt_unseen_users(
         emb = _neighbour_average(art, mask, gamma, cfg.kappa)
         n_neighbors = mask.sum(1).numpy()
         emb[torch.from_numpy(n_neighbors == 0)] = art.mean_user()
-        fallback = how != ""
-    if art.normalized and cfg.renormalize:
-        emb = F.normalize(emb, dim=-1)
+    emb = _export_scale(art, emb, cfg)
     return pd.DataFrame(
         {
             "user_id": user_ids,
             "embedding": list(emb.numpy().astype(np.float32)),
             "n_neighbors": n_neighbors.astype(np.int32),
-            "fallback": np.asarray(fallback, dtype=bool),
+            "fallback": how != "",
             "n_unknown": n_unknown.astype(np.int32),
             "fallback_kind": how.astype(str),
         },
         columns=OUTPUT_COLUMNS,
     )
+
+
+def _export_scale(art: GNNArtifacts, emb: torch.Tensor, cfg: AdaptConfig) -> torch.Tensor:
+    return F.normalize(emb, dim=-1) if art.normalized and cfg.renormalize else emb
+
+
+# ------------------------------------------------------------- per-user sparse path
+@dataclass
+class UserAdaptation:
+    """One adapted user (the fast path's answer; one row of :func:`adapt_unseen_users`)."""
+
+    embedding: np.ndarray  # [d] float32, export scale
+    n_neighbors: int
+    fallback: bool
+    fallback_kind: str  # "" | "any_sign" | "mean_user"
+    n_unknown: int  # labels with at least one response that has no node
+
+
+def adapt_one_user(
+    art: GNNArtifacts,
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    cfg: AdaptConfig,
+    variant: str = "weighted",
+) -> UserAdaptation:
+    """One new user from response ids ``chosen[i] ≻ rejected[i]``, without pandas: the call
+    a server makes per request. Same result as ``adapt_unseen_users`` on those rows."""
+    _check_params(cfg, variant)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    rejected = np.asarray(rejected, dtype=np.int64)
+    if chosen.shape != rejected.shape or chosen.ndim != 1:
+        raise ValueError(
+            f"adaptation annotations: chosen {chosen.shape} and rejected {rejected.shape} "
+            "must be 1-d of one length"
+        )
+    if len(chosen) == 0:
+        raise _zero_annotations()
+    same = chosen == rejected
+    if same.any():
+        raise ValueError(
+            f"adaptation annotations: row {int(np.argmax(same))} has chosen == rejected"
+        )
+    a, b = art.response_index(chosen), art.response_index(rejected)
+    emb, n_neighbors, how = _adapt_one(art, a, b, cfg, variant)
+    return UserAdaptation(
+        embedding=_export_scale(art, emb, cfg).numpy().astype(np.float32),
+        n_neighbors=n_neighbors,
+        fallback=how != "",
+        fallback_kind=how,
+        n_unknown=int(((a < 0) | (b < 0)).sum()),
+    )
+
+
+def _gather(lists: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """``concat_r indices[indptr[r] : indptr[r + 1]]`` over ``rows``, without a Python loop."""
+    indptr, indices = lists
+    start = indptr[rows]
+    lengths = indptr[rows + 1] - start
+    # position p of row i's j-th entry is c_i + j (c = exclusive cumsum); want start_i + j
+    shift = np.repeat(start - np.cumsum(lengths) + lengths, lengths)
+    return indices[shift + np.arange(len(shift))]
+
+
+def _sparse_reach(
+    art: GNNArtifacts, own: dict[str, np.ndarray], hops: int, signs: tuple[str, ...]
+) -> np.ndarray:
+    """Boolean ``[U]``: :func:`_reach` for one user whose ``sign`` responses are ``own[sign]``."""
+    reach = np.zeros(art.n_users, dtype=bool)
+    for s in signs:
+        reach[_gather(art.neighbour_lists(s, transpose=True), own[s])] = True
+    for _ in range(2, hops, 2):  # user -> response -> user, same sign, from all reached
+        users = np.flatnonzero(reach)
+        nxt = np.zeros_like(reach)
+        for s in signs:
+            responses = np.unique(_gather(art.neighbour_lists(s), users))
+            nxt[_gather(art.neighbour_lists(s, transpose=True), responses)] = True
+        reach |= nxt
+    return reach
+
+
+def _adapt_one(
+    art: GNNArtifacts, a: np.ndarray, b: np.ndarray, cfg: AdaptConfig, variant: str
+) -> tuple[torch.Tensor, int, str]:
+    """``(embedding before rescaling, n_neighbors, fallback kind)`` of one new user from
+    node indices ``a[i] ≻ b[i]`` (-1: no node) — :func:`neighbour_masks` and the weights of
+    the dense path, restricted to this user's neighbours."""
+    known = (a >= 0) & (b >= 0)
+    sa, sb = a[known], b[known]
+    if variant == "user_opt":
+        emb = user_opt(art, np.zeros(len(sa), np.int64), sa, sb, 1, cfg)[0]
+        return emb, 0, "" if len(sa) else "mean_user"
+    ca, cb = a[a >= 0], b[b >= 0]
+    signs = ("pos", "neg") if cfg.include_negative else ("pos",)
+    reach, how = _sparse_reach(art, {"pos": ca, "neg": cb}, cfg.hops, signs), ""
+    if not reach.any():
+        both = np.concatenate([ca, cb])
+        reach = _sparse_reach(art, {"pos": both, "neg": both}, 2, ("pos", "neg"))
+        how = "any_sign" if reach.any() else "mean_user"
+    nb = torch.from_numpy(np.flatnonzero(reach))
+    if len(nb) == 0:
+        return art.mean_user(), 0, how
+    users = art.user_embeddings[nb]  # [n, d]
+    with torch.no_grad():
+        if variant == "naive":
+            return users.mean(0), len(nb), how
+        gamma = torch.zeros(len(nb))
+        if len(sa):
+            diff = art.response_embeddings[sa] - art.response_embeddings[sb]  # [J, d]
+            gamma = F.logsigmoid(users @ diff.T).sum(1)
+            if cfg.gamma == "mean":
+                gamma = gamma / len(sa)
+        return torch.softmax(gamma / cfg.kappa, 0) @ users, len(nb), how

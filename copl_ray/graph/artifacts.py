@@ -9,15 +9,15 @@ Files (all safetensors/parquet/JSON, never pickle)::
     response_embeddings.safetensors   response_ids [R] int64, embeddings [R, d] float32
     user_embeddings.parquet           every user: user_id, embedding, seen, kind, n_neighbors, fallback
 
-``GNNArtifacts`` holds the **trained** (seen) users in graph node order at the export
-scale (L2-normalised when ``normalized``), the raw last-layer response embeddings, and
-the signed edge lists.
+``GNNArtifacts`` is the graph (:class:`~copl_ray.graph.bipartite.BipartiteGraph`: node
+ids and signed edge lists) plus the **trained** (seen) users in graph node order at the
+export scale (L2-normalised when ``normalized``) and the raw last-layer response embeddings.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from copl_ray.graph.bipartite import coo_to_csr, csr_with_values
+from copl_ray.graph.bipartite import BipartiteGraph, coo_to_csr, csr_with_values
 
 USER_EMBEDDINGS_SCHEMA = pa.schema(
     [
@@ -41,55 +41,74 @@ USER_EMBEDDINGS_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class GNNArtifacts:
-    user_ids: list[str]  # seen users, graph node order
-    user_embeddings: torch.Tensor  # [U, d] export scale
-    response_ids: np.ndarray  # [R] int64, graph node order
-    response_embeddings: torch.Tensor  # [R, d] raw last layer
-    pos_edge_index: torch.Tensor  # [2, E+]
-    neg_edge_index: torch.Tensor  # [2, E-]
-    normalized: bool
+class GNNArtifacts(BipartiteGraph):
+    """The trained graph: a :class:`BipartiteGraph` (ids, signed edges, index lookups) plus
+    the seen users' embeddings ``[U, d]`` in graph node order at the export scale and the
+    raw last-layer response embeddings ``[R, d]``.
 
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
+    Treated as immutable once built: adaptation reads the derived structures below
+    (0/1 adjacency as torch CSR for the batched path, as numpy CSR arrays for the per-user
+    fast path, the mean seen user), each built on first use and then kept, so a server
+    that adapts one user per request never rebuilds them.
+    """
 
-    @property
-    def n_responses(self) -> int:
-        return len(self.response_ids)
+    def __init__(
+        self,
+        user_ids: list[str],
+        user_embeddings: torch.Tensor,
+        response_ids: np.ndarray,
+        response_embeddings: torch.Tensor,
+        pos_edge_index: torch.Tensor,
+        neg_edge_index: torch.Tensor,
+        normalized: bool,
+    ):
+        super().__init__(
+            list(user_ids), np.asarray(response_ids, np.int64), pos_edge_index, neg_edge_index
+        )
+        self.user_embeddings = user_embeddings.float().contiguous()
+        self.response_embeddings = response_embeddings.float().contiguous()
+        self.normalized = bool(normalized)
+        self._adjacency: dict[tuple[str, bool], torch.Tensor] = {}
+        self._neighbours: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def dim(self) -> int:
         return int(self.user_embeddings.shape[1])
 
-    def response_index(self, response_ids) -> np.ndarray:
-        """Node index per response id, -1 where the response is not in the graph."""
-        return pd.Index(self.response_ids).get_indexer(np.asarray(response_ids, dtype=np.int64))
-
     def binary_adjacency(self, sign: str, transpose: bool = False) -> torch.Tensor:
-        """``[U, R]`` (``[R, U]`` if ``transpose``) 0/1 CSR of the ``"pos"``/``"neg"`` edges.
+        """``[U, R]`` (``[R, U]`` if ``transpose``) 0/1 CSR of the ``"pos"``/``"neg"`` edges
+        (duplicate edges count once)."""
+        key = (sign, transpose)
+        if key not in self._adjacency:
+            edges = self.pos_edge_index if sign == "pos" else self.neg_edge_index
+            shape = (self.n_users, self.n_responses)
+            if transpose:
+                edges, shape = edges.flip(0), shape[::-1]
+            csr = coo_to_csr(edges, torch.ones(edges.shape[1]), shape)
+            self._adjacency[key] = csr_with_values(csr, torch.ones_like(csr.values()))
+        return self._adjacency[key]
 
-        Memoised per instance (the graph of a trained run never changes): adaptation calls
-        this for every batch of new users.
-        """
-        cache = self.__dict__.setdefault("_adjacency_cache", {})
-        if (sign, transpose) not in cache:
-            cache[(sign, transpose)] = self._binary_adjacency(sign, transpose)
-        return cache[(sign, transpose)]
+    def neighbour_lists(self, sign: str, transpose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr, indices)`` of :meth:`binary_adjacency` as numpy arrays: the responses
+        of user ``u`` with a ``sign`` edge are ``indices[indptr[u]:indptr[u + 1]]`` (with
+        ``transpose``: the users of response ``r``), each once, sorted."""
+        key = (sign, transpose)
+        if key not in self._neighbours:
+            csr = self.binary_adjacency(sign, transpose)
+            self._neighbours[key] = (
+                csr.crow_indices().numpy().astype(np.int64),
+                csr.col_indices().numpy().astype(np.int64),
+            )
+        return self._neighbours[key]
 
-    def _binary_adjacency(self, sign: str, transpose: bool) -> torch.Tensor:
-        edges = self.pos_edge_index if sign == "pos" else self.neg_edge_index
-        shape = (self.n_users, self.n_responses)
-        if transpose:
-            edges, shape = edges.flip(0), shape[::-1]
-        csr = coo_to_csr(edges, torch.ones(edges.shape[1]), shape)
-        return csr_with_values(csr, torch.ones_like(csr.values()))
-
-    def mean_user(self) -> torch.Tensor:
+    @functools.cached_property
+    def mean_user_embedding(self) -> torch.Tensor:
         """The mean seen user (at export scale): the last-resort fallback embedding."""
         mean = self.user_embeddings.mean(0)
         return torch.nn.functional.normalize(mean, dim=0) if self.normalized else mean
+
+    def mean_user(self) -> torch.Tensor:
+        return self.mean_user_embedding.clone()
 
     # ------------------------------------------------------------------ io
     def save(self, gnn_dir: str | Path) -> None:

@@ -21,6 +21,7 @@ official code.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -116,8 +117,19 @@ class BipartiteGraph:
 
     def response_index(self, response_ids: pd.Series | np.ndarray) -> np.ndarray:
         """Node indices of ``response_ids`` (-1 where the response has no node)."""
-        lookup = pd.Index(self.response_ids)
-        return lookup.get_indexer(np.asarray(response_ids, dtype=np.int64))
+        query = np.asarray(response_ids, dtype=np.int64)
+        order, ids = self._sorted_responses
+        if len(ids) == 0:
+            return np.full(query.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(ids, query).clip(max=len(ids) - 1)
+        return np.where(ids[pos] == query, order[pos], -1)
+
+    @functools.cached_property
+    def _sorted_responses(self) -> tuple[np.ndarray, np.ndarray]:
+        # built once (a graph's nodes never change after build_graph / GNNArtifacts.load);
+        # a binary search costs microseconds for the few ids a served request looks up
+        order = np.argsort(self.response_ids, kind="stable")
+        return order, np.asarray(self.response_ids, dtype=np.int64)[order]
 
     def adjacency(self) -> SignedAdjacency:
         shape = (self.n_users, self.n_responses)

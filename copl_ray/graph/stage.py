@@ -30,6 +30,7 @@ from pathlib import Path
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, config_from_dict
 from copl_ray.data.tables import PreferenceTables
+from copl_ray.raylog import TRAIN_LOG_LEVEL
 
 FAULT_ENV = "COPL_GNN_FAULT_AT_EPOCH"
 STATE_TENSORS, STATE_META = "state.safetensors", "state.json"
@@ -58,7 +59,9 @@ def gnn_train_loop(config: dict) -> None:
 
     from copl_ray.graph.export import prepare_inputs
     from copl_ray.graph.train import GNNTrainer, format_progress
+    from copl_ray.raylog import quiet_train_worker
 
+    quiet_train_worker()
     cfg = config_from_dict(config["cfg"])
     inputs = prepare_inputs(PreferenceTables.read(config["data_dir"]))
     device = ray.train.torch.get_device() if cfg.gnn.use_gpu else torch.device("cpu")
@@ -107,7 +110,13 @@ def gnn_train_loop(config: dict) -> None:
 
 def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
     """Train the GNN under Ray Train, then export embeddings, adaptation, metrics, t-SNE."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     from copl_ray.graph.export import export_gnn, prepare_inputs
@@ -140,6 +149,9 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
             storage_path=str((run.gnn / "ray").resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.gnn.max_failures),
+            # Ray Train's own INFO lines ("Reporting training result ...", "Checkpoint
+            # successfully created ...") per report; the worker prints its progress itself.
+            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),
     )
     try:

@@ -93,6 +93,12 @@ class GNNTrainer:
         n = len(train_pairs)
         self.batch_size = n if cfg.schedule == "full" else max(1, min(cfg.batch_size, n))
         self.steps_per_epoch = math.ceil(n / self.batch_size)
+        # λ is summed over a step's pairs (official); with gnn.l2_reference_batch = N it is
+        # rescaled to N/B so a full-graph step (B = all pairs) is not regularised B/N times
+        # harder than an official 1024-pair batch (at UF-P scale: 156×, and training stalls
+        # at loss log 2 — measured on GPU, benchmarks/gnn.py)
+        ref = cfg.l2_reference_batch
+        self.l2 = cfg.l2 * ref / self.batch_size if ref > 0 else cfg.l2
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -125,7 +131,7 @@ class GNNTrainer:
             )
             self.optimizer.zero_grad(set_to_none=True)
             e_user, e_resp = self.model(self.adj)  # one propagation per step
-            loss = bpr_backward(e_user, e_resp, batch, self.cfg.l2, self.cfg.loss_chunk)
+            loss = bpr_backward(e_user, e_resp, batch, self.l2, self.cfg.loss_chunk)
             self.optimizer.step()
             self.scheduler.step()
             losses.append(loss)

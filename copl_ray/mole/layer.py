@@ -249,10 +249,21 @@ class MoLELinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         h = F.linear(self.lora_dropout(x.to(self.lora_A.dtype)), self.lora_A)  # [N, ..., E·r]
+        # α/r and the gate scale the narrow [.., E·r] activations, never the wide output
+        # (one pass fewer over [N, ..., d_out] per layer; measured on GPU, benchmarks/mole.py)
         if self.num_experts > 0:
             s = self.route.read(self.gate_index, x.shape[0], self.name)  # [N, E·r]
-            h = h * s.view(s.shape[0], *([1] * (h.dim() - 2)), s.shape[1]).to(h.dtype)
-        return out + (F.linear(h, self.lora_B) * self.scaling).to(out.dtype)
+            s = s.view(s.shape[0], *([1] * (h.dim() - 2)), s.shape[1])
+            h = h * (s * self.scaling).to(h.dtype)
+        else:
+            h = h * self.scaling
+        if h.dtype == out.dtype:
+            # out + h Bᵀ in one GEMM whose epilogue adds ``out`` (no separate add pass)
+            flat = torch.addmm(
+                out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.t()
+            )
+            return flat.view(out.shape)
+        return out + F.linear(h, self.lora_B).to(out.dtype)
 
     def extra_repr(self) -> str:
         return (

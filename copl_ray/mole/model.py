@@ -88,6 +88,13 @@ class MoLEModel(nn.Module):
             self.gate = MoLEGate(cfg.user_dim, cfg.gate_hidden, cfg.num_experts, n_gates).to(dev)
         self.last_gate: GateOutput | None = None
         self.aux_loss: torch.Tensor = torch.zeros(())
+        # Dense-to-sparse warm-up (set by the trainer, never saved): while True, training
+        # forwards route every user through ALL experts with weights softmax(z/τ) and no
+        # noise, so every gate logit gets a gradient. Why: with top-1 only the chosen
+        # expert's logit learns, and from a gate init whose routes cut across the user
+        # groups the logit margins (~0.05) stay under the noise (0.1): the experts never
+        # specialise and routing collapses (measured on the tiny 2-group run).
+        self.dense_routing = False
 
     # ------------------------------------------------------------------ routing
     def mole_layers(self) -> Iterator[tuple[str, MoLELinear]]:
@@ -102,11 +109,16 @@ class MoLEModel(nn.Module):
         if self.gate is None:
             raise RuntimeError("this MoLE model has no experts (num_experts=0), hence no gate")
         c = self.cfg
+        dense = self.dense_routing and self.training
         if not isinstance(noise, torch.Tensor):
             use_noise = self.training if noise is None else noise
-            noise = c.gate_noise if use_noise else 0.0
+            noise = c.gate_noise if use_noise and not dense else 0.0
         return self.gate.route(
-            user_emb, top_k=c.top_k, temperature=c.temperature, noise=noise, squared=c.gate_squared
+            user_emb,
+            top_k=c.num_experts if dense else c.top_k,
+            temperature=c.temperature,
+            noise=noise,
+            squared=c.gate_squared,
         )
 
     def gate_weights(self, user_emb: torch.Tensor) -> torch.Tensor:

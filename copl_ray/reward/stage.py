@@ -108,6 +108,11 @@ def model_jobs(
     cfg: Config, users: UserTable
 ) -> list[tuple[str, str, Path | None, list[str] | None]]:
     """``(job name, variant, sub-folder, only_users)`` for every model to train."""
+    if not 0.0 <= cfg.reward.gate_dense_warmup < 1.0:
+        raise ConfigError(
+            f"reward.gate_dense_warmup: a fraction of the steps in [0, 1), "
+            f"got {cfg.reward.gate_dense_warmup}"
+        )
     jobs: list[tuple[str, str, Path | None, list[str] | None]] = []
     for name in cfg.reward.models:
         if name not in MODELS:
@@ -138,8 +143,13 @@ def train_reward_model(
     lookups,
     only_users: list[str] | None = None,
     interrupt_at_step: int | None = None,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Fit one model with a ``TorchTrainer``; copy the final model into ``out_dir``."""
+    """Fit one model with a ``TorchTrainer``; copy the final model into ``out_dir``.
+
+    ``callbacks``: Ray Train ``UserCallback``s added to the run (``copl_ray.tune`` passes one
+    that forwards every validation report to Tune, so ASHA can stop the trial early).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -225,6 +235,8 @@ def train_reward_model(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
             worker_runtime_env={"env_vars": setup_env()},
+            callbacks=list(callbacks or []),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # no per-report INFO
         ),
         datasets=datasets,
     )
@@ -280,8 +292,10 @@ def train_reward_model(
 
 def _train_loop(config: dict[str, Any]) -> None:
     # Imported lazily so that the driver never imports deepspeed (ANCHORS B7).
+    from copl_ray.raylog import quiet_train_worker
     from copl_ray.reward.train import train_loop_per_worker
 
+    quiet_train_worker()  # no per-report INFO line from Ray Train (copl_ray/raylog.py)
     train_loop_per_worker(config)
 
 

@@ -136,10 +136,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     import torch.distributed as dist
 
     from copl_ray.data.ray_data import collate_pairs
+    from copl_ray.env import clear_stale_build_locks
     from copl_ray.reward.backbone import load_tokenizer
     from copl_ray.reward.ds_config import build_ds_config, cosine_with_warmup
     from copl_ray.reward.model import PersonalRewardModel
 
+    clear_stale_build_locks()  # a killed earlier build would hang DeepSpeed's op load
     deepspeed.init_distributed(dist_backend="nccl" if tc.use_gpu else "gloo")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -266,6 +268,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
             yield b
 
     # ------------------------------------------------------------------ loop
+    mole = getattr(model, "mole", None)
+    n_dense = math.ceil(cfg.reward.gate_dense_warmup * total)
     engine.train()
     t0, tokens, window = time.time(), 0.0, [0.0, 0.0, 0.0, 0]  # loss_sum, correct, n, steps
     start_step, interrupt_at = step, config.get("interrupt_at_step")
@@ -281,6 +285,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
             if i < skip * tc.grad_accum:
                 continue
             batch = _to_device(batch, device)
+            if mole is not None:  # dense-to-sparse gate warm-up (same step on every rank)
+                mole.dense_routing = step < n_dense
             c, r = pair_forward(engine, batch, variant, user_table)
             loss = -torch.nn.functional.logsigmoid(c - r).mean()
             aux = getattr(model, "aux_loss", None)

@@ -15,7 +15,7 @@ computed by :func:`copl_ray.graph.adapt.adapt_unseen_users` (variant ``weighted`
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,24 +55,21 @@ def run_adapt_config(run: RunDir) -> AdaptConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def frozen_artifacts(art):
-    """``art`` with its signed adjacency built once instead of on every adaptation call.
-
-    ``adapt_unseen_users`` asks the artifacts for ``binary_adjacency(...)`` each call,
-    which coalesces every edge of the graph (most of the cost of adapting one user against
-    10,000 seen users). A server never changes the graph, so the CSR is memoised.
-    """
-    from copl_ray.graph.artifacts import GNNArtifacts
-
-    class FrozenGNNArtifacts(GNNArtifacts):
-        def binary_adjacency(self, *args, **kwargs):
-            cache = self.__dict__.setdefault("_adjacency", {})
-            key = (args, tuple(sorted(kwargs.items())))
-            if key not in cache:
-                cache[key] = super().binary_adjacency(*args, **kwargs)
-            return cache[key]
-
-    return FrozenGNNArtifacts(**{f.name: getattr(art, f.name) for f in dataclasses.fields(art)})
+def annotation_bodies(
+    responses: pd.DataFrame, chosen: Iterable[int], rejected: Iterable[int]
+) -> list[dict[str, str]]:
+    """The ``annotations`` of a ``POST /v1/users`` body for pairs of response ids (columns
+    of ``responses``: response_id, prompt, text) — the inverse of :meth:`UserAdapter.resolve`;
+    clients, tests and the benchmark label a user this way."""
+    by_id = responses.set_index("response_id")
+    return [
+        {
+            "prompt": str(by_id.loc[c, "prompt"]),
+            "chosen": str(by_id.loc[c, "text"]),
+            "rejected": str(by_id.loc[r, "text"]),
+        }
+        for c, r in zip(chosen, rejected)
+    ]
 
 
 class UserAdapter:
@@ -92,7 +89,7 @@ class UserAdapter:
         self.cfg = adapt_cfg if adapt_cfg is not None else run_adapt_config(self.run)
         self.variant = variant
         require(self.run.gnn, "GNN stage output")
-        self.artifacts = frozen_artifacts(GNNArtifacts.load(self.run.gnn))
+        self.artifacts = GNNArtifacts.load(self.run.gnn)
         responses = pq.read_table(
             require(self.run.data / "responses.parquet", "responses table of the data stage"),
             columns=["response_id", "prompt", "text"],
@@ -114,9 +111,14 @@ class UserAdapter:
             )
         return out
 
-    def adapt(self, annotations: list[Annotation], user_id: str = "new") -> AdaptResult:
-        """The optimisation-free embedding of one user from all of their annotations."""
-        from copl_ray.graph.adapt import adapt_unseen_users
+    def adapt(self, annotations: list[Annotation]) -> AdaptResult:
+        """The optimisation-free embedding of one user from all of their annotations.
+
+        Per-user sparse path (:func:`~copl_ray.graph.adapt.adapt_one_user`): it reads only
+        the cached adjacency rows of the labelled responses, so its cost follows the
+        user's neighbourhood, not the number of seen users.
+        """
+        from copl_ray.graph.adapt import adapt_one_user
 
         # each unknown text gets its own negative id: no graph node, and never "equal" to
         # the other side of its pair (the contract refuses chosen == rejected)
@@ -126,23 +128,10 @@ class UserAdapter:
         n_unknown = sum(a.chosen_id is None for a in annotations) + sum(
             a.rejected_id is None for a in annotations
         )
-        df = pd.DataFrame(
-            {
-                "user_id": [user_id] * len(annotations),
-                "chosen": np.asarray(chosen, dtype=np.int64),
-                "rejected": np.asarray(rejected, dtype=np.int64),
-            }
-        )
-        out = adapt_unseen_users(self.artifacts, df, self.cfg, variant=self.variant)
-        row = out.loc[out["user_id"] == user_id]
-        if len(row) != 1:
-            raise RuntimeError(
-                f"adapt_unseen_users returned {len(row)} rows for one user (contract: exactly one)"
-            )
-        r = row.iloc[0]
+        out = adapt_one_user(self.artifacts, chosen, rejected, self.cfg, variant=self.variant)
         return AdaptResult(
-            embedding=np.asarray(r["embedding"], dtype=np.float32),
-            n_neighbors=int(r["n_neighbors"]),
-            fallback=bool(r["fallback"]),
+            embedding=out.embedding,
+            n_neighbors=out.n_neighbors,
+            fallback=out.fallback,
             n_unknown=n_unknown,
         )

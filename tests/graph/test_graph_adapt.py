@@ -39,11 +39,17 @@ def ann(rows):
     return pd.DataFrame(rows, columns=["user_id", "chosen", "rejected"])
 
 
-def test_weighted_rule_is_softmax_of_summed_log_sigmoid_over_two_hop_neighbours():
+# both paths are pinned to the hand-computed answers: the batched dense one (offline) and
+# the per-user sparse one (serving)
+METHODS = pytest.mark.parametrize("method", ["dense", "sparse"])
+
+
+@METHODS
+def test_weighted_rule_is_softmax_of_summed_log_sigmoid_over_two_hop_neighbours(method):
     art = artifacts()
     cfg = AdaptConfig(renormalize=False)
     # n1 chose r0 (over r1) and r3 (over r2): 2-hop neighbours via positive edges {v0, v1, v2}
-    out = adapt_unseen_users(art, ann([("n1", 100, 101), ("n1", 103, 102)]), cfg)
+    out = adapt_unseen_users(art, ann([("n1", 100, 101), ("n1", 103, 102)]), cfg, method=method)
     row = out.iloc[0]
     assert row["n_neighbors"] == 3 and not row["fallback"] and row["n_unknown"] == 0
     eu, er = art.user_embeddings, art.response_embeddings
@@ -55,27 +61,32 @@ def test_weighted_rule_is_softmax_of_summed_log_sigmoid_over_two_hop_neighbours(
     assert np.allclose(row["embedding"], (w[:, None] * eu[nb]).sum(0).numpy(), atol=1e-6)
     # gamma="mean" divides by the number of pairs (the official code)
     mean = adapt_unseen_users(
-        art, ann([("n1", 100, 101), ("n1", 103, 102)]), AdaptConfig(renormalize=False, gamma="mean")
+        art,
+        ann([("n1", 100, 101), ("n1", 103, 102)]),
+        AdaptConfig(renormalize=False, gamma="mean"),
+        method=method,
     )
     w2 = torch.softmax(gamma / 2 / 0.07, 0)
     assert np.allclose(mean.iloc[0]["embedding"], (w2[:, None] * eu[nb]).sum(0).numpy(), atol=1e-6)
 
 
-def test_naive_average_negative_edges_and_four_hops():
+@METHODS
+def test_naive_average_negative_edges_and_four_hops(method):
     art = artifacts()
     one = ann([("n1", 100, 101)])  # chose r0, rejected r1
-    naive = adapt_unseen_users(art, one, AdaptConfig(renormalize=False), "naive").iloc[0]
+    naive = adapt_unseen_users(art, one, AdaptConfig(renormalize=False), "naive", method).iloc[0]
     assert naive["n_neighbors"] == 2  # v0, v1 share the chosen r0
     assert np.allclose(naive["embedding"], art.user_embeddings[[0, 1]].mean(0).numpy(), atol=1e-6)
-    neg = adapt_unseen_users(art, one, AdaptConfig(include_negative=True), "naive").iloc[0]
+    neg = adapt_unseen_users(art, one, AdaptConfig(include_negative=True), "naive", method).iloc[0]
     assert neg["n_neighbors"] == 4  # + v2, v3 who also rejected r1
-    four = adapt_unseen_users(art, one, AdaptConfig(hops=4), "naive").iloc[0]
+    four = adapt_unseen_users(art, one, AdaptConfig(hops=4), "naive", method).iloc[0]
     assert four["n_neighbors"] == 3  # v1 chose r3, so did v2
     with pytest.raises(ValueError, match="adapt.hops"):
         adapt_unseen_users(art, one, AdaptConfig(hops=3))
 
 
-def test_fallbacks_are_flagged_and_never_zero():
+@METHODS
+def test_fallbacks_are_flagged_and_never_zero(method):
     art = artifacts()
     rows = ann(
         [
@@ -85,7 +96,7 @@ def test_fallbacks_are_flagged_and_never_zero():
         ]
     )
     for variant in ("weighted", "naive", "user_opt"):
-        out = adapt_unseen_users(art, rows, AdaptConfig(), variant).set_index("user_id")
+        out = adapt_unseen_users(art, rows, AdaptConfig(), variant, method).set_index("user_id")
         emb = np.stack(out["embedding"].to_numpy())
         assert np.all(np.linalg.norm(emb, axis=1) > 0.99)  # renormalised, never zero (B12)
         assert out.loc["ghost", "fallback"] and out.loc["ghost", "fallback_kind"] == "mean_user"
@@ -93,7 +104,7 @@ def test_fallbacks_are_flagged_and_never_zero():
         assert not out.loc["ok", "fallback"]
         mean = F.normalize(art.user_embeddings.mean(0), dim=0).numpy()
         assert np.allclose(out.loc["ghost", "embedding"], mean, atol=1e-6)
-    naive = adapt_unseen_users(art, rows, AdaptConfig(), "naive").set_index("user_id")
+    naive = adapt_unseen_users(art, rows, AdaptConfig(), "naive", method).set_index("user_id")
     assert naive.loc["lonely", "fallback_kind"] == "any_sign"
     assert naive.loc["lonely", "n_neighbors"] == 2
 
@@ -103,7 +114,7 @@ def test_vectorised_batch_equals_one_user_at_a_time():
     rows = ann([("a", 100, 101), ("b", 103, 102), ("b", 100, 104), ("c", 104, 100)])
     cfg = AdaptConfig(include_negative=True)
     for variant in ("weighted", "naive", "user_opt"):
-        batch = adapt_unseen_users(art, rows, cfg, variant).set_index("user_id")
+        batch = adapt_unseen_users(art, rows, cfg, variant, method="dense").set_index("user_id")
         for uid, part in rows.groupby("user_id"):
             single = adapt_unseen_users(art, part, cfg, variant).iloc[0]
             assert np.allclose(batch.loc[uid, "embedding"], single["embedding"], atol=1e-5)

@@ -129,6 +129,27 @@ def test_noise_only_in_training_and_missing_route_errors():
         fresh(torch.randn(2, 12, dtype=torch.float64))
 
 
+def test_dense_warmup_routes_through_all_experts_without_noise():
+    """While ``dense_routing`` is on, a TRAINING forward weights every expert by softmax(z/τ)
+    with no noise (all gate logits get a gradient); eval stays top-k, and so does training
+    once the warm-up is over."""
+    m = make(gate_noise=1.0, temperature=0.5)
+    e = torch.randn(6, 5, dtype=torch.float64)
+    m.train()
+    m.dense_routing = True
+    g = m.compute_gate(e)
+    assert g.noise is None
+    assert torch.allclose(g.weights, torch.softmax(g.logits / 0.5, -1))
+    assert (g.weights > 0).all()
+    (g.weights * torch.arange(4.0, dtype=torch.float64)).sum().backward()
+    assert m.gate.w2.grad.abs().sum(dim=(0, 1)).gt(0).all()  # every expert's logit learns
+    m.eval()
+    assert (m.compute_gate(e).weights > 0).sum(-1).eq(1).all()  # eval: top-1 as configured
+    m.train()
+    m.dense_routing = False
+    assert (m.compute_gate(e).weights > 0).sum(-1).eq(1).all()
+
+
 def test_plain_lora_when_no_experts():
     m = make(num_experts=0, rank=5, user_dim=None)
     assert m.gate is None

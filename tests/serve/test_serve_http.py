@@ -22,6 +22,8 @@ import pytest
 import requests
 import torch
 
+from copl_ray.serving.adapter import annotation_bodies
+
 # A loaded 2-core CI box can take longer than Serve's default 5 s to start the HTTP proxy,
 # after which Serve kills it. Set at import (collection precedes the session's ray.init,
 # whose raylet passes its environment to the Serve controller).
@@ -129,16 +131,7 @@ def _prompt_and_responses(tables, k: int = 4, offset: int = 0) -> tuple[str, lis
 def _survey_texts(tables, user_id: str) -> tuple[pd.DataFrame, list[dict]]:
     ann = tables.annotations
     ann = ann[(ann["user_id"] == user_id) & (ann["split"] == "survey")].reset_index(drop=True)
-    by_id = tables.responses.set_index("response_id")
-    texts = [
-        {
-            "prompt": str(by_id.loc[c, "prompt"]),
-            "chosen": str(by_id.loc[c, "text"]),
-            "rejected": str(by_id.loc[r, "text"]),
-        }
-        for c, r in zip(ann["chosen"], ann["rejected"])
-    ]
-    return ann, texts
+    return ann, annotation_bodies(tables.responses, ann["chosen"], ann["rejected"])
 
 
 def _offline(ref, ann: pd.DataFrame, variant: str = "weighted") -> pd.Series:
@@ -186,6 +179,10 @@ def test_scores_match_in_process_model_across_concurrent_users(served, ref):
         spread.append(want)
     # the users' embeddings really reach the model: scores are not all identical across users
     assert np.ptp(np.stack(spread), axis=0).max() > 1e-3
+    # the replica reports its share of the latency, by part (Server-Timing, ms)
+    timing = dict(p.strip().split(";dur=") for p in results[0].headers["server-timing"].split(","))
+    assert {"tokenize", "batch", "replica"} <= set(timing)
+    assert 0 < float(timing["batch"]) <= float(timing["replica"])
 
     a, b = responses[0], responses[1]
     r = _post(served["url"], "/v1/compare", {"user_id": picks[0], "prompt": prompt, "a": a, "b": b})

@@ -1,0 +1,42 @@
+"""Keep Ray's own chatter out of the run log so the stages' progress lines stay readable.
+
+A run prints its progress itself (stage, epoch/step, loss, val acc, ETA). Measured on the
+tiny and UKP runs, Ray 2.60 added per report and per second:
+
+- Ray Data per-operator progress bars / status lines from every training run's
+  ``SplitCoordinator`` (hundreds of lines per stage) -> ``RAY_DATA_DISABLE_PROGRESS_BARS``;
+- Train V2 routing a worker's ``print`` through a logger AND the original stdout, so every
+  progress line came twice -> ``RAY_TRAIN_ENABLE_PRINT_PATCH=0``;
+- "Reporting training result N: TrainingReport(...)" per report and rank at INFO: Train
+  V2 logs it under a logger named by the *file path* (``getLogger(__file__)``), which
+  ``RunConfig(logging_config=LoggingConfig("WARNING"))`` does not reach, so the worker
+  raises that one logger to WARNING (:func:`quiet_train_worker`).
+
+Warnings and errors are never hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+
+QUIET_RAY_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+TRAIN_LOG_LEVEL = "WARNING"  # ray.train's own INFO lines (worker group start, checkpoints)
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or per-execution banners for datasets made in this process."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+
+
+def quiet_train_worker() -> None:
+    """Call first in a Ray Train worker loop: drop the per-report INFO line (see above)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quieten
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
