@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# where torch JIT-builds extensions (DeepSpeed's CPU ops): one place, not the user's global cache
+TORCH_EXTENSIONS_DIR = Path.home() / ".cache" / "copl_ray" / "torch_extensions"
+
 
 def setup_env() -> dict[str, str]:
     """Set defaults (never overriding the user's) and return them for Ray runtime_env."""
@@ -24,7 +27,7 @@ def setup_env() -> dict[str, str]:
         "HF_HUB_OFFLINE": "1" if not os.environ.get("COPL_ALLOW_HUB") else "0",
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_AUTH_MODE": "disabled",
-        "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "copl_ray" / "torch_extensions"),
+        "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR),
         "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
         # Serve kills its HTTP proxy if not ready in 5 s; a busy 2-core box needs longer.
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
@@ -47,8 +50,7 @@ def clear_stale_build_locks(root: Path | None = None, max_age_s: float = 300.0) 
     import time
 
     if root is None:
-        default = Path.home() / ".cache" / "copl_ray" / "torch_extensions"
-        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", default))
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", TORCH_EXTENSIONS_DIR))
     if not root.is_dir():
         return
     for lock in list(root.glob("*/lock")) + list(root.glob("*/*/lock")):
