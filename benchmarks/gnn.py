@@ -1,16 +1,21 @@
 """GNN benchmark: seconds per optimisation step, peak memory, time-to-accuracy.
 
-Schedules compared (both propagate the whole graph once per optimisation step):
+Schedules compared (every one propagates the whole graph once per optimisation step):
 
-- ``official``: minibatches of 1024 pairs, lr 1e-4 (REFERENCE.md §1.3): an epoch costs
-  ``ceil(N/1024)`` full propagations (157 at UF-P-4 scale);
-- ``full``: one step per epoch over all pairs (``gnn.schedule=full``), lr 3e-3 — an epoch
-  costs one propagation.
+- ``official``: minibatches of 1024 pairs, lr 1e-4, edge dropout 0.1 (REFERENCE.md §1.3):
+  an epoch costs ``ceil(N/1024)`` full propagations (157 at UF-P-4 scale);
+- ``fast`` (``--fast``, default ``FAST``): one full-graph step per epoch
+  (``gnn.schedule=full``), lr 3e-3, edge dropout 0.3 — an epoch costs one propagation;
+- ``--candidates``: more specs to compare, ``key:value`` lists of ``gnn`` config fields.
 
-Both use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official sum over a
+All use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official sum over a
 1024-pair batch (without it a full step over 160k pairs is regularised 156× harder and
-stalls at loss log 2; measured on an H100, 2026-11-25). lr sweep of ``full`` at UF-P scale
-on the H100: 1e-2 diverges, 3e-3 best (held-out 0.69: the full schedule overfits there).
+stalls at loss log 2; measured on an H100, 2026-11-25). Why edge dropout 0.3: with 0.1 the
+full schedule memorises the survey pairs (train loss 0.02; held-out 0.69 at UF-P on the
+H100, 0.75 at 1,000 users on CPU); 0.3 closes the gap (0.85 at 1,000 users; 0.5 is
+slower). Why lr 3e-3: lr 1e-2 is faster at d=64 (0.89, 22× vs 18× at the study's target)
+but diverged at d=512 on the H100 (dropout 0.1) and spikes at d=256 on CPU — so it is a
+candidate, not the default. Study: 2-core CPU, 1,000 users, d=64, 2026-11-25.
 
 Data: a planted UF-P-4-shaped graph generated here in numpy (groups = rating attributes,
 4 responses per prompt, controversial pairs only, users of a group label by that group's
@@ -20,17 +25,22 @@ accuracy = share of held-out pairs ranked right.
 
 Part 1 (``--scales``): step time and peak memory at UF-P scale (10,000 users, ~50,000
 responses, 16 labels/user, d=512, L=4) and multiples of it. Part 2: time-to-accuracy —
-wall time (training only, evaluation excluded) until held-out accuracy ≥ ``--target``,
-for both schedules on the ``--tta-*`` graph. Examples::
+training seconds (evaluation excluded; ``--clock process`` counts this process's CPU time,
+for shared CPU boxes) until held-out accuracy ≥ the target, per schedule on the ``--tta-*``
+graph, each within ``--budget-s``. Target: ``--target``, or by default the lower of
+official's and fast's best accuracy (an accuracy both reach); speed-up = official's time
+to it / the schedule's. Part 3 (``--wall-epochs N``): N fast epochs at UF-P scale.
+Examples::
 
-    python benchmarks/gnn.py                                   # full settings (GPU box)
-    python benchmarks/gnn.py --device cuda --scales 1,10
-    python benchmarks/gnn.py --scales 1 --dim 128 --steps 1 --tta-users 2000   # 2-core CPU
+    python benchmarks/gnn.py --device cuda --scales 1,10 --budget-s 240 --wall-epochs 300
+    python benchmarks/gnn.py --threads 1 --clock process --scales 1 --users 1000 \\
+        --responses 6900 --dim 64 --steps 2 --tta-users 1000 --tta-dim 64 --budget-s 300
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -44,6 +54,9 @@ import torch
 from copl_ray.config import GNNConfig
 from copl_ray.graph.bipartite import build_graph, pair_index
 from copl_ray.graph.train import GNNTrainer
+
+# the fast schedule (study: .notes/gnn_figures3.md); gnn config overrides, key:value
+FAST = "schedule:full,lr:3e-3,edge_dropout:0.3"
 
 
 def planted_annotations(
@@ -128,7 +141,7 @@ def make_trainer(ann, cfg: GNNConfig, device):
     )
 
 
-def one_step_seconds(trainer: GNNTrainer, steps: int, device) -> float:
+def one_step_seconds(trainer: GNNTrainer, steps: int, device, clock=None) -> float:
     """Mean seconds of ``steps`` optimisation steps (after one warm-up step)."""
     n, bs = len(trainer.train_pairs), trainer.batch_size
     from copl_ray.graph.bipartite import PairIndex
@@ -144,38 +157,135 @@ def one_step_seconds(trainer: GNNTrainer, steps: int, device) -> float:
         trainer.optimizer.step()
 
     trainer.model.train()
+    clock = clock or Clock("wall", device)
     step(0)
-    sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     for i in range(steps):
         step(i + 1)
-    sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (clock() - t0) / steps
 
 
-def time_to_accuracy(trainer: GNNTrainer, target: float, budget_s: float, eval_every: int):
-    """Train epochs until held-out accuracy ≥ target or the budget; returns a summary."""
-    train_s, best, reached, curve = 0.0, 0.0, None, []
+def parse_schedule(spec: str) -> dict:
+    """``"schedule:full,lr:3e-3,edge_dropout:0.3"`` → ``GNNConfig`` overrides, each value cast
+    to its field's type (``batch`` is short for ``batch_size``)."""
+    fields = {f.name for f in dataclasses.fields(GNNConfig)}
+    defaults, out = GNNConfig(), {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition(":")
+        key = {"batch": "batch_size"}.get(key.strip(), key.strip())
+        if not sep or key not in fields:
+            raise SystemExit(
+                f"schedule spec {spec!r}: bad item {item!r}; expected key:value with key a "
+                f"gnn config field (e.g. schedule:full,lr:3e-3,edge_dropout:0.3)"
+            )
+        kind = type(getattr(defaults, key))
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    if out.get("schedule", "minibatch") not in ("minibatch", "full"):
+        raise SystemExit(f"schedule spec {spec!r}: schedule must be minibatch or full")
+    return out
+
+
+def spec_text(sched: dict) -> str:
+    return ",".join(f"{k}:{v:g}" if isinstance(v, float) else f"{k}:{v}" for k, v in sched.items())
+
+
+class Clock:
+    """Training seconds: wall (``perf_counter``, synchronised on CUDA) or this process's CPU
+    time (``--clock process``: robust to other jobs on a shared CPU box; CPU runs only)."""
+
+    def __init__(self, kind: str, device: torch.device):
+        if kind == "process" and device.type == "cuda":
+            raise SystemExit("--clock process measures CPU time: use --clock wall on a GPU")
+        self.now = time.process_time if kind == "process" else time.perf_counter
+        self.device = device
+
+    def __call__(self) -> float:
+        sync(self.device)
+        return self.now()
+
+
+def train_curve(trainer: GNNTrainer, budget_s: float, every: int, clock: Clock, stop_at=None):
+    """Train (``every`` epochs between evaluations) until the config's epochs, the budget,
+    or held-out accuracy ≥ ``stop_at``; evaluation time excluded. Curve rows:
+    ``(epoch, optimisation steps, training seconds, held-out accuracy)``."""
+    train_s, curve = 0.0, []
     while trainer.epoch < trainer.cfg.epochs and train_s < budget_s:
-        t0 = time.perf_counter()
-        for _ in range(eval_every):
+        t0 = clock()
+        for _ in range(min(every, trainer.cfg.epochs - trainer.epoch)):
             trainer.train_epoch()
             trainer.epoch += 1
-        sync(trainer.device)
-        train_s += time.perf_counter() - t0
+        train_s += clock() - t0
         acc = trainer.evaluate() or 0.0
-        best = max(best, acc)
-        curve.append((trainer.epoch, round(train_s, 2), round(acc, 4)))
-        if reached is None and acc >= target:
-            reached = (trainer.epoch, train_s)
+        curve.append((trainer.epoch, trainer.epoch * trainer.steps_per_epoch, train_s, acc))
+        if stop_at is not None and acc >= stop_at:
             break
-    return {
-        "reached": reached,
-        "best": best,
-        "epochs": trainer.epoch,
-        "train_s": train_s,
-        "curve": curve,
-    }
+    return {"curve": curve, "best": max(r[3] for r in curve), "train_s": train_s}
+
+
+def first_reach(curve: list, target: float):
+    """``(epoch, seconds)`` of the first evaluation with accuracy ≥ target, else None."""
+    return next(((r[0], r[2]) for r in curve if r[3] >= target - 1e-9), None)
+
+
+def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> None:
+    """Part 2: every schedule on the ``--tta-*`` graph; target = ``--target`` or, with 0, the
+    best accuracy that BOTH official and the fast schedule reach (the lower of their bests
+    within ``--budget-s``); speed-up = official's time to it / each schedule's time."""
+    ann = planted_annotations(
+        a.tta_users,
+        a.groups,
+        a.labels,
+        a.val,
+        a.seed,
+        n_prompts=max(1, a.responses * a.tta_users // a.users // 4),
+    )
+    tta_base = base | dict(dim=a.tta_dim, layers=a.tta_layers)
+    clock = Clock(a.clock, device)
+    stop_at = a.target or None
+    results = {}
+    for name, sched in schedules.items():
+        torch.manual_seed(a.seed)
+        cfg = GNNConfig(**(tta_base | dict(epochs=a.official_epochs) | sched))
+        trainer = make_trainer(ann, cfg, device)
+        every = max(1, math.ceil(a.eval_steps / trainer.steps_per_epoch))
+        r = train_curve(trainer, a.budget_s, every, clock, stop_at)
+        r["steps_per_epoch"], r["s_per_epoch"] = (
+            trainer.steps_per_epoch,
+            r["train_s"] / max(1, r["curve"][-1][0]),
+        )
+        results[name] = r
+        print(
+            f"{name:10s} {spec_text(sched)}: {trainer.steps_per_epoch} steps/epoch, "
+            f"{r['s_per_epoch']:.3f} s/epoch, {r['curve'][-1][0]} epochs in {r['train_s']:.1f} s, "
+            f"best held-out {r['best']:.4f}",
+            flush=True,
+        )
+        if a.curves:
+            print(
+                "  curve (epoch, steps, s, acc): "
+                + " ".join(f"({e},{st},{sec:.1f},{acc:.4f})" for e, st, sec, acc in r["curve"]),
+                flush=True,
+            )
+    target = a.target or min(results["official"]["best"], results["fast"]["best"])
+    how = "--target" if a.target else "auto: the lower of official's and fast's best"
+    print(f"\ntarget held-out accuracy {target:.4f} ({how}); clock: {a.clock}")
+    print("| schedule | steps/epoch | s/epoch | best held-out | epoch, s to target | speed-up |")
+    print("|---|---|---|---|---|---|")
+    t_off = first_reach(results["official"]["curve"], target)
+    for name, r in results.items():
+        hit = first_reach(r["curve"], target)
+        if hit and t_off:
+            speed = f"{t_off[1] / hit[1]:.1f}x"
+        elif hit:  # official never got there within its budget
+            speed = f"> {results['official']['train_s'] / hit[1]:.1f}x"
+        else:
+            speed = "-"
+        at = f"{hit[0]}, {hit[1]:.1f} s" if hit else f"not in {r['train_s']:.0f} s"
+        print(
+            f"| {name} | {r['steps_per_epoch']} | {r['s_per_epoch']:.3f} | {r['best']:.4f} "
+            f"| {at} | {speed} |",
+            flush=True,
+        )
 
 
 def machine(device: torch.device) -> str:
@@ -195,12 +305,12 @@ def machine(device: torch.device) -> str:
     return out
 
 
-def wall_time(a, base: dict, full: dict, device: torch.device) -> None:
-    """Part 3: wall time of ``--wall-epochs`` epochs of the full schedule at UF-P scale
+def wall_time(a, base: dict, fast: dict, device: torch.device) -> None:
+    """Part 3: wall time of ``--wall-epochs`` epochs of the fast schedule at UF-P scale
     (the paper trains 300 epochs), training only, then the held-out accuracy reached."""
     ann = planted_annotations(a.users, a.groups, a.labels, a.val, a.seed, a.responses // 4)
     torch.manual_seed(a.seed)
-    trainer = make_trainer(ann, GNNConfig(**base, **full, epochs=a.wall_epochs), device)
+    trainer = make_trainer(ann, GNNConfig(**(base | fast | dict(epochs=a.wall_epochs))), device)
     trainer.model.train()
     sync(device)
     t0 = time.perf_counter()
@@ -210,7 +320,7 @@ def wall_time(a, base: dict, full: dict, device: torch.device) -> None:
     sync(device)
     sec = time.perf_counter() - t0
     print(
-        f"\n== part 3: {a.wall_epochs} full-schedule epochs at {a.users} users, "
+        f"\n== part 3: {a.wall_epochs} fast-schedule epochs at {a.users} users, "
         f"d={a.dim}, L={a.layers}: {sec:.1f} s wall (training only); "
         f"held-out accuracy {trainer.evaluate() or 0.0:.4f} ==",
         flush=True,
@@ -239,16 +349,26 @@ def main() -> None:
     p.add_argument("--tta-users", type=int, default=10_000)
     p.add_argument("--tta-dim", type=int, default=512)
     p.add_argument("--tta-layers", type=int, default=4)
-    p.add_argument("--target", type=float, default=0.87)
-    p.add_argument("--official-epochs", type=int, default=300)
-    p.add_argument("--full-epochs", type=int, default=300)
-    p.add_argument("--full-lr", type=float, default=3e-3, help="H100 sweep: 1e-2 diverges")
+    p.add_argument(
+        "--target", type=float, default=0.0, help="0 = the lower of official's and fast's best"
+    )
+    p.add_argument("--official-epochs", type=int, default=300, help="sets its lr schedule")
     p.add_argument("--official-lr", type=float, default=1e-4, help="paper/official: 1e-4")
-    p.add_argument("--budget-s", type=float, default=3600.0, help="per schedule (part 2)")
-    p.add_argument("--eval-every", type=int, default=5, help="epochs between accuracy checks")
+    p.add_argument("--fast", default=FAST, help="the fast schedule: key:value,... gnn fields")
+    p.add_argument(
+        "--candidates", nargs="*", default=[], help="more schedule specs to compare (part 2)"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=240.0, help="training seconds per schedule (part 2)"
+    )
+    p.add_argument(
+        "--eval-steps", type=int, default=5, help="optimisation steps between accuracy checks"
+    )
+    p.add_argument("--clock", default="wall", choices=["wall", "process"])
+    p.add_argument("--curves", action="store_true", help="print every curve point (part 2)")
     p.add_argument("--skip-tta", action="store_true")
     p.add_argument(
-        "--wall-epochs", type=int, default=0, help="part 3: wall time of N full-schedule epochs"
+        "--wall-epochs", type=int, default=0, help="part 3: wall time of N fast-schedule epochs"
     )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
@@ -258,29 +378,30 @@ def main() -> None:
     print(f"machine: {machine(device)}")
 
     official = dict(schedule="minibatch", batch_size=1024, lr=a.official_lr)
-    full = dict(schedule="full", lr=a.full_lr)
+    fast = parse_schedule(a.fast)
     base = dict(
         dim=a.dim,
         layers=a.layers,
         message=a.message,
         edge_dropout=0.1,
         l2=1e-6,
-        l2_reference_batch=1024,  # official strength (λ summed over 1024 pairs) in both
+        l2_reference_batch=1024,  # official strength (λ summed over 1024 pairs) everywhere
         warmup_ratio=0.1,
         seed=a.seed,
     )
+    print(f"official: {spec_text(official)} | fast: {spec_text(fast)} | base: {spec_text(base)}")
     print("\n== part 1: one optimisation step (full re-propagation + loss + AdamW) ==")
     for scale in [int(s) for s in a.scales.split(",") if s]:
         # more users over the same survey set (UF-P: a fixed pool of responses)
         ann = planted_annotations(
             a.users * scale, a.groups, a.labels, a.val, a.seed, n_prompts=a.responses // 4
         )
-        for name, sched in (("official", official), ("full", full)):
-            cfg = GNNConfig(**base, **sched, epochs=1)
+        for name, sched in (("official", official), ("fast", fast)):
+            cfg = GNNConfig(**(base | sched | dict(epochs=1)))
             torch.manual_seed(a.seed)
             with PeakMemory(device) as mem:
                 trainer = make_trainer(ann, cfg, device)
-                sec = one_step_seconds(trainer, a.steps, device)
+                sec = one_step_seconds(trainer, a.steps, device, Clock(a.clock, device))
             g = trainer.shape
             print(
                 f"scale {scale}x: {g.n_users} users, {g.n_responses} responses, "
@@ -293,47 +414,15 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if a.wall_epochs:
-        wall_time(a, base, full, device)
+        wall_time(a, base, fast, device)
     if a.skip_tta:
         return
-    print(f"\n== part 2: time-to-accuracy (held-out accuracy >= {a.target}) ==")
-    ann = planted_annotations(
-        a.tta_users,
-        a.groups,
-        a.labels,
-        a.val,
-        a.seed,
-        n_prompts=max(1, a.responses * a.tta_users // a.users // 4),
+    print(
+        f"\n== part 2: time-to-accuracy ({a.tta_users} users, d={a.tta_dim}, L={a.tta_layers}) =="
     )
-    tta_base = base | dict(dim=a.tta_dim, layers=a.tta_layers)
-    results = {}
-    for name, sched, epochs in (
-        ("official", official, a.official_epochs),
-        ("full", full, a.full_epochs),
-    ):
-        torch.manual_seed(a.seed)
-        trainer = make_trainer(ann, GNNConfig(**tta_base, **sched, epochs=epochs), device)
-        every = max(1, a.eval_every if name == "full" else math.ceil(a.eval_every / 5))
-        r = time_to_accuracy(trainer, a.target, a.budget_s, every)
-        results[name] = r
-        when = (
-            f"reached at epoch {r['reached'][0]} after {r['reached'][1]:.1f} s"
-            if r["reached"]
-            else f"NOT reached in {r['train_s']:.1f} s / {r['epochs']} epochs"
-        )
-        print(
-            f"{name:8s} ({trainer.steps_per_epoch} steps/epoch, lr {sched['lr']:g}): {when}; "
-            f"best held-out accuracy {r['best']:.4f}; curve (epoch, s, acc) {r['curve'][-4:]}",
-            flush=True,
-        )
-    o, f = results["official"], results["full"]
-    if o["reached"] and f["reached"]:
-        print(f"speed-up in time-to-accuracy: {o['reached'][1] / f['reached'][1]:.1f}x")
-    elif f["reached"]:
-        print(
-            f"speed-up in time-to-accuracy: > {o['train_s'] / f['reached'][1]:.1f}x "
-            f"(official did not reach {a.target} within its {o['train_s']:.0f} s)"
-        )
+    schedules = {"official": official, "fast": fast}
+    schedules |= {f"cand{i + 1}": parse_schedule(c) for i, c in enumerate(a.candidates)}
+    time_to_accuracy(a, base, schedules, device)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ path) and modified with ``a.b.c=value`` overrides (torchtune style)::
 
     cfg = load_config("tiny", ["gnn.epochs=50", "reward.num_experts=4"])
 
-Unknown keys and wrong types raise :class:`ConfigError` naming the full key path,
-e.g. ``gnn.epochs: expected int, got 'many'``.
+Unknown keys, wrong types and out-of-range values (copl_ray/config_bounds.py) raise
+:class:`ConfigError` naming the full key path, e.g. ``gnn.epochs: expected int, got 'many'``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -279,6 +281,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-2" (no dot) as a string
         raise ConfigError(f"{path}: expected float, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -361,11 +365,19 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) 
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
         node[keys[-1]] = value
-    return _build(Config, raw)
+    return _checked(_build(Config, raw))
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return _build(Config, values)
+    return _checked(_build(Config, values))
+
+
+def _checked(cfg: Config) -> Config:
+    """Value ranges and cross-field constraints (copl_ray/config_bounds.py)."""
+    from copl_ray.config_bounds import check_bounds
+
+    check_bounds(cfg)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

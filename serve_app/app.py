@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from copl_ray.serving import timing
+from copl_ray.serving.ingress import use_direct_ingress
 from copl_ray.serving.scorer import check_run_dir
 from copl_ray.serving.settings import ServeSettings, resolve_settings
 from copl_ray.serving.store import AdaptedUser, StoreError, UserStore, now
@@ -41,6 +42,11 @@ from serve_app.schemas import (
     UserInfo,
     configure_limits,
 )
+
+# `serve run serve_app.app:build_app ...` imports this module before it starts a local Ray:
+# choosing the ingress here lets that Ray's controller and replicas inherit it. A cluster
+# started elsewhere (`ray start`) decides for itself: see copl_ray/serving/ingress.py.
+use_direct_ingress()
 
 logger = logging.getLogger("ray.serve")
 REPLICA_HEADER = "X-Replica-Id"
@@ -60,7 +66,7 @@ class ReplicaHeaders:
     ``batch`` (queue wait + the forward of the batch the request rode in).
 
     Lets clients and tests see cross-replica behaviour, and the benchmark split the HTTP
-    overhead into the Serve proxy hop and the replica's own share. Pure ASGI because
+    overhead into the ingress hop and the replica's own share. Pure ASGI because
     Starlette's ``BaseHTTPMiddleware`` costs about a millisecond per request.
     """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -46,6 +48,9 @@ def test_overrides_apply_with_yaml_types():
     assert cfg.gnn.epochs == 7
     assert cfg.reward.target_modules == ["q_proj", "k_proj"]
     assert cfg.data.path is None
+    # YAML 1.1 reads exponents without a dot as strings; float fields accept them
+    cfg = load_config("tiny", ["gnn.lr=1e-2", "train.lr=5E-5", "reward.alpha=16"])
+    assert (cfg.gnn.lr, cfg.train.lr, cfg.reward.alpha) == (0.01, 5e-5, 16.0)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +95,37 @@ def test_section_hash_tracks_only_named_sections():
     a, b = load_config("tiny"), load_config("tiny", ["reward.rank=2"])
     assert a.section_hash("data", "gnn") == b.section_hash("data", "gnn")
     assert a.section_hash("reward") != b.section_hash("reward")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("reward.gate_dense_warmup=1.0", "reward.gate_dense_warmup: expected a value in [0, 1)"),
+        ("reward.gate_dense_warmup=-0.1", "reward.gate_dense_warmup: expected a value in [0, 1)"),
+        ("gnn.dim=0", "gnn.dim: expected a value in [1, inf]"),
+        ("train.lr=0", "train.lr: expected a value in (0, inf)"),
+        ("train.zero_stage=4", "train.zero_stage: expected a value in [0, 3]"),
+        ("gnn.edge_dropout=1", "gnn.edge_dropout: expected a value in [0, 1)"),
+        ("data.synthetic.label_noise=.nan", "data.synthetic.label_noise: expected a value"),
+        ("reward.top_k=5", "reward.top_k: 5 experts per route, but reward.num_experts is 4"),
+        ("serve.min_replicas=3", "serve.min_replicas: 3 > serve.max_replicas 2"),
+    ],
+)
+def test_out_of_range_value_names_the_field(override, message):
+    """A value outside its range fails at load time with the field path (config_bounds)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("tiny", [override])
+
+
+def test_every_preset_is_inside_the_bounds():
+    """The shipped presets load (bounds included) and every bound names a real field."""
+    from copl_ray.config_bounds import BOUNDS
+
+    for name in list_presets():
+        load_config(name)
+    default = Config()
+    for path in BOUNDS:
+        node = default
+        for key in path.split("."):
+            assert hasattr(node, key), path
+            node = getattr(node, key)

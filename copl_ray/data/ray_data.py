@@ -123,6 +123,8 @@ def join_and_tokenize(
     rejected = texts.reindex(batch["rejected"].to_numpy()).to_numpy()
     ok = ~(pd.isna(chosen) | pd.isna(rejected))  # unknown response ids: counted by the driver
     batch, user_index, chosen, rejected = batch[ok], user_index[ok], chosen[ok], rejected[ok]
+    if len(batch) == 0:
+        return empty_pair_block(max_length)
     tok = _cached_tokenizer(tokenizer_dir)
     c_ids, c_mask = tokenize_texts(tok, list(chosen), max_length)
     r_ids, r_mask = tokenize_texts(tok, list(rejected), max_length)
@@ -138,6 +140,29 @@ def join_and_tokenize(
         "rejected_input_ids": r_ids,
         "rejected_attention_mask": r_mask,
     }
+
+
+def empty_pair_block(max_length: int):
+    """A zero-row block with the pipeline's schema (token columns as fixed-shape tensors).
+
+    A batch whose rows are all of other splits/users would otherwise reach Ray Data as
+    ``[0, max_length]`` numpy arrays, which Ray converts to Arrow only when non-empty: it
+    warns and stores that block's token columns as pickled Python objects.
+    """
+    import pyarrow as pa
+    from ray.data.extensions.tensor_extension import ArrowTensorArray
+
+    empty = np.zeros((0, max_length), dtype=np.int32)
+    return pa.table(
+        {
+            "user_id": pa.array([], pa.string()),
+            "group": pa.array([], pa.string()),
+            "pair_id": pa.array([], pa.int64()),
+            "user_index": pa.array([], pa.int64()),
+            "controversial": pa.array([], pa.int8()),
+            **{c: ArrowTensorArray.from_numpy(empty) for c in TOKEN_COLUMNS},
+        }
+    )
 
 
 # ----------------------------------------------------------------- driver side

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -138,27 +137,41 @@ class RouteContext:
     replica) never see each other's routes.
 
     Gradient checkpointing: the route stays set after the forward, so a recomputation
-    during backward sees the same route. With REENTRANT checkpointing
-    (``fresh_in_backward``), a layer recomputed *during backward*
-    (``torch._C._current_graph_task_id() != -1``) gets its scale from
-    ``recompute()``: a fresh evaluation of the gate on the same inputs with the SAME noise
-    tensor. Same values, and a fresh small gate graph per recomputed segment, because a
-    reentrant checkpoint backpropagates each recomputed segment separately and would
-    otherwise traverse (and free) the one shared gate graph twice.
+    during backward sees the same route (same gate, same noise). Non-reentrant
+    checkpointing replays the forward's ops, the cached graph-attached scale included.
+
+    REENTRANT checkpointing (``reentrant``) back-propagates every recomputed segment in a
+    graph task of its own, so the gate must not be part of the recomputation: a parameter
+    reached from k graph tasks gets k gradient hooks per step, and DeepSpeed ZeRO-2/3
+    reduce a parameter's gradient once per hook ("Gradient computed twice", the ZeRO-3
+    ``params_in_bucket`` ds_id assertion; deepspeedai/DeepSpeed#988, #2103). So a layer
+    recomputed during backward reads a detached LEAF copy ``ŝ`` of the scale (no gate
+    parameter in the segment's graph), ``ŝ.grad`` collects ``∂L/∂s`` from that segment,
+    and a :class:`RouteSink` placed on the input of every checkpointed block hands the
+    collected ``Σ ∂L/∂ŝ`` to the real scale in the OUTER graph, where the gate (and a
+    ``no_gnn`` user table) then back-propagates exactly once::
+
+        outer graph:  e ─gate─> s ──────────────┬─────────────┐
+                      x ──> RouteSink(x, s) ──> ckpt(block 1) ──> RouteSink ──> ckpt(block 2) ...
+        backward:     ckpt(block k) recomputes with ŝ = s.detach() → ŝ.grad; then
+                      RouteSink_k.backward returns (∂L/∂x, Σ ŝ.grad) → s → gate, once.
+
+    A sink's backward runs after the backward of the segment it feeds, and the first
+    block's sink runs last, so every leaf is collected; :meth:`check_collected` (queued at
+    the end of the backward) raises instead of dropping gate gradients if one was not.
     """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.scale: torch.Tensor | None = None  # [G, N, E·r]
-        self.recompute: Callable[[], torch.Tensor] | None = None
-        # set per forward by MoLEModel when HF reentrant checkpointing is on (non-reentrant
-        # replays saved tensors and must see exactly the forward's ops: the cached scale)
-        self.fresh_in_backward = False
+        # set per forward by MoLEModel when HF reentrant checkpointing is on
+        self.reentrant = False
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (gate_index, leaf ŝ_g) per read
+        self._check_queued = False
 
-    def set(
-        self, scale: torch.Tensor | None, recompute: Callable[[], torch.Tensor] | None = None
-    ) -> None:
-        self.scale, self.recompute = scale, recompute
+    def set(self, scale: torch.Tensor | None) -> None:
+        self.scale = scale
+        self.pending, self._check_queued = [], False
 
     def read(self, gate_index: int, n_rows: int, where: str) -> torch.Tensor:
         if self.scale is None:
@@ -171,13 +184,61 @@ class RouteContext:
                 f"MoLE layer {where!r}: route set for {self.scale.shape[1]} rows but the input "
                 f"has {n_rows}"
             )
+        scale = self.scale[gate_index]
         if (
-            self.fresh_in_backward
-            and self.recompute is not None
-            and torch._C._current_graph_task_id() != -1
+            self.reentrant
+            and self.scale.requires_grad
+            and torch._C._current_graph_task_id() != -1  # recomputing inside a backward
         ):
-            return self.recompute()[gate_index]
-        return self.scale[gate_index]
+            leaf = scale.detach().requires_grad_()
+            self.pending.append((gate_index, leaf))
+            if not self._check_queued:
+                torch.autograd.Variable._execution_engine.queue_callback(self.check_collected)
+                self._check_queued = True
+            return leaf
+        return scale
+
+    def collect_grad(
+        self, spec: tuple[torch.Size, torch.dtype, torch.device]
+    ) -> torch.Tensor | None:
+        """``Σ ∂L/∂ŝ`` over the leaves read since the last collection, as a tensor of the
+        scale's ``(shape, dtype, device)`` (None when none got a gradient); clears them."""
+        grad = None
+        for g, leaf in self.pending:
+            if leaf.grad is None:
+                continue
+            if grad is None:
+                grad = torch.zeros(spec[0], dtype=spec[1], device=spec[2])
+            grad[g] += leaf.grad
+        self.pending = []
+        return grad
+
+    def check_collected(self) -> None:
+        """End-of-backward check: every recomputed read was collected by a sink."""
+        self._check_queued = False
+        lost = sum(leaf.grad is not None for _, leaf in self.pending)
+        self.pending = []
+        if lost:
+            raise RuntimeError(
+                f"MoLE gate gradients of {lost} recomputed layer reads were not collected: "
+                "with reentrant gradient checkpointing the hidden states must enter each "
+                "checkpointed block as a positional argument (MoLEModel attaches a RouteSink "
+                "to the first floating-point one)"
+            )
+
+
+class RouteSink(torch.autograd.Function):
+    """Identity on the hidden states ``x`` whose backward also returns the collected
+    ``Σ ∂L/∂ŝ`` as the gradient of the route scale ``s`` (see :class:`RouteContext`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, route: RouteContext) -> torch.Tensor:
+        ctx.route, ctx.spec = route, (scale.shape, scale.dtype, scale.device)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_x: torch.Tensor):
+        return grad_x, ctx.route.collect_grad(ctx.spec), None
 
 
 def expand_scale(weights: torch.Tensor, rank: int, shared: bool = True) -> torch.Tensor:

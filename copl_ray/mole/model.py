@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from copl_ray.mole.config import MoLEConfig
-from copl_ray.mole.layer import GateOutput, MoLEGate, MoLELinear, RouteContext, expand_scale
+from copl_ray.mole.layer import (
+    GateOutput,
+    MoLEGate,
+    MoLELinear,
+    RouteContext,
+    RouteSink,
+    expand_scale,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,6 +94,7 @@ class MoLEModel(nn.Module):
             dev = next(model.parameters()).device
             self.gate = MoLEGate(cfg.user_dim, cfg.gate_hidden, cfg.num_experts, n_gates).to(dev)
         self.last_gate: GateOutput | None = None
+        self._sink_hooks: dict[nn.Module, Any] = {}  # checkpointed block -> hook handle
         self.aux_loss: torch.Tensor = torch.zeros(())
         # Dense-to-sparse warm-up (set by the trainer, never saved): while True, training
         # forwards route every user through ALL experts with weights softmax(z/τ) and no
@@ -132,44 +140,63 @@ class MoLEModel(nn.Module):
     ) -> Iterator[GateOutput | None]:
         """Hold the route lock, compute the gate once and route ``n_rows = k·B`` input rows.
 
-        ``user_emb`` may be a zero-argument function returning it (e.g. a table lookup) so
-        that checkpoint recomputation rebuilds it from leaves (see RouteContext)."""
+        ``user_emb`` may also be a zero-argument function returning it (called once).
+        Under reentrant gradient checkpointing the gate stays out of the recomputation:
+        every checkpointed block gets a :class:`RouteSink` on its input (RouteContext)."""
         with self.route.lock:
             gate = None
-            self.route.fresh_in_backward = self._reentrant_checkpointing()
+            blocks = self._reentrant_blocks()
+            self.route.reentrant = bool(blocks)
+            self.route.set(None)
             if self.gate is not None:
                 if user_emb is None:
                     raise ValueError("user_emb is required: this MoLE model has experts")
-                emb_fn = user_emb if callable(user_emb) else (lambda: user_emb)
-                emb = emb_fn()
+                emb = user_emb() if callable(user_emb) else user_emb
                 b = emb.shape[0]
                 if b == 0 or n_rows % b:
                     raise ValueError(
                         f"input has {n_rows} rows, not a multiple of the {b} user embeddings"
                     )
                 gate = self.compute_gate(emb)
-                noise = 0.0 if gate.noise is None else gate.noise.detach()  # replayed
-                tile, rank = n_rows // b, self.cfg.rank
-
-                def scale_of(g: GateOutput) -> torch.Tensor:  # [G, N, E·r]
-                    return expand_scale(g.weights, rank).repeat(1, tile, 1)
-
-                self.route.set(
-                    scale_of(gate), lambda: scale_of(self.compute_gate(emb_fn(), noise=noise))
-                )
+                self.route.set(expand_scale(gate.weights, self.cfg.rank).repeat(1, n_rows // b, 1))
                 self.last_gate = gate
                 self.aux_loss = self.cfg.load_balance_coef * gate.balance_loss
+                for block in blocks:
+                    if block not in self._sink_hooks:
+                        self._sink_hooks[block] = block.register_forward_pre_hook(
+                            self._attach_sink, with_kwargs=True
+                        )
             yield gate
 
-    def _reentrant_checkpointing(self) -> bool:
-        """Whether HF gradient checkpointing with ``use_reentrant=True`` is on (RouteContext)."""
+    def _attach_sink(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        """Forward pre-hook of a checkpointed block: its hidden-state input (the first
+        floating-point positional argument; reentrant checkpointing back-propagates into
+        positional tensors only) goes through a :class:`RouteSink` tied to the route."""
+        scale = self.route.scale
+        if not (self.route.reentrant and scale is not None and scale.requires_grad):
+            return None
+        if torch._C._current_graph_task_id() != -1 or not torch.is_grad_enabled():
+            return None  # a recomputation (legacy checkpointing calls hooks inside) or no_grad
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                sunk = RouteSink.apply(a, scale, self.route)
+                return (*args[:i], sunk, *args[i + 1 :]), kwargs
+        return None
+
+    def _reentrant_blocks(self) -> list[nn.Module]:
+        """Blocks under HF gradient checkpointing with ``use_reentrant=True`` (empty when
+        off, in eval, under no_grad or with non-reentrant checkpointing)."""
         if not (self.training and torch.is_grad_enabled()):
-            return False
+            return []
+        blocks = []
         for module in self.model.modules():
             func = getattr(module, "_gradient_checkpointing_func", None)
             if func is not None and getattr(module, "gradient_checkpointing", False):
-                return bool(getattr(func, "keywords", {}).get("use_reentrant", True))
-        return False
+                if not getattr(func, "keywords", {}).get("use_reentrant", True):
+                    return []
+                if module is not self.model:
+                    blocks.append(module)
+        return blocks
 
     def forward(self, *args: Any, user_emb: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """``model(*args, **kwargs)`` with every wrapped layer routed by ``user_emb``."""

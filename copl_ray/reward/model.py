@@ -131,8 +131,9 @@ class PersonalRewardModel(nn.Module):
         """Checkpoint the backbone layers. The frozen backbone needs its input to require
         grad for reentrant checkpointing: ``enable_input_require_grads`` does that with a
         hook (the official code made the whole embedding matrix trainable, REFERENCE.md B8).
-        The MoLE route is replayed on recomputation (same gates, same noise; the route
-        detects reentrant checkpointing itself, so calling HF's method directly works too)."""
+        Recomputation reuses the forward's route (same gates, same noise) and never re-runs
+        the gate; the route detects reentrant checkpointing itself, so calling HF's method
+        directly works too (RouteContext)."""
         self.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
         )
@@ -181,11 +182,10 @@ class PersonalRewardModel(nn.Module):
     ) -> torch.Tensor:
         """Scores ``[N]`` fp32. ``user_emb``/``user_index`` have ``B`` rows, ``N = k·B``."""
         n = input_ids.shape[0]
-        if self.variant == "no_gnn":  # a table lookup, rebuilt from leaves on recompute
-            gate_in = None
-            route_in: Any = lambda: self.gate_input(user_emb, user_index)  # noqa: E731
-        else:
-            gate_in = route_in = self.gate_input(user_emb, user_index)
+        # the gate input (GNN embedding or user-table rows) is built ONCE per forward, outside
+        # any checkpointed block: under ZeRO each trainable parameter must get its gradient
+        # in one backward graph task (RouteContext)
+        gate_in = route_in = self.gate_input(user_emb, user_index)
         mask = attention_mask.long()
         kwargs: dict[str, Any] = {}
         if self.variant == "no_mole":

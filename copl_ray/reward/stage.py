@@ -108,11 +108,6 @@ def model_jobs(
     cfg: Config, users: UserTable
 ) -> list[tuple[str, str, Path | None, list[str] | None]]:
     """``(job name, variant, sub-folder, only_users)`` for every model to train."""
-    if not 0.0 <= cfg.reward.gate_dense_warmup < 1.0:
-        raise ConfigError(
-            f"reward.gate_dense_warmup: a fraction of the steps in [0, 1), "
-            f"got {cfg.reward.gate_dense_warmup}"
-        )
     jobs: list[tuple[str, str, Path | None, list[str] | None]] = []
     for name in cfg.reward.models:
         if name not in MODELS:

@@ -94,7 +94,10 @@ def enable_gradient_checkpointing(model) -> None:
     requires grad, so the embedding output is made to require grad
     (``enable_input_require_grads``; the official code's ``requires_grad_()`` on the whole
     embedding matrix is bug B8). The MoLE route stays set after the forward, so the
-    recomputation reads the same gate (same noise).
+    recomputation reads the same gate (same noise) — as a detached copy whose gradient is
+    handed back to the gate outside the recomputed blocks, so the gate, the no_gnn user
+    table and every other trainable parameter get exactly one gradient hook per step, as
+    ZeRO-2/3 require (copl_ray/mole/layer.py RouteContext).
     """
     backbone = model.backbone
     backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})

@@ -14,8 +14,11 @@ of a reward model that knows the user's group is 1.0 on every split. The thresho
 * **|CoPL - Oracle| <= 3 points overall (seen users).** Oracle gets the true group for free
   (one model per group); CoPL must recover it from 8 labels per user through the GNN
   (ARI = 1.0 on this data) and the gate. 3 points = ~4 standard errors of the difference
-  on 4,000 seen test pairs (SE of each accuracy ~0.5-0.7 points): a gap larger than that
-  is a real loss of the user signal, not noise.
+  on 4,000 seen test pairs (SE of each accuracy ~0.5-0.7 points): a shortfall larger than
+  that is a real loss of the user signal, not noise. Kept two-sided as the issue states
+  it, although CoPL may legitimately beat Oracle (the paper's UF-P-4 rows do): its shared
+  LoRA learns the common pairs from both groups' labels while each Oracle model sees only
+  its group's half.
 * **|CoPL unseen - CoPL seen| <= 3 points.** Unseen users get their embedding from
   8 labels without any gradient step; if adaptation places them where seen users of their
   group are, the reward model cannot tell them apart. With 2,000 unseen test pairs (SE ~1
@@ -61,27 +64,17 @@ def test_results_contract(results, tiny_run):
     assert (tiny_run.eval / "labels_curve.png").exists()
 
 
-# KNOWN GAP, not a lowered bar. The routing collapse of session 1 is fixed (dense-to-sparse
-# gate warm-up, reward.gate_dense_warmup=0.3 in the tiny preset; before it the 2-worker run
-# sent both groups through the same experts: CoPL controversial 0.505, overall 0.671).
-# Measured on the tiny run after the fix (seed 0, 2 Ray Train workers, ZeRO-2, 86 steps):
-# CoPL seen overall 0.848 vs Oracle 0.897 — a 4.9-point gap against the 3-point bar.
-# CoPL shares one backbone adapter over both groups after 86 steps, while each Oracle model
-# spends its 43 steps on one group's labels only; more steps would close it but cost the
-# 15-minute budget of the default run. xfail (non-strict) keeps the bar visible.
-COPL_ORACLE_GAP = pytest.mark.xfail(
-    strict=False, reason="tiny CoPL 4.9 points under Oracle after 86 steps (issue 4 note)"
-)
-
-
 def test_copl_beats_uniform_on_controversial_pairs(results):
     copl = results["models"]["copl"]["seen"]["controversial"]
     uniform = results["models"]["uniform"]["seen"]["controversial"]
     assert copl >= uniform + 0.10, (copl, uniform)
 
 
-@COPL_ORACLE_GAP
 def test_copl_close_to_oracle(results):
+    # Seed 0, 2 epochs: CoPL 0.848 vs Oracle 0.897 (balancing loss 0.05, which split a group
+    # over 2 experts), 0.847 without it (clean routing, but CoPL still learning). 3 epochs
+    # (presets/tiny.yaml): CoPL 0.923 vs Oracle 0.936 (bit-identical in 2 runs). Not yet
+    # seed-robust: reward.seed=train.seed=1 gives CoPL 0.911 vs Oracle 0.963 (5.2 points).
     copl = results["models"]["copl"]["seen"]["overall"]
     oracle = results["models"]["oracle"]["seen"]["overall"]
     assert abs(copl - oracle) <= 0.03, (copl, oracle)

@@ -121,3 +121,29 @@ def test_chunked_backward_gives_the_same_gradient_as_one_backward():
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule, batch", [("full", 1024), ("minibatch", 40)])
+def test_l2_reference_batch_gives_each_pair_the_strength_of_an_n_pair_batch(schedule, batch):
+    """λ is summed over a step's B pairs (official); ``l2_reference_batch=N`` rescales it to
+    ``λ·N/B`` so the per-pair pull on the embeddings is that of an N-pair batch whatever B
+    is — a full step (B = all 144 pairs here) is no longer regularised B/N times harder."""
+    graph, train, val = planted()
+    plain = GNNTrainer(graph, train, val, cfg(schedule=schedule, batch_size=batch, l2=1e-3))
+    ref = GNNTrainer(
+        graph,
+        train,
+        val,
+        cfg(schedule=schedule, batch_size=batch, l2=1e-3, l2_reference_batch=40),
+    )
+    b = len(train) if schedule == "full" else batch
+    assert plain.l2 == pytest.approx(1e-3)  # default 0: the official sum, unchanged
+    assert ref.l2 == pytest.approx(1e-3 * 40 / b)
+    # the step's L2 term λ'·Σ_B ‖·‖² = λ·N·mean_B ‖·‖²: independent of the batch size B
+    e_user, e_resp = ref.embeddings()
+    sq = (
+        e_user[train.user].pow(2).sum(-1)
+        + e_resp[train.chosen].pow(2).sum(-1)
+        + e_resp[train.rejected].pow(2).sum(-1)
+    )[:b]
+    assert ref.l2 * float(sq.sum()) == pytest.approx(1e-3 * 40 * float(sq.mean()), rel=1e-5)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from copl_ray.mole import MoLEConfig, MoLEModel
 
@@ -196,3 +201,75 @@ def test_user_lora_export_is_exact():
         with m.routed(e, 3):
             y = lay(x)
         torch.testing.assert_close(y, lay.base_layer(x) + lay.scaling * (x @ a.T) @ b.T)
+
+
+class Block(GradientCheckpointingLayer):
+    def __init__(self, d: int = 12) -> None:
+        super().__init__()
+        self.up = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.up(x))
+
+
+class Stack(nn.Module):
+    """Three HF-style checkpointable blocks, as a decoder stack calls them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def checkpointed_stack(seed: int, ckpt: bool) -> MoLEModel:
+    torch.manual_seed(seed)
+    cfg = MoLEConfig(
+        target_modules=["up"], num_experts=3, rank=2, dropout=0.0, user_dim=5, gate_hidden=7
+    )
+    m = MoLEModel(Stack(), replace(cfg, gate_noise=0.5, load_balance_coef=0.3)).double()
+    for _, layer in m.mole_layers():
+        nn.init.normal_(layer.lora_B, std=0.3)
+    for block in m.model.blocks:  # what transformers' gradient_checkpointing_enable sets
+        block.gradient_checkpointing = ckpt
+        block._gradient_checkpointing_func = partial(checkpoint, use_reentrant=True)
+    return m.train()
+
+
+def backward_counting_hooks(m: MoLEModel) -> dict[str, int]:
+    hooks = {n: 0 for n, p in m.named_parameters() if p.requires_grad}
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda _, n=n: hooks.__setitem__(n, hooks[n] + 1))
+    x = torch.randn(6, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_()  # as HF's enable_input_require_grads makes the embeddings
+    e = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(3)  # same gate noise in both runs
+    (m(x, user_emb=e).pow(2).sum() + m.aux_loss).backward()
+    return hooks
+
+
+def test_reentrant_checkpointing_gate_outside_recompute():
+    """Reentrant checkpointing: same gradients as without, and the gate gets ONE gradient
+    hook (the recomputed blocks read a detached route; RouteSink hands its gradient back),
+    the invariant DeepSpeed ZeRO reduces by."""
+    plain, ckpt = checkpointed_stack(0, False), checkpointed_stack(0, True)
+    hooks = [backward_counting_hooks(m) for m in (plain, ckpt)]
+    assert hooks[0] == hooks[1] == dict.fromkeys(hooks[0], 1)
+    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.requires_grad:
+            assert p.grad.abs().sum() > 0, n
+            torch.testing.assert_close(q.grad, p.grad, msg=n)
+    assert not ckpt.route.pending  # every recomputed read was collected
+
+
+def test_uncollected_route_gradient_is_an_error_not_a_silent_loss():
+    m = checkpointed_stack(0, True)
+    backward_counting_hooks(m)  # registers the sink hooks
+    for handle in m._sink_hooks.values():  # a block whose input never met a sink
+        handle.remove()
+    with pytest.raises(RuntimeError, match="gate gradients .* not collected"):
+        backward_counting_hooks(m)

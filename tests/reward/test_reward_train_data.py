@@ -86,3 +86,39 @@ def test_user_filter_and_validation_slice_are_disjoint(ray_session, small_run):
     assert len(keys_t) + len(keys_v) == total
     # user_index keeps pointing into the FULL table (Oracle shares the embedding table)
     assert all(users.user_ids[int(r["user_index"])] == r["user_id"] for r in train)
+
+
+def test_empty_batches_keep_tensor_columns(ray_session, small_run):
+    """A batch whose rows are all filtered out must not turn token columns into pickles.
+
+    Ray builds a block from a UDF's numpy dict with ``BlockAccessor.batch_to_block``; a
+    ``[0, L]`` array there falls back to pickled Python objects (with a warning) because
+    Ray only makes tensor columns of non-empty arrays. The pipeline emits such batches as
+    typed zero-row tensor blocks instead; non-empty batches keep the same column types.
+    """
+    import pandas as pd
+    from ray.data.block import BlockAccessor
+    from ray.data.extensions.tensor_extension import ArrowTensorType, ArrowTensorTypeV2
+
+    from copl_ray.data.ray_data import TOKEN_COLUMNS, join_and_tokenize
+
+    run, tok_dir, users, lookups = small_run
+    ann = pq.read_table(run.data / "annotations.parquet").to_pandas()
+    ann = ann[["user_id", "pair_id", "chosen", "rejected", "split"]]
+    survey = ann[(ann["split"] == "survey") & ann["user_id"].isin(users.user_ids)].head(4)
+    kwargs = dict(
+        lookup_key="empty-test", lookup_ref=lookups, tokenizer_dir=str(tok_dir), max_length=32
+    )
+    empty = BlockAccessor.batch_to_block(
+        join_and_tokenize(survey, splits=("val",), **kwargs)  # every row of another split
+    )
+    full = BlockAccessor.batch_to_block(join_and_tokenize(survey, splits=("survey",), **kwargs))
+    assert empty.num_rows == 0 and full.num_rows == len(survey) == 4
+    for col in TOKEN_COLUMNS:
+        assert isinstance(empty.schema.field(col).type, (ArrowTensorType, ArrowTensorTypeV2))
+        assert empty.schema.field(col).type == full.schema.field(col).type, col
+    for col in ("user_id", "group", "pair_id", "user_index", "controversial"):
+        assert pd.api.types.is_dtype_equal(
+            empty.schema.field(col).type.to_pandas_dtype(),
+            full.schema.field(col).type.to_pandas_dtype(),
+        ), col

@@ -23,11 +23,21 @@ import requests
 import torch
 
 from copl_ray.serving.adapter import annotation_bodies
+from copl_ray.serving.ingress import direct_ingress_enabled, use_direct_ingress
 
-# A loaded 2-core CI box can take longer than Serve's default 5 s to start the HTTP proxy,
-# after which Serve kills it. Set at import (collection precedes the session's ray.init,
-# whose raylet passes its environment to the Serve controller).
+# Set at import: collection precedes the session's ray.init, whose raylet passes its
+# environment to the Serve controller and the replicas.
+# - The product's ingress (direct ingress + HAProxy, copl_ray.serving.ingress), with its
+#   fixed ports (HAProxy stats/metrics, backup proxy) moved to free ones so the tests can
+#   run beside another Serve instance on the same machine.
+# - A loaded 2-core CI box can take longer than Serve's default 5 s to start the HTTP
+#   proxy, after which Serve kills it.
+# - A stopping direct-ingress replica keeps serving for a drain period (Serve's default
+#   30 s, meant for external load balancers; HAProxy here is told by the controller), which
+#   the restart test and the teardown would each wait out.
+use_direct_ingress(private_ports=True)
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 SCORE_ATOL = 1e-4
 EMB_ATOL = 1e-6  # same float32 arithmetic on the same ids: equal up to summation order
@@ -154,6 +164,10 @@ def test_docs_health_ready(served):
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert {"/v1/score", "/v1/compare", "/v1/users", "/v1/users/{user_id}"} <= set(spec["paths"])
     assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+    if direct_ingress_enabled():  # the product's ingress really runs: HAProxy's stats page
+        port = os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
+        stats = requests.get(f"http://127.0.0.1:{port}/stats", timeout=10)
+        assert stats.status_code == 200 and "HAProxy" in stats.text
 
 
 def test_scores_match_in_process_model_across_concurrent_users(served, ref):
