@@ -13,9 +13,12 @@ All use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official s
 stalls at loss log 2; measured on an H100, 2026-11-25). Why edge dropout 0.3: with 0.1 the
 full schedule memorises the survey pairs (train loss 0.02; held-out 0.69 at UF-P on the
 H100, 0.75 at 1,000 users on CPU); 0.3 closes the gap (0.85 at 1,000 users; 0.5 is
-slower). Why lr 3e-3: lr 1e-2 is faster at d=64 (0.89, 22× vs 18× at the study's target)
-but diverged at d=512 on the H100 (dropout 0.1) and spikes at d=256 on CPU — so it is a
-candidate, not the default. Study: 2-core CPU, 1,000 users, d=64, 2026-11-25.
+slower). Why lr 3e-3: the stable learning rate depends on the width. lr 1e-2 is faster at
+d=64 (1,000 users: 22× vs 18×; 10,000 users: 23.6× and best 0.663, where 3e-3 plateaus at
+0.624, under official) but collapses at its peak at d=512 (held-out 0.41 at step 30, CPU
+2026-12-01; diverged on the H100 with dropout 0.1, 2026-11-25) and spikes at d=256; lr 3e-3
+is stable at d=512 (0.685 after 105 steps, rising). So 1e-2 is a candidate for small d,
+not the default. Studies: 2-core CPU, README "GNN time-to-accuracy".
 
 Data: a planted UF-P-4-shaped graph generated here in numpy (groups = rating attributes,
 4 responses per prompt, controversial pairs only, users of a group label by that group's
@@ -28,10 +31,11 @@ responses, 16 labels/user, d=512, L=4) and multiples of it. Part 2: time-to-accu
 training seconds (evaluation excluded; ``--clock process`` counts this process's CPU time,
 for shared CPU boxes) until held-out accuracy ≥ the target, per schedule on the ``--tta-*``
 graph, each within ``--budget-s``. Target: ``--target``, or by default the lower of
-official's and fast's best accuracy (an accuracy both reach); speed-up = official's time
-to it / the schedule's. Part 3 (``--wall-epochs N``): N fast epochs at UF-P scale.
+official's best and the best of the most accurate other schedule (an accuracy both reach);
+speed-up = official's time to it / the schedule's. Part 3 (``--wall-epochs N``): N fast epochs at UF-P scale.
 Examples::
 
+    bash benchmarks/gpu_session.sh       # the lent-GPU run (parts 1-3 + candidates)
     python benchmarks/gnn.py --device cuda --scales 1,10 --budget-s 240 --wall-epochs 300
     python benchmarks/gnn.py --threads 1 --clock process --scales 1 --users 1000 \\
         --responses 6900 --dim 64 --steps 2 --tta-users 1000 --tta-dim 64 --budget-s 300
@@ -42,91 +46,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import platform
-import threading
 import time
 
-import numpy as np
-import pandas as pd
 import torch
+from common import PeakMemory, machine
+from gnn_planted import planted_annotations
 
 from copl_ray.config import GNNConfig
 from copl_ray.graph.bipartite import build_graph, pair_index
 from copl_ray.graph.train import GNNTrainer
 
-# the fast schedule (study: .notes/gnn_figures3.md); gnn config overrides, key:value
+# the fast schedule (study: README "GNN time-to-accuracy"); gnn config overrides, key:value
 FAST = "schedule:full,lr:3e-3,edge_dropout:0.3"
-
-
-def planted_annotations(
-    n_users: int, n_groups: int, labels: int, n_val: int, seed: int, n_prompts: int
-) -> pd.DataFrame:
-    """``n_users·labels`` survey + ``n_users·n_val`` val annotations over a planted pool
-    of the controversial, tie-free pairs of ``n_prompts`` prompts × 4 responses (pairs
-    drawn with replacement per user: a repeat among ~20 of ~30k pool pairs is rare)."""
-    rng = np.random.default_rng(seed)
-    ratings = rng.integers(1, 6, size=(n_prompts, 4, n_groups))
-    ia, ib = np.triu_indices(4, 1)
-    diff = np.sign(ratings[:, ia] - ratings[:, ib])  # [P, 6, G]
-    keep = (diff != 0).all(-1) & (diff != diff[..., :1]).any(-1)  # no tie, controversial
-    prompt, k = np.nonzero(keep)
-    resp_a, resp_b = prompt * 4 + ia[k], prompt * 4 + ib[k]
-    label = diff[prompt, k]  # [pool, G]: +1 = group prefers a
-    group = np.arange(n_users) % n_groups
-    take = labels + n_val
-    picks = rng.integers(0, len(resp_a), size=(n_users, take))
-    users = np.repeat(np.arange(n_users), take)
-    pid = picks.ravel()
-    lab = label[pid, group[users]]
-    chosen = np.where(lab > 0, resp_a[pid], resp_b[pid])
-    rejected = np.where(lab > 0, resp_b[pid], resp_a[pid])
-    split = np.tile(np.array(["survey"] * labels + ["val"] * n_val), n_users)
-    return pd.DataFrame(
-        {
-            "user_id": users.astype(str),
-            "pair_id": pid,
-            "chosen": chosen,
-            "rejected": rejected,
-            "split": split,
-        }
-    )
-
-
-class PeakMemory:
-    """Peak process RSS (CPU, sampled every 5 ms) or peak CUDA allocation."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import psutil
-
-            proc = psutil.Process()
-            self.peak = proc.memory_info().rss
-
-            def sample():
-                while not self._stop.wait(0.005):
-                    self.peak = max(self.peak, proc.memory_info().rss)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def gib(self) -> float:
-        return self.peak / 2**30
 
 
 def sync(device: torch.device) -> None:
@@ -204,10 +135,13 @@ class Clock:
         return self.now()
 
 
-def train_curve(trainer: GNNTrainer, budget_s: float, every: int, clock: Clock, stop_at=None):
+def train_curve(
+    trainer: GNNTrainer, budget_s: float, every: int, clock: Clock, stop_at=None, live=""
+):
     """Train (``every`` epochs between evaluations) until the config's epochs, the budget,
     or held-out accuracy ≥ ``stop_at``; evaluation time excluded. Curve rows:
-    ``(epoch, optimisation steps, training seconds, held-out accuracy)``."""
+    ``(epoch, optimisation steps, training seconds, held-out accuracy)``; with ``live`` (a
+    name) each row is also printed as it comes (hour-long CPU runs show progress)."""
     train_s, curve = 0.0, []
     while trainer.epoch < trainer.cfg.epochs and train_s < budget_s:
         t0 = clock()
@@ -217,20 +151,30 @@ def train_curve(trainer: GNNTrainer, budget_s: float, every: int, clock: Clock, 
         train_s += clock() - t0
         acc = trainer.evaluate() or 0.0
         curve.append((trainer.epoch, trainer.epoch * trainer.steps_per_epoch, train_s, acc))
+        if live:
+            print(
+                f"  .. {live} epoch {curve[-1][0]} step {curve[-1][1]} {train_s:.1f} s "
+                f"held-out {acc:.4f}",
+                flush=True,
+            )
         if stop_at is not None and acc >= stop_at:
             break
     return {"curve": curve, "best": max(r[3] for r in curve), "train_s": train_s}
 
 
 def first_reach(curve: list, target: float):
-    """``(epoch, seconds)`` of the first evaluation with accuracy ≥ target, else None."""
-    return next(((r[0], r[2]) for r in curve if r[3] >= target - 1e-9), None)
+    """``(epoch, steps, seconds)`` of the first evaluation with accuracy ≥ target, else None."""
+    return next((r[:3] for r in curve if r[3] >= target - 1e-9), None)
 
 
 def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> None:
     """Part 2: every schedule on the ``--tta-*`` graph; target = ``--target`` or, with 0, the
-    best accuracy that BOTH official and the fast schedule reach (the lower of their bests
-    within ``--budget-s``); speed-up = official's time to it / each schedule's time."""
+    best accuracy that BOTH official and the most accurate other schedule reach (the lower
+    of their bests within ``--budget-s``); speed-up = official's time to it / each one's.
+
+    Official runs last and stops once it reaches the others' best (the target can then be
+    no higher), so a GPU session spends no device time past what the table needs.
+    ``--schedules`` runs a subset (curves only, no speed-up without official)."""
     ann = planted_annotations(
         a.tta_users,
         a.groups,
@@ -241,14 +185,18 @@ def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> No
     )
     tta_base = base | dict(dim=a.tta_dim, layers=a.tta_layers)
     clock = Clock(a.clock, device)
-    stop_at = a.target or None
     results = {}
-    for name, sched in schedules.items():
+    order = [n for n in schedules if n != "official"] + ["official"] * ("official" in schedules)
+    for name in order:
+        sched = schedules[name]
+        stop_at = a.target or None
+        if name == "official" and stop_at is None and results:
+            stop_at = max(r["best"] for r in results.values())  # no higher target possible
         torch.manual_seed(a.seed)
         cfg = GNNConfig(**(tta_base | dict(epochs=a.official_epochs) | sched))
         trainer = make_trainer(ann, cfg, device)
         every = max(1, math.ceil(a.eval_steps / trainer.steps_per_epoch))
-        r = train_curve(trainer, a.budget_s, every, clock, stop_at)
+        r = train_curve(trainer, a.budget_s, every, clock, stop_at, live=name * a.live)
         r["steps_per_epoch"], r["s_per_epoch"] = (
             trainer.steps_per_epoch,
             r["train_s"] / max(1, r["curve"][-1][0]),
@@ -266,43 +214,31 @@ def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> No
                 + " ".join(f"({e},{st},{sec:.1f},{acc:.4f})" for e, st, sec, acc in r["curve"]),
                 flush=True,
             )
-    target = a.target or min(results["official"]["best"], results["fast"]["best"])
-    how = "--target" if a.target else "auto: the lower of official's and fast's best"
+    if "official" not in results or len(results) < 2:
+        return
+    top = max((n for n in results if n != "official"), key=lambda n: results[n]["best"])
+    target = a.target or min(results["official"]["best"], results[top]["best"])
+    how = "--target" if a.target else f"auto: the lower of official's and {top}'s best"
     print(f"\ntarget held-out accuracy {target:.4f} ({how}); clock: {a.clock}")
-    print("| schedule | steps/epoch | s/epoch | best held-out | epoch, s to target | speed-up |")
+    print(
+        "| schedule | steps/epoch | s/epoch | best held-out | epoch, steps, s to target | speed-up |"
+    )
     print("|---|---|---|---|---|---|")
     t_off = first_reach(results["official"]["curve"], target)
     for name, r in results.items():
         hit = first_reach(r["curve"], target)
         if hit and t_off:
-            speed = f"{t_off[1] / hit[1]:.1f}x"
+            speed = f"{t_off[2] / hit[2]:.1f}x"
         elif hit:  # official never got there within its budget
-            speed = f"> {results['official']['train_s'] / hit[1]:.1f}x"
+            speed = f"> {results['official']['train_s'] / hit[2]:.1f}x"
         else:
             speed = "-"
-        at = f"{hit[0]}, {hit[1]:.1f} s" if hit else f"not in {r['train_s']:.0f} s"
+        at = f"{hit[0]}, {hit[1]}, {hit[2]:.1f} s" if hit else f"not in {r['train_s']:.0f} s"
         print(
             f"| {name} | {r['steps_per_epoch']} | {r['s_per_epoch']:.3f} | {r['best']:.4f} "
             f"| {at} | {speed} |",
             flush=True,
         )
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    out = f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    if device.type == "cuda":
-        out += f", GPU {torch.cuda.get_device_name(device)}"
-    try:
-        out += f", load avg {os.getloadavg()[0]:.1f}"
-    except OSError:
-        pass
-    return out
 
 
 def wall_time(a, base: dict, fast: dict, device: torch.device) -> None:
@@ -364,8 +300,12 @@ def main() -> None:
     p.add_argument(
         "--eval-steps", type=int, default=5, help="optimisation steps between accuracy checks"
     )
+    p.add_argument(
+        "--schedules", default="", help="part 2 subset, e.g. fast or fast,cand1 (default: all)"
+    )
     p.add_argument("--clock", default="wall", choices=["wall", "process"])
     p.add_argument("--curves", action="store_true", help="print every curve point (part 2)")
+    p.add_argument("--live", action="store_true", help="print each curve point as it comes")
     p.add_argument("--skip-tta", action="store_true")
     p.add_argument(
         "--wall-epochs", type=int, default=0, help="part 3: wall time of N fast-schedule epochs"
@@ -375,7 +315,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    print(f"machine: {machine(device)}")
+    print(f"machine: {machine(a.device)}")
 
     official = dict(schedule="minibatch", batch_size=1024, lr=a.official_lr)
     fast = parse_schedule(a.fast)
@@ -422,6 +362,12 @@ def main() -> None:
     )
     schedules = {"official": official, "fast": fast}
     schedules |= {f"cand{i + 1}": parse_schedule(c) for i, c in enumerate(a.candidates)}
+    if a.schedules:
+        names = [n.strip() for n in a.schedules.split(",") if n.strip()]
+        unknown = sorted(set(names) - schedules.keys())
+        if unknown:
+            raise SystemExit(f"--schedules: unknown {unknown}; choose from {sorted(schedules)}")
+        schedules = {n: schedules[n] for n in names}
     time_to_accuracy(a, base, schedules, device)
 
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +34,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import machine
 from torch import nn
 
 SHAPES = {
@@ -300,23 +299,6 @@ def micro(args: argparse.Namespace, d: int = 2048) -> None:
 
 
 # ----------------------------------------------------------------- orchestration
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{platform.node()} / {torch.cuda.get_device_name(0)}"
-    cpu = "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{platform.node()} / {cpu} / {os.cpu_count()} cores / torch threads "
-        f"{torch.get_num_threads()}"
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=list(SHAPES), default="cpu")
@@ -352,7 +334,7 @@ def main() -> None:
         return
     shape = SHAPES[args.shape]
     tokens = 2 * args.batch * args.seq
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(args.device)}")
     print(
         f"shape {args.shape} {shape}, dtype {args.dtype} (adapters {args.adapter_dtype}), device {args.device}, targets "
         f"{args.targets}, batch {args.batch} pairs × 2 × {args.seq} tokens, min of "

@@ -134,18 +134,26 @@ def _get(cfg: Any, path: str) -> Any:
     return node
 
 
+def check_value(path: str, value: Any) -> None:
+    """Raise ConfigError if ``value`` lies outside ``BOUNDS[path]`` — also for a config
+    section built in code rather than loaded (``build_ds_config(TrainConfig(...))``)."""
+    from copl_ray.config import ConfigError
+
+    if value is None:  # optional fields (run.num_cpus=None: the machine decides)
+        return
+    low, high, interval = BOUNDS[path]
+    if not _inside(value, low, high, interval):
+        raise ConfigError(
+            f"{path}: expected a value in {_interval_text(low, high, interval)}, got {value}"
+        )
+
+
 def check_bounds(cfg: Any) -> None:
     """Raise ConfigError naming the first field outside its range (see :data:`BOUNDS`)."""
     from copl_ray.config import ConfigError
 
-    for path, (low, high, interval) in BOUNDS.items():
-        value = _get(cfg, path)
-        if value is None:  # optional fields (run.num_cpus=None: the machine decides)
-            continue
-        if not _inside(value, low, high, interval):
-            raise ConfigError(
-                f"{path}: expected a value in {_interval_text(low, high, interval)}, got {value}"
-            )
+    for path in BOUNDS:
+        check_value(path, _get(cfg, path))
     # cross-field constraints
     if cfg.reward.top_k > cfg.reward.num_experts:
         raise ConfigError(

@@ -38,6 +38,15 @@ TOKEN_COLUMNS = (
     "rejected_input_ids",
     "rejected_attention_mask",
 )
+# the one spelling of the per-row columns' types: numpy dtype of a filled block, Arrow
+# type of an empty one (token columns: int32 [max_length], fixed-shape tensors)
+SCALAR_COLUMNS: dict[str, tuple[type, str]] = {
+    "user_id": (object, "string"),
+    "group": (object, "string"),
+    "pair_id": (np.int64, "int64"),
+    "user_index": (np.int64, "int64"),
+    "controversial": (np.int8, "int8"),
+}
 NUMERIC_COLUMNS = ("pair_id", "user_index", "controversial", *TOKEN_COLUMNS)
 
 
@@ -128,18 +137,15 @@ def join_and_tokenize(
     tok = _cached_tokenizer(tokenizer_dir)
     c_ids, c_mask = tokenize_texts(tok, list(chosen), max_length)
     r_ids, r_mask = tokenize_texts(tok, list(rejected), max_length)
-    contr = controversial.reindex(batch["pair_id"].to_numpy()).to_numpy()
-    return {
-        "user_id": batch["user_id"].to_numpy(dtype=object),
-        "group": users["group"].reindex(batch["user_id"].to_numpy()).to_numpy(dtype=object),
-        "pair_id": batch["pair_id"].to_numpy(dtype=np.int64),
+    scalars = {
+        "user_id": batch["user_id"].to_numpy(),
+        "group": users["group"].reindex(batch["user_id"].to_numpy()).to_numpy(),
+        "pair_id": batch["pair_id"].to_numpy(),
         "user_index": user_index,
-        "controversial": contr.astype(np.int8),
-        "chosen_input_ids": c_ids,
-        "chosen_attention_mask": c_mask,
-        "rejected_input_ids": r_ids,
-        "rejected_attention_mask": r_mask,
+        "controversial": controversial.reindex(batch["pair_id"].to_numpy()).to_numpy(),
     }
+    tokens = dict(zip(TOKEN_COLUMNS, (c_ids, c_mask, r_ids, r_mask), strict=True))
+    return {c: scalars[c].astype(dt) for c, (dt, _) in SCALAR_COLUMNS.items()} | tokens
 
 
 def empty_pair_block(max_length: int):
@@ -155,11 +161,7 @@ def empty_pair_block(max_length: int):
     empty = np.zeros((0, max_length), dtype=np.int32)
     return pa.table(
         {
-            "user_id": pa.array([], pa.string()),
-            "group": pa.array([], pa.string()),
-            "pair_id": pa.array([], pa.int64()),
-            "user_index": pa.array([], pa.int64()),
-            "controversial": pa.array([], pa.int8()),
+            **{c: pa.array([], getattr(pa, t)()) for c, (_, t) in SCALAR_COLUMNS.items()},
             **{c: ArrowTensorArray.from_numpy(empty) for c in TOKEN_COLUMNS},
         }
     )

@@ -28,6 +28,7 @@ import torch
 from copl_ray.config import GNNConfig
 from copl_ray.graph.bipartite import BipartiteGraph, PairIndex
 from copl_ray.graph.model import CoPLGNN, GNNShape, bpr_backward, pair_accuracy
+from copl_ray.schedule import cosine_with_warmup
 
 log = logging.getLogger("copl_ray.gnn")
 
@@ -41,16 +42,9 @@ def resolve_device(use_gpu: bool) -> torch.device:
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: ``s/w`` for ``s < w``, then ``½(1 + cos(π (s−w)/(T−w)))``."""
-    warmup = int(total_steps * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    """LR multiplier: ``s/w`` for ``s < w``, then ``½(1 + cos(π (s−w)/(T−w)))``, with
+    ``w = ⌊T · warmup_ratio⌋`` (:func:`copl_ray.schedule.cosine_with_warmup`)."""
+    return cosine_with_warmup(total_steps, int(total_steps * warmup_ratio))
 
 
 def format_eta(seconds: float) -> str:

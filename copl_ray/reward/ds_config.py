@@ -7,8 +7,8 @@ CPU and GPU differ only in values, not code paths (STACK.md §2):
 - ``train.offload``: optimizer state (ZeRO-2/3) and parameters (ZeRO-3) on CPU with
   DeepSpeedCPUAdam (JIT-compiled once per machine, ~40 s).
 
-The schedule is not in the DeepSpeed config: :func:`cosine_with_warmup` is passed to
-``deepspeed.initialize(lr_scheduler=...)`` so the same formula runs everywhere::
+The schedule is not in the DeepSpeed config: :func:`copl_ray.schedule.cosine_with_warmup` is
+passed to ``deepspeed.initialize(lr_scheduler=...)``, the formula the GNN uses too::
 
     lr(t) = lr * t / w                                  t < w
     lr(t) = lr * 0.5 * (1 + cos(pi * (t - w) / (T - w)))  otherwise
@@ -19,31 +19,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from copl_ray.config import ConfigError, TrainConfig
+from copl_ray.config import TrainConfig
+from copl_ray.config_bounds import check_value
+from copl_ray.schedule import cosine_with_warmup
+
+__all__ = ["build_ds_config", "cosine_with_warmup", "warmup_steps"]
 
 
 def warmup_steps(train: TrainConfig, total_steps: int) -> int:
     return max(1, math.ceil(train.warmup_ratio * total_steps)) if train.warmup_ratio > 0 else 0
 
 
-def cosine_with_warmup(total_steps: int, n_warmup: int):
-    """``LambdaLR`` factor of step t (see module docstring)."""
-
-    def factor(step: int) -> float:
-        if step < n_warmup:
-            return (step + 1) / max(1, n_warmup)
-        progress = (step - n_warmup) / max(1, total_steps - n_warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def build_ds_config(
     train: TrainConfig, *, micro_batch: int, world_size: int, on_gpu: bool
 ) -> dict[str, Any]:
     """The DeepSpeed JSON config dict (``micro_batch`` pairs per worker per step)."""
-    if train.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"train.zero_stage: expected 0, 1, 2 or 3, got {train.zero_stage}")
+    check_value("train.zero_stage", train.zero_stage)  # the loader's bound, for code-built configs
     offload = train.offload and train.zero_stage >= 2
     zero: dict[str, Any] = {
         "stage": train.zero_stage,
