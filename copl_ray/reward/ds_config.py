@@ -7,11 +7,9 @@ CPU and GPU differ only in values, not code paths (STACK.md §2):
 - ``train.offload``: optimizer state (ZeRO-2/3) and parameters (ZeRO-3) on CPU with
   DeepSpeedCPUAdam (JIT-compiled once per machine, ~40 s).
 
-The schedule is not in the DeepSpeed config: :func:`copl_ray.schedule.cosine_with_warmup` is
-passed to ``deepspeed.initialize(lr_scheduler=...)``, the formula the GNN uses too::
-
-    lr(t) = lr * t / w                                  t < w
-    lr(t) = lr * 0.5 * (1 + cos(pi * (t - w) / (T - w)))  otherwise
+The schedule is not in the DeepSpeed config: :func:`copl_ray.schedule.cosine_with_warmup`
+(linear warm-up over ``w`` = :func:`warmup_steps` steps, then cosine to 0; the formula the
+GNN uses too) is passed to ``deepspeed.initialize(lr_scheduler=...)``.
 """
 
 from __future__ import annotations
