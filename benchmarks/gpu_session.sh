@@ -17,7 +17,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 # candidates (README "GNN time-to-accuracy"): lr 1e-2 wins at d=64 on CPU but collapses at
 # d=512 (CPU 2026-12-01, H100 2026-11-25), lr 3e-3 is stable and still rising after 105
-# steps at d=512 (CPU): try a midpoint lr and a longer schedule; ~25 s / ~80 s on an H100
+# steps at d=512 (CPU), lr 6e-3 passes its peak there without a dip (30 steps, CPU): try
+# that midpoint lr and a longer schedule; ~25 s / ~80 s on an H100
 timeout 520 python3 benchmarks/gnn.py --device cuda --scales 1,10 --wall-epochs 300 \
     --budget-s "${COPL_GPU_TTA_BUDGET_S:-200}" --curves \
     --candidates schedule:full,lr:6e-3,edge_dropout:0.3 \
