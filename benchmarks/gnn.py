@@ -32,7 +32,8 @@ training seconds (evaluation excluded; ``--clock process`` counts this process's
 for shared CPU boxes) until held-out accuracy ≥ the target, per schedule on the ``--tta-*``
 graph, each within ``--budget-s``. Target: ``--target``, or by default the lower of
 official's best and the best of the most accurate other schedule (an accuracy both reach);
-speed-up = official's time to it / the schedule's. Part 3 (``--wall-epochs N``): N fast epochs at UF-P scale.
+speed-up = official's time to it / the schedule's. Part 3 (``--wall-epochs N``): N fast
+epochs at UF-P scale.
 Examples::
 
     bash benchmarks/gpu_session.sh       # the lent-GPU run (parts 1-3 + candidates)
@@ -186,8 +187,7 @@ def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> No
     tta_base = base | dict(dim=a.tta_dim, layers=a.tta_layers)
     clock = Clock(a.clock, device)
     results = {}
-    order = [n for n in schedules if n != "official"] + ["official"] * ("official" in schedules)
-    for name in order:
+    for name in sorted(schedules, key=lambda n: n == "official"):  # stable: official last
         sched = schedules[name]
         stop_at = a.target or None
         if name == "official" and stop_at is None and results:
@@ -196,7 +196,7 @@ def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> No
         cfg = GNNConfig(**(tta_base | dict(epochs=a.official_epochs) | sched))
         trainer = make_trainer(ann, cfg, device)
         every = max(1, math.ceil(a.eval_steps / trainer.steps_per_epoch))
-        r = train_curve(trainer, a.budget_s, every, clock, stop_at, live=name * a.live)
+        r = train_curve(trainer, a.budget_s, every, clock, stop_at, live=name if a.live else "")
         r["steps_per_epoch"], r["s_per_epoch"] = (
             trainer.steps_per_epoch,
             r["train_s"] / max(1, r["curve"][-1][0]),

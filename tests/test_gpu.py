@@ -167,8 +167,9 @@ def test_deepspeed_zero2_bf16_single_gpu_keeps_reward_head(tok, toy_batch, tmp_p
     import torch.distributed as dist
     from safetensors.torch import load_file
 
-    from copl_ray.reward.ds_config import build_ds_config, cosine_with_warmup
+    from copl_ray.reward.ds_config import build_ds_config
     from copl_ray.reward.train import save_model
+    from copl_ray.schedule import cosine_with_warmup
 
     ids, mask, users = toy_batch
     cfg = load_config(

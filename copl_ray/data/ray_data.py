@@ -47,7 +47,6 @@ SCALAR_COLUMNS: dict[str, tuple[type, str]] = {
     "user_index": (np.int64, "int64"),
     "controversial": (np.int8, "int8"),
 }
-NUMERIC_COLUMNS = ("pair_id", "user_index", "controversial", *TOKEN_COLUMNS)
 
 
 @dataclass
@@ -281,10 +280,11 @@ def collate_pairs(batch: dict[str, np.ndarray]) -> dict:
 
     out: dict = {}
     for k, v in batch.items():
-        if k in TOKEN_COLUMNS or k in ("pair_id", "user_index"):
+        dtype = SCALAR_COLUMNS[k][0] if k in SCALAR_COLUMNS else None
+        if k in TOKEN_COLUMNS:
             out[k] = torch.as_tensor(np.array(v), dtype=torch.long)  # copy: blocks are read-only
-        elif k == "controversial":
-            out[k] = torch.as_tensor(np.array(v), dtype=torch.int8)
+        elif dtype is not None and dtype is not object:  # ids int64, controversial int8
+            out[k] = torch.from_numpy(np.array(v, dtype=dtype))
         else:
             out[k] = np.asarray(v)
     return out

@@ -19,9 +19,6 @@ from typing import Any
 
 from copl_ray.config import TrainConfig
 from copl_ray.config_bounds import check_value
-from copl_ray.schedule import cosine_with_warmup
-
-__all__ = ["build_ds_config", "cosine_with_warmup", "warmup_steps"]
 
 
 def warmup_steps(train: TrainConfig, total_steps: int) -> int:

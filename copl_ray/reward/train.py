@@ -141,8 +141,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     from copl_ray.data.ray_data import collate_pairs
     from copl_ray.env import clear_stale_build_locks
     from copl_ray.reward.backbone import load_tokenizer
-    from copl_ray.reward.ds_config import build_ds_config, cosine_with_warmup
+    from copl_ray.reward.ds_config import build_ds_config
     from copl_ray.reward.model import PersonalRewardModel
+    from copl_ray.schedule import cosine_with_warmup
 
     clear_stale_build_locks()  # a killed earlier build would hang DeepSpeed's op load
     deepspeed.init_distributed(dist_backend="nccl" if tc.use_gpu else "gloo")

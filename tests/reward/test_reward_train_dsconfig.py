@@ -7,7 +7,8 @@ import math
 import pytest
 
 from copl_ray.config import ConfigError, TrainConfig, load_config
-from copl_ray.reward.ds_config import build_ds_config, cosine_with_warmup, warmup_steps
+from copl_ray.reward.ds_config import build_ds_config, warmup_steps
+from copl_ray.schedule import cosine_with_warmup
 
 
 def test_zero2_cpu_config_uses_torch_adam_and_no_offload():
