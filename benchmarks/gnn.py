@@ -17,8 +17,10 @@ slower). Why lr 3e-3: the stable learning rate depends on the width. lr 1e-2 is 
 d=64 (1,000 users: 22× vs 18×; 10,000 users: 23.6× and best 0.663, where 3e-3 plateaus at
 0.624, under official) but collapses at its peak at d=512 (held-out 0.41 at step 30, CPU
 2026-12-01; diverged on the H100 with dropout 0.1, 2026-11-25) and spikes at d=256; lr 3e-3
-is stable at d=512 (0.685 after 105 steps, rising). So 1e-2 is a candidate for small d,
-not the default. Studies: 2-core CPU, README "GNN time-to-accuracy".
+is stable at d=512 (0.685 after 105 steps, rising); 6e-3 dips to 0.50 at step 45 there.
+So 1e-2 is a candidate for small d, not the default; for wide models the candidate is lr
+1e-2 on the embedding tables with ``weight_lr_scale:0.125`` on the d×d weights (µP-style,
+64/512). Studies: 2-core CPU, README "GNN time-to-accuracy".
 
 Data: a planted UF-P-4-shaped graph generated here in numpy (groups = rating attributes,
 4 responses per prompt, controversial pairs only, users of a group label by that group's

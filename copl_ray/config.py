@@ -85,6 +85,9 @@ class GNNConfig:
     l2_reference_batch: int = 0
     epochs: int = 300
     lr: float = 1e-4
+    # lr of the layers' d×d weights = lr × this (the embedding tables keep lr): an Adam step
+    # moves a d×d weight's output ∝ d, so wide models want a smaller weight lr (µP-style)
+    weight_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     schedule: Literal["minibatch", "full"] = "minibatch"  # full = all annotations per step

@@ -50,6 +50,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "gnn.epochs": _POS_INT,
     "gnn.lr": _POS,
     "gnn.weight_decay": _NONNEG,
+    "gnn.weight_lr_scale": _POS,
     "gnn.warmup_ratio": _FRACTION,
     "gnn.batch_size": _POS_INT,
     "gnn.eval_every": _POS_INT,

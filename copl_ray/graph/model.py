@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from copl_ray.graph.bipartite import PairIndex, SignedAdjacency
+from copl_ray.graph.bipartite import PairIndex, SignedAdjacency, coo_to_csr
 from copl_ray.graph.conv import Message, SignedBipartiteConv
 
 
@@ -81,31 +81,47 @@ def bpr_loss(
 def bpr_backward(
     e_user: torch.Tensor, e_resp: torch.Tensor, pairs: PairIndex, l2: float, chunk: int
 ) -> float:
-    """``bpr_loss(...).backward()`` over pair chunks of at most ``chunk``; returns the loss.
+    """``bpr_loss(...).backward()`` with the loss's gradient in closed form; returns the loss.
 
-    The pair gathers (``[N, d]`` each) dominate memory for full-graph steps at scale, so
-    the loss is back-propagated chunk by chunk into detached copies of the embeddings
-    and the accumulated gradient is sent through the GNN once — the same gradient as one
-    big backward, with memory bounded by ``chunk``.
+    With ``m_p = <e_u, e_a − e_b>`` and ``c_p = ∂L/∂m_p = −σ(−m_p)/N`` (0 where the clamp
+    at ±2000 holds) the gradient w.r.t. the last-layer embeddings is two sparse products::
+
+        ∂L/∂E_user = C E_resp + 2λ n_u ⊙ E_user     ∂L/∂E_resp = Cᵀ E_user + 2λ n_r ⊙ E_resp
+
+    where ``C [U, R]`` holds ``+c_p`` at ``(u_p, a_p)`` and ``−c_p`` at ``(u_p, b_p)`` and
+    ``n_u, n_r`` count each node's occurrences in the pairs. Autograd of the gathers
+    instead scatters ``[N, d]`` rows back one by one (index backward): at UF-P scale (160k
+    pairs, d=512) that was ~25% of a full-graph CPU step. The margins are computed without
+    grad in chunks of at most ``chunk`` pairs (bounds memory); the accumulated gradient is
+    then sent through the GNN once.
     """
     n = len(pairs)
-    if n <= chunk:
-        loss = bpr_loss(e_user, e_resp, pairs, l2)
-        loss.backward()
-        return float(loss.detach())
-    eu = e_user.detach().requires_grad_(True)
-    er = e_resp.detach().requires_grad_(True)
-    total = 0.0
-    for s in range(0, n, chunk):
-        part = PairIndex(
-            pairs.user[s : s + chunk], pairs.chosen[s : s + chunk], pairs.rejected[s : s + chunk]
-        )
-        nll, sq = bpr_terms(eu, er, part)
-        loss = nll / n + l2 * sq
-        loss.backward()
-        total += float(loss.detach())
-    torch.autograd.backward([e_user, e_resp], [eu.grad, er.grad])
-    return total
+    n_users, n_resp = e_user.shape[0], e_resp.shape[0]
+    with torch.no_grad():
+        eu, er = e_user.detach(), e_resp.detach()
+        coef = torch.empty(n, dtype=eu.dtype, device=eu.device)
+        nll = torch.zeros((), dtype=eu.dtype, device=eu.device)
+        for s in range(0, n, chunk):
+            u, a, b = (t[s : s + chunk] for t in (pairs.user, pairs.chosen, pairs.rejected))
+            margin = (eu[u] * (er[a] - er[b])).sum(-1)
+            inside = (margin >= -2000.0) & (margin <= 2000.0)  # clamp's gradient mask
+            margin = margin.clamp(-2000.0, 2000.0)
+            nll += -F.logsigmoid(margin).sum()
+            coef[s : s + chunk] = torch.where(inside, -torch.sigmoid(-margin) / n, 0.0)
+        n_u = torch.bincount(pairs.user, minlength=n_users).to(eu.dtype)
+        n_r = torch.bincount(pairs.chosen, minlength=n_resp).to(eu.dtype)
+        n_r += torch.bincount(pairs.rejected, minlength=n_resp).to(eu.dtype)
+        sq = (n_u * eu.pow(2).sum(-1)).sum() + (n_r * er.pow(2).sum(-1)).sum()
+        rows = torch.cat([pairs.user, pairs.user])
+        cols = torch.cat([pairs.chosen, pairs.rejected])
+        vals = torch.cat([coef, -coef])
+        c_ur = coo_to_csr(torch.stack([rows, cols]), vals, (n_users, n_resp))
+        c_ru = coo_to_csr(torch.stack([cols, rows]), vals, (n_resp, n_users))
+        g_user = torch.sparse.mm(c_ur, er) + 2 * l2 * n_u[:, None] * eu
+        g_resp = torch.sparse.mm(c_ru, eu) + 2 * l2 * n_r[:, None] * er
+        loss = nll / max(1, n) + l2 * sq
+    torch.autograd.backward([e_user, e_resp], [g_user, g_resp])
+    return float(loss)
 
 
 @torch.no_grad()

@@ -94,8 +94,14 @@ class GNNTrainer:
         ref = cfg.l2_reference_batch
         self.l2 = cfg.l2 * ref / self.batch_size if ref > 0 else cfg.l2
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        tables = [self.model.user_emb, self.model.resp_emb]
+        weights = [p for n, p in self.model.named_parameters() if n.startswith("convs.")]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            [
+                {"params": tables, "lr": cfg.lr},
+                {"params": weights, "lr": cfg.lr * cfg.weight_lr_scale},
+            ],
+            weight_decay=cfg.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, cfg.warmup_ratio)

@@ -107,20 +107,69 @@ def test_resume_from_saved_state_is_exact(tmp_path, message):
         other.load_state(load_file(str(tmp_path / "s.safetensors")), meta)
 
 
-def test_chunked_backward_gives_the_same_gradient_as_one_backward():
+@pytest.mark.parametrize("chunk", [10**6, 7])
+def test_closed_form_backward_equals_autograd_of_the_loss(chunk):
+    """``bpr_backward`` (sparse closed-form gradient, margins in chunks) against plain
+    autograd of ``bpr_loss``, in float64: repeated pairs, a node in many pairs, and margins
+    past the ±2000 clamp (zero gradient there) included."""
     from copl_ray.graph.model import bpr_backward
 
-    graph, train, val = planted()
+    gen = torch.Generator().manual_seed(3)
+    e_user = torch.randn(6, 5, dtype=torch.float64, generator=gen)
+    e_resp = torch.randn(9, 5, dtype=torch.float64, generator=gen)
+    e_resp[8] *= 100.0  # pairs with response 8 have margins ~±10⁴: beyond the clamp
+    pairs = PairIndex(
+        torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 0, 5, 5]),
+        torch.tensor([1, 2, 3, 4, 5, 6, 7, 0, 1, 8, 2]),
+        torch.tensor([0, 3, 2, 5, 6, 7, 8, 1, 0, 0, 8]),
+    )
+    w = torch.randn(5, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     grads = []
+    for closed_form in (False, True):
+        w.grad = None
+        eu, er = torch.tanh(e_user @ w) * 60.0, e_resp @ w  # a non-leaf, like the GNN's
+        if closed_form:
+            from copl_ray.graph.model import score_margin
+
+            assert (score_margin(eu, er, pairs).abs() > 2000).sum() >= 2
+            loss = bpr_backward(eu, er, pairs, 1e-3, chunk)
+        else:
+            full = bpr_loss(eu, er, pairs, 1e-3)
+            full.backward()
+            loss = float(full.detach())
+        grads.append((loss, w.grad.clone()))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-12)
+    assert torch.allclose(grads[1][1], grads[0][1], rtol=1e-10, atol=1e-12)
+    assert grads[0][1].abs().max() > 1e-3  # a real gradient was compared
+
+
+def test_trainer_steps_are_the_same_whatever_the_loss_chunk():
+    graph, train, val = planted()
+    runs = []
     for chunk in (10**6, 7):
         torch.manual_seed(0)
-        trainer = GNNTrainer(graph, train, val, cfg(edge_dropout=0.0, l2=1e-3))
-        e_user, e_resp = trainer.model(trainer.adj)
-        loss = bpr_backward(e_user, e_resp, train, 1e-3, chunk)
-        grads.append((loss, [p.grad.clone() for p in trainer.model.parameters()]))
-    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
-    for a, b in zip(grads[0][1], grads[1][1]):
+        trainer = GNNTrainer(graph, train, val, cfg(edge_dropout=0.0, l2=1e-3, loss_chunk=chunk))
+        runs.append(
+            (trainer.train_epoch(), [p.detach().clone() for p in trainer.model.parameters()])
+        )
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_weight_lr_scale_sets_the_layer_weights_lr_and_tables_keep_lr():
+    graph, train, val = planted()
+    trainer = GNNTrainer(graph, train, val, cfg(lr=0.02, weight_lr_scale=0.125))
+    tables, weights = trainer.optimizer.param_groups
+    assert {id(p) for p in tables["params"]} == {
+        id(trainer.model.user_emb),
+        id(trainer.model.resp_emb),
+    }
+    assert len(tables["params"]) + len(weights["params"]) == len(list(trainer.model.parameters()))
+    before = [p.detach().clone() for p in weights["params"]]
+    trainer.train_epoch()  # warm-up and cosine scale both groups alike
+    assert tables["lr"] / weights["lr"] == pytest.approx(8.0)
+    assert any(not torch.equal(a, p) for a, p in zip(before, weights["params"]))
 
 
 @pytest.mark.parametrize("schedule, batch", [("full", 1024), ("minibatch", 40)])
