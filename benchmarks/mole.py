@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -368,14 +369,9 @@ def main() -> None:
         if args.device == "cuda":
             # frozen base: forward 2N + input-grad backward 2N FLOPs per token (+ attention)
             n = r["base_params"]
-            attn = (
-                4
-                * shape["num_hidden_layers"]
-                * args.seq
-                * shape["num_attention_heads"]
-                * shape["head_dim"]
-                * 2
-            )  # QK^T and AV, fwd+bwd input grads
+            # QK^T and AV (2 × 2 FLOPs per MAC), fwd + input-grad bwd (× 2): 8 · L · T · H · d_h
+            dims = ("num_hidden_layers", "num_attention_heads", "head_dim")
+            attn = 8 * args.seq * math.prod(shape[k] for k in dims)
             flops = tokens * (4 * n + attn)
             line += f" {flops / r['step_s'] / (args.peak_tflops * 1e12):.1%}"
         print(line)
