@@ -78,13 +78,11 @@ def make_trainer(ann, cfg: GNNConfig, device):
 def one_step_seconds(trainer: GNNTrainer, steps: int, device, clock=None) -> float:
     """Mean seconds of ``steps`` optimisation steps (after one warm-up step)."""
     n, bs = len(trainer.train_pairs), trainer.batch_size
-    from copl_ray.graph.bipartite import PairIndex
     from copl_ray.graph.model import bpr_backward
 
     def step(i: int) -> None:
         idx = torch.arange(i * bs, (i + 1) * bs, device=device) % n  # wraps around
-        tp = trainer.train_pairs
-        batch = PairIndex(tp.user[idx], tp.chosen[idx], tp.rejected[idx])
+        batch = trainer.train_pairs.select(idx)
         trainer.optimizer.zero_grad(set_to_none=True)
         e_user, e_resp = trainer.model(trainer.adj)
         bpr_backward(e_user, e_resp, batch, trainer.l2, trainer.cfg.loss_chunk)

@@ -209,6 +209,10 @@ class PairIndex:
     def __len__(self) -> int:
         return int(self.user.numel())
 
+    def select(self, idx: torch.Tensor | slice) -> PairIndex:
+        """The pairs at ``idx`` (an index tensor or a slice)."""
+        return PairIndex(self.user[idx], self.chosen[idx], self.rejected[idx])
+
     def to(self, device: torch.device | str) -> PairIndex:
         return PairIndex(
             self.user.to(device), self.chosen.to(device), self.rejected.to(device), self.n_skipped

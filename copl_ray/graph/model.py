@@ -102,8 +102,7 @@ def bpr_backward(
         coef = torch.empty(n, dtype=eu.dtype, device=eu.device)
         nll = torch.zeros((), dtype=eu.dtype, device=eu.device)
         for s in range(0, n, chunk):
-            u, a, b = (t[s : s + chunk] for t in (pairs.user, pairs.chosen, pairs.rejected))
-            margin = (eu[u] * (er[a] - er[b])).sum(-1)
+            margin = score_margin(eu, er, pairs.select(slice(s, s + chunk)))
             inside = (margin >= -2000.0) & (margin <= 2000.0)  # clamp's gradient mask
             margin = margin.clamp(-2000.0, 2000.0)
             nll += -F.logsigmoid(margin).sum()

@@ -95,7 +95,7 @@ class GNNTrainer:
         self.l2 = cfg.l2 * ref / self.batch_size if ref > 0 else cfg.l2
         self.total_steps = self.steps_per_epoch * cfg.epochs
         tables = [self.model.user_emb, self.model.resp_emb]
-        weights = [p for n, p in self.model.named_parameters() if n.startswith("convs.")]
+        weights = [p for p in self.model.parameters() if all(p is not t for t in tables)]
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": tables, "lr": cfg.lr},
@@ -123,12 +123,7 @@ class GNNTrainer:
         order = torch.randperm(n, generator=gen).to(self.device)
         losses = []
         for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = PairIndex(
-                self.train_pairs.user[idx],
-                self.train_pairs.chosen[idx],
-                self.train_pairs.rejected[idx],
-            )
+            batch = self.train_pairs.select(order[start : start + self.batch_size])
             self.optimizer.zero_grad(set_to_none=True)
             e_user, e_resp = self.model(self.adj)  # one propagation per step
             loss = bpr_backward(e_user, e_resp, batch, self.l2, self.cfg.loss_chunk)
