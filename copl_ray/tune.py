@@ -313,7 +313,11 @@ def write_results(grid, space: SweepSpace, cfg: Config, out: Path) -> dict[str, 
     import pandas as pd
 
     key = f"best_{space.metric}"
-    table = pd.DataFrame(rows).sort_values(key, ascending=space.mode == "min", na_position="last")
+    # ties go to the lower trial id: the grid's order is not stable (a resumed sweep lists
+    # its trials in another order), the best config must be
+    table = pd.DataFrame(rows).sort_values(
+        [key, "trial"], ascending=[space.mode == "min", True], na_position="last"
+    )
     table.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(_markdown(table))
     ok = table[table[key].notna()]

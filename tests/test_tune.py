@@ -51,6 +51,42 @@ def test_trial_config_applies_params_and_trains_one_model():
         trial_config(base, {"reward.rank": "wide"}, "copl")
 
 
+def test_best_trial_of_a_tie_does_not_depend_on_the_grid_order(tmp_path):
+    """Two trials tie on their best val_acc: the lower trial id wins whatever order the
+    grid lists them in (a resumed sweep lists them in another order)."""
+    from ray.tune import Result
+
+    from copl_ray.tune import write_results
+
+    space = load_space(os.path.join(REPO, SPACE))
+    cfg = load_config("tiny")
+    grid = []
+    for tid, lr, accs in (("t_00000", 0.001, [0.6, 0.65]), ("t_00001", 0.002, [0.65, 0.62])):
+        params = {"reward.num_experts": 4, "reward.rank": 2, "reward.temperature": 0.7,
+                  "train.lr": lr}  # fmt: skip
+        grid.append(
+            Result(
+                metrics={
+                    "trial_id": tid,
+                    "config": params,
+                    "val_acc": accs[-1],
+                    "step": 8,
+                    "total_steps": 8,
+                },  # fmt: skip
+                checkpoint=None,
+                error=None,
+                path=str(tmp_path / tid),
+                metrics_dataframe=pd.DataFrame({"val_acc": accs}),
+            )
+        )
+    bests = []
+    for order in (grid, grid[::-1]):
+        out = tmp_path / str(len(bests))
+        out.mkdir()
+        bests.append(write_results(order, space, cfg, out)["best"])
+    assert bests[0] == bests[1] and bests[0]["train.lr"] == 0.001
+
+
 def test_concurrency_is_bounded_by_resources():
     cfg = load_config("tiny", ["train.num_workers=1", "train.cpus_per_worker=0.4"])
     # 2 CPUs: one kept for Ray Data tasks, 0.5 per trial (0.4 worker + 0.1 trial) -> 2
