@@ -5,7 +5,8 @@ Schedules compared (every one propagates the whole graph once per optimisation s
 - ``official``: minibatches of 1024 pairs, lr 1e-4, edge dropout 0.1 (REFERENCE.md §1.3):
   an epoch costs ``ceil(N/1024)`` full propagations (157 at UF-P-4 scale);
 - ``fast`` (``--fast``, default ``FAST``): one full-graph step per epoch
-  (``gnn.schedule=full``), lr 3e-3, edge dropout 0.3 — an epoch costs one propagation;
+  (``gnn.schedule=full``), embedding tables at lr 1e-4, the layers' d×d weights at 1e-2
+  (``weight_lr_scale:100``), edge dropout 0.3 — an epoch costs one propagation;
 - ``--candidates``: more specs to compare, ``key:value`` lists of ``gnn`` config fields.
 
 All use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official sum over a
@@ -13,14 +14,15 @@ All use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official s
 stalls at loss log 2; measured on an H100, 2026-11-25). Why edge dropout 0.3: with 0.1 the
 full schedule memorises the survey pairs (train loss 0.02; held-out 0.69 at UF-P on the
 H100, 0.75 at 1,000 users on CPU); 0.3 closes the gap (0.85 at 1,000 users; 0.5 is
-slower). Why lr 3e-3: the stable learning rate depends on the width. lr 1e-2 is faster at
-d=64 (1,000 users: 22× vs 18×; 10,000 users: 23.6× and best 0.663, where 3e-3 plateaus at
-0.624, under official) but collapses at its peak at d=512 (held-out 0.41 at step 30, CPU
-2026-12-01; diverged on the H100 with dropout 0.1, 2026-11-25) and spikes at d=256; lr 3e-3
-is stable at d=512 (0.685 after 105 steps, rising); 6e-3 dips to 0.50 at step 45 there.
-So 1e-2 is a candidate for small d, not the default; for wide models the candidate is lr
-1e-2 on the embedding tables with ``weight_lr_scale:0.125`` on the d×d weights (µP-style,
-64/512). Studies: 2-core CPU, README "GNN time-to-accuracy".
+slower). Why slow tables and fast weights: at 10,000 users a full-graph step with fast
+tables (lr 1e-2 or 3e-3 everywhere) fits the survey pairs through the free per-node
+embeddings (train loss 0.03) and held-out accuracy stalls (d=64: 0.637 at step 100, best
+0.663); with the tables at the official lr 1e-4 the shared layers have to carry the signal
+and it generalises — d=64: weights 1e-2 0.737, 3e-2 **0.845** at step 200 (0.852 best);
+d=512: weights 3e-3 0.720, 1e-2 0.741 at step 110, still rising (2-core CPU, 2026-12-02;
+the old default, lr 3e-3 everywhere: 0.685 at step 105). Neither Adam's ε (1e-12: same
+curve) nor the tables' Xavier scale (1,000 users' bounds at 10,000: worse; 10,000's at
+1,000: same) explains the gap between 1,000 users (0.86 at step 100) and 10,000 (0.64). Studies: README "GNN time-to-accuracy".
 
 Data: a planted UF-P-4-shaped graph generated here in numpy (groups = rating attributes,
 4 responses per prompt, controversial pairs only, users of a group label by that group's
@@ -60,7 +62,7 @@ from copl_ray.graph.bipartite import build_graph, pair_index
 from copl_ray.graph.train import GNNTrainer
 
 # the fast schedule (study: README "GNN time-to-accuracy"); gnn config overrides, key:value
-FAST = "schedule:full,lr:3e-3,edge_dropout:0.3"
+FAST = "schedule:full,lr:1e-4,weight_lr_scale:100,edge_dropout:0.3"
 
 
 def sync(device: torch.device) -> None:
