@@ -20,10 +20,9 @@ embeddings (train loss 0.03) and held-out accuracy stalls (d=64: 0.637 at step 1
 0.663); with the tables at the official lr 1e-4 the shared layers have to carry the signal
 and it generalises — d=64: weights 1e-2 0.737, 3e-2 **0.845** at step 200 (0.852 best);
 d=512: weights 3e-3 0.720, 1e-2 0.741 at step 110, still rising (2-core CPU, 2026-12-02;
-the old default, lr 3e-3 everywhere: 0.685 at step 105). Neither Adam's ε (1e-12: same
-curve) nor the tables' Xavier scale (1,000 users' bounds at 10,000: worse; 10,000's at
-1,000: same) explains the gap between 1,000 users (0.86 at step 100) and 10,000 (0.64).
-Studies: README "GNN time-to-accuracy".
+the old default, lr 3e-3 everywhere: 0.685 at step 105). The same fast-table schedule
+reaches 0.86 at step 100 with 1,000 users: the gap grows with the graph. Studies: README
+"GNN time-to-accuracy".
 
 Data: a planted UF-P-4-shaped graph generated here in numpy (groups = rating attributes,
 4 responses per prompt, controversial pairs only, users of a group label by that group's
