@@ -5,28 +5,28 @@ Schedules compared (every one propagates the whole graph once per optimisation s
 - ``official``: minibatches of 1024 pairs, lr 1e-4, edge dropout 0.1 (REFERENCE.md §1.3):
   an epoch costs ``ceil(N/1024)`` full propagations (157 at UF-P-4 scale);
 - ``fast`` (``--fast``, default ``FAST``): one full-graph step per epoch
-  (``gnn.schedule=full``), embedding tables at lr 1e-4, the layers' d×d weights at 1e-2
-  (``weight_lr_scale:100``), edge dropout 0.3 — an epoch costs one propagation;
+  (``gnn.schedule=full``: an epoch costs one propagation), **spectral init**
+  (``gnn.init=spectral``: the tables' first 8 coordinates start at the top singular vectors
+  of the signed survey matrix, copl_ray/graph/spectral.py; its seconds count as training),
+  tables at lr 1e-4, the layers' d×d weights at 1e-2 (``weight_lr_scale:100``), edge
+  dropout 0.3;
 - ``--candidates``: more specs to compare, ``key:value`` lists of ``gnn`` config fields.
 
 All use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official sum over a
 1024-pair batch (without it a full step over 160k pairs is regularised 156× harder and
-stalls at loss log 2; measured on an H100, 2026-11-25). Why edge dropout 0.3: with 0.1 the
-full schedule memorises the survey pairs (train loss 0.02; held-out 0.69 at UF-P on the
-H100, 0.75 at 1,000 users on CPU); 0.3 closes the gap (0.85 at 1,000 users; 0.5 is
-slower). Why slow tables and fast weights: at 10,000 users a full-graph step with fast
-tables (lr 1e-2 or 3e-3 everywhere) fits the survey pairs through the free per-node
-embeddings (train loss 0.03) and held-out accuracy stalls (d=64: 0.637 at step 100, best
-0.663); with the tables at the official lr 1e-4 the shared layers have to carry the signal
-and it generalises — d=64: weights 1e-2 0.737, 3e-2 **0.845** at step 200 (0.852 best);
-d=512: weights 3e-3 0.720, 1e-2 0.741 at step 110, still rising (2-core CPU, 2026-12-02;
-the old default, lr 3e-3 everywhere: 0.685 at step 105). The same fast-table schedule
-reaches 0.86 at step 100 with 1,000 users: the gap grows with the graph. Studies: README
-"GNN time-to-accuracy".
+stalls at loss log 2; measured on an H100, 2026-11-25). Why each part of ``fast`` (2-core
+CPU studies, README "GNN time-to-accuracy"): edge dropout 0.3, because with 0.1 the full
+step memorises the survey pairs (held-out 0.69 at UF-P on the H100); slow tables + fast
+weights, because fast tables memorise at 10,000 users (d=64: 0.637 at step 100); spectral
+init, because from random tables every full-graph run first sits ~50 steps on a plateau
+where all users look alike (held-out ≈ 0.60) before the groups separate — from the
+spectral start, at the full UF-P shape (d=512): 0.830 at step 20, 0.886 at step 40 (from
+random tables, same settings: 0.618 at step 50, 0.731 at 100, 0.754 at 170).
 
-Data: a planted UF-P-4-shaped graph generated here in numpy (groups = rating attributes,
-4 responses per prompt, controversial pairs only, users of a group label by that group's
-ratings, no noise, no ties), so the benchmark needs no text and scales to 10× users.
+Data: the planted UF-P-4-shaped graph of ``copl_ray.data.planted`` (groups = rating
+attributes, 4 responses per prompt, controversial pairs only, users of a group label by
+that group's ratings, no noise, no ties), so the benchmark needs no text and scales to 10×
+users.
 Each user has ``--labels`` survey labels (graph edges) plus ``--val`` held-out pool pairs;
 accuracy = share of held-out pairs ranked right.
 
@@ -55,14 +55,14 @@ import time
 
 import torch
 from common import PeakMemory, machine
-from gnn_planted import planted_annotations
 
 from copl_ray.config import GNNConfig
+from copl_ray.data.planted import planted_annotations
 from copl_ray.graph.bipartite import build_graph, pair_index
 from copl_ray.graph.train import GNNTrainer
 
 # the fast schedule (study: README "GNN time-to-accuracy"); gnn config overrides, key:value
-FAST = "schedule:full,lr:1e-4,weight_lr_scale:100,edge_dropout:0.3"
+FAST = "schedule:full,init:spectral,lr:1e-4,weight_lr_scale:100,edge_dropout:0.3"
 
 
 def sync(device: torch.device) -> None:
@@ -144,8 +144,9 @@ def train_curve(
     """Train (``every`` epochs between evaluations) until the config's epochs, the budget,
     or held-out accuracy ≥ ``stop_at``; evaluation time excluded. Curve rows:
     ``(epoch, optimisation steps, training seconds, held-out accuracy)``; with ``live`` (a
-    name) each row is also printed as it comes (hour-long CPU runs show progress)."""
-    train_s, curve = 0.0, []
+    name) each row is also printed as it comes (hour-long CPU runs show progress). The
+    seconds start at the init's (a spectral init's decomposition is part of training)."""
+    train_s, curve = trainer.init_seconds, []
     while trainer.epoch < trainer.cfg.epochs and train_s < budget_s:
         t0 = clock()
         for _ in range(min(every, trainer.cfg.epochs - trainer.epoch)):
@@ -206,8 +207,8 @@ def time_to_accuracy(a, base: dict, schedules: dict, device: torch.device) -> No
         results[name] = r
         print(
             f"{name:10s} {spec_text(sched)}: {trainer.steps_per_epoch} steps/epoch, "
-            f"{r['s_per_epoch']:.3f} s/epoch, {r['curve'][-1][0]} epochs in {r['train_s']:.1f} s, "
-            f"best held-out {r['best']:.4f}",
+            f"{r['s_per_epoch']:.3f} s/epoch, {r['curve'][-1][0]} epochs in {r['train_s']:.1f} s "
+            f"(init {trainer.init_seconds:.2f} s), best held-out {r['best']:.4f}",
             flush=True,
         )
         if a.curves:
@@ -256,10 +257,11 @@ def wall_time(a, base: dict, fast: dict, device: torch.device) -> None:
         trainer.train_epoch()
         trainer.epoch += 1
     sync(device)
-    sec = time.perf_counter() - t0
+    sec = time.perf_counter() - t0 + trainer.init_seconds
     print(
         f"\n== part 3: {a.wall_epochs} fast-schedule epochs at {a.users} users, "
-        f"d={a.dim}, L={a.layers}: {sec:.1f} s wall (training only); "
+        f"d={a.dim}, L={a.layers}: {sec:.1f} s wall (training only, init "
+        f"{trainer.init_seconds:.2f} s of it); "
         f"held-out accuracy {trainer.evaluate() or 0.0:.4f} ==",
         flush=True,
     )

@@ -90,6 +90,15 @@ class GNNConfig:
     # README "GNN time-to-accuracy"); an Adam step moves a weight's output ∝ d, so the
     # best scale falls with the width (d=64: 300 beat 100; d=512: 100 beat 30)
     weight_lr_scale: float = 1.0
+    # initial embeddings: "random" (Xavier: the paper and the official code) or "spectral":
+    # the first spectral_k coordinates of both tables start at the top singular vectors of
+    # the degree-normalised signed user x response matrix, each with RMS spectral_scale
+    # (copl_ray/graph/spectral.py); the rest stay random and everything trains. Skips the
+    # ~50-step plateau a full-graph run spends before the groups separate (README "GNN
+    # time-to-accuracy")
+    init: Literal["random", "spectral"] = "random"
+    spectral_k: int = 8
+    spectral_scale: float = 0.05
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     schedule: Literal["minibatch", "full"] = "minibatch"  # full = all annotations per step

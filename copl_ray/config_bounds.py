@@ -51,6 +51,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "gnn.lr": _POS,
     "gnn.weight_decay": _NONNEG,
     "gnn.weight_lr_scale": _POS,
+    "gnn.spectral_k": _POS_INT,
+    "gnn.spectral_scale": _POS,
     "gnn.warmup_ratio": _FRACTION,
     "gnn.batch_size": _POS_INT,
     "gnn.eval_every": _POS_INT,
@@ -160,6 +162,11 @@ def check_bounds(cfg: Any) -> None:
         raise ConfigError(
             f"reward.top_k: {cfg.reward.top_k} experts per route, but "
             f"reward.num_experts is {cfg.reward.num_experts}"
+        )
+    if cfg.gnn.init == "spectral" and cfg.gnn.spectral_k > cfg.gnn.dim:
+        raise ConfigError(
+            f"gnn.spectral_k: {cfg.gnn.spectral_k} spectral coordinates, but gnn.dim is "
+            f"{cfg.gnn.dim}"
         )
     if cfg.serve.min_replicas > cfg.serve.max_replicas:
         raise ConfigError(

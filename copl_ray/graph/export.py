@@ -243,6 +243,7 @@ def export_gnn(
         "val_curve": train_meta.get("val_curve", []),
         "seconds": float(sum(train_meta.get("epoch_seconds", []))),
         "resumed_from_epoch": train_meta.get("resumed_from_epoch", 0),
+        "init": train_meta.get("init", {"init": "random"}),
         "n_users_seen": graph.n_users,
         "n_users_unseen": len(unseen_ids),
         "n_responses_in_graph": graph.n_responses,

@@ -82,7 +82,7 @@ def gnn_train_loop(config: dict) -> None:
     say(
         f"gnn: {inputs.graph.n_users} users, {inputs.graph.n_responses} responses, "
         f"{len(inputs.train)} survey pairs, {len(inputs.val)} val pairs, "
-        f"{trainer.steps_per_epoch} step(s)/epoch on {device}"
+        f"{trainer.steps_per_epoch} step(s)/epoch on {device}, {cfg.gnn.init} init"
         + (f"; resumed after epoch {resumed_from}" if resumed_from else "")
     )
     fault_at = int(config.get("fault_at_epoch") or 0)

@@ -86,10 +86,12 @@ def test_training_learns_the_planted_groups():
     assert trainer.best_epoch >= 1 and len(trainer.val_curve) == 60
 
 
-@pytest.mark.parametrize("message", ["paper", "reference"])
-def test_resume_from_saved_state_is_exact(tmp_path, message):
+@pytest.mark.parametrize(
+    "message, init", [("paper", "random"), ("reference", "random"), ("paper", "spectral")]
+)
+def test_resume_from_saved_state_is_exact(tmp_path, message, init):
     graph, train, val = planted()
-    c = cfg(epochs=4, schedule="minibatch", batch_size=40, message=message)
+    c = cfg(epochs=4, schedule="minibatch", batch_size=40, message=message, init=init)
     straight = GNNTrainer(graph, train, val, c).fit(on_epoch=lambda r: None)
     first = GNNTrainer(graph, train, val, c)
     first.step_epoch()
@@ -99,6 +101,7 @@ def test_resume_from_saved_state_is_exact(tmp_path, message):
     resumed = GNNTrainer(graph, train, val, c)
     resumed.load_state(load_file(str(tmp_path / "s.safetensors")), meta)
     resumed.fit(on_epoch=lambda r: None)
+    assert resumed.init == first.init and resumed.init["init"] == init  # restored, not redone
     assert resumed.loss_curve == pytest.approx(straight.loss_curve, rel=1e-5)
     for k, v in straight.model.state_dict().items():
         assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6), k

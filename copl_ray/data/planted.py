@@ -1,9 +1,10 @@
-"""The benchmark's planted UF-P-4-shaped preference graph (numpy only, no text).
+"""A planted UF-P-4-shaped preference graph (numpy only, no text): GNN benchmarks and tests.
 
 Groups = rating attributes; each prompt has 4 responses with integer ratings 1..5 per
 attribute; the pool is the controversial, tie-free pairs (the groups do not all agree, no
-attribute ties); a user of group ``g`` labels every pair by attribute ``g`` (no noise).
-It scales to 10× UF-P's users in seconds, so ``gnn.py`` needs no text or tokenizer.
+attribute ties); user ``i`` is in group ``i % n_groups`` and labels every pair by that
+group's attribute (no noise). It scales to 10× UF-P's users in seconds, so
+``benchmarks/gnn.py`` needs no text or tokenizer, and its truth is known.
 """
 
 from __future__ import annotations
