@@ -20,7 +20,7 @@ step memorises the survey pairs (held-out 0.69 at UF-P on the H100); slow tables
 weights, because fast tables memorise at 10,000 users (d=64: 0.637 at step 100); spectral
 init, because from random tables every full-graph run first sits ~50 steps on a plateau
 where all users look alike (held-out ≈ 0.60) before the groups separate — from the
-spectral start, at the full UF-P shape (d=512): 0.830 at step 20, 0.886 at step 40 (from
+spectral start, at the full UF-P shape (d=512): 0.818 at step 20, 0.888 at step 40 (from
 random tables, same settings: 0.618 at step 50, 0.731 at 100, 0.754 at 170).
 
 Data: the planted UF-P-4-shaped graph of ``copl_ray.data.planted`` (groups = rating

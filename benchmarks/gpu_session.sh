@@ -18,7 +18,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 # candidates (README "GNN time-to-accuracy"). `fast` is now the spectral start
 # (gnn.init=spectral: the tables' first 8 coordinates at the top singular vectors of the
 # signed survey matrix) with slow tables + fast weights: on the 2-core CPU at the full UF-P
-# shape it passed 0.79 within ~20 full-graph steps and reached 0.886 by step 40, where
+# shape it passed 0.79 within 20 full-graph steps and reached 0.888 by step 40, where
 # random tables sit on the all-users-alike plateau (0.62 at step 50, 0.754 at 170). The
 # candidates: the same from random tables (what the init buys) and spectral k=4 (~25 s
 # each). Official runs last for --budget-s (it stops early only at the others' best), so
