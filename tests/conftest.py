@@ -27,6 +27,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never attach to another Ray running on this machine
             num_cpus=int(os.environ.get("COPL_TEST_CPUS", "2")),
             include_dashboard=False,
             log_to_driver=False,
