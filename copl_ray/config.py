@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 
@@ -30,6 +32,17 @@ _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message starts with the full key path."""
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: what an error message may quote.
+
+    A wrong 1 MB value must not become a 2 MB error line; the cut says how long it was.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 3, 1)]}... ({len(text):,} chars)"
 
 
 # --------------------------------------------------------------------------- tree
@@ -221,6 +234,11 @@ class RunConfig:
 
 @dataclass
 class Config:
+    # Dotted key paths the user set (``--set`` overrides, their own YAML file: not the
+    # keys a shipped preset supplies), filled by load_config; not a field, so it stays out
+    # of to_dict(), the saved config.yaml and every section hash. See :func:`was_set`.
+    explicit: ClassVar[frozenset[str]] = frozenset()
+
     name: str = "tiny"
     data: DataConfig = field(default_factory=DataConfig)
     gnn: GNNConfig = field(default_factory=GNNConfig)
@@ -254,7 +272,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {short_repr(value)}")
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -268,40 +286,47 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, a, path)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        if len(errors) == 1:  # X | None: X's own message (e.g. "expected a finite number")
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{path}: expected one of {list(get_args(tp))}, got {value!r}")
+            choices = list(get_args(tp))
+            raise ConfigError(f"{path}: expected one of {choices}, got {short_repr(value)}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {short_repr(value)}")
         (item,) = get_args(tp)
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {short_repr(value)}")
         return dict(value)
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: expected bool, got {value!r}")
+        raise ConfigError(f"{path}: expected bool, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: expected int, got {value!r}")
+        raise ConfigError(f"{path}: expected int, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-2" (no dot) as a string
-        raise ConfigError(f"{path}: expected float, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            number = float(value)  # YAML 1.1 reads "1e-2" (no dot) as a string
+        else:
+            raise ConfigError(f"{path}: expected float, got {short_repr(value)}")
+        if not math.isfinite(number):  # .inf / .nan: every float field, whatever its bounds
+            raise ConfigError(f"{path}: expected a finite number, got {number}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{path}: expected str, got {value!r}")
+        raise ConfigError(f"{path}: expected str, got {short_repr(value)}")
     raise ConfigError(f"{path}: unsupported type {tp!r}")
 
 
@@ -329,30 +354,67 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key.path=value")
+        raise ConfigError(f"override {short_repr(item)}: expected key.path=value")
     key, raw = item.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"override {short_repr(item)}: empty key (expected key.path=value)")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
-    return key.strip().split("."), value
+        raise ConfigError(f"{key}: cannot parse value {short_repr(raw)}: {e}") from None
+    return [k.strip() for k in keys], value
 
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file merged over the preset it ``extends`` (``chain``: the files above it)."""
+    data = _read_yaml_file(path)
+    parent = data.pop("extends", None)  # a preset may extend another preset
+    if parent is not None:
+        parent_path = _preset_path(str(parent))
+        seen = (*chain, path)
+        if any(parent_path.resolve() == p.resolve() for p in seen):
+            names = " -> ".join(str(p) for p in (*seen, parent_path))
+            raise ConfigError(f"{path}: extends: cycle {names}")
+        return _merge(_read_yaml(parent_path, seen), data)
+    return data
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    """One YAML file as a mapping; unreadable / non-UTF-8 / invalid YAML → ConfigError."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    parent = data.pop("extends", None)  # a preset may extend another preset
-    if parent is not None:
-        return _merge(_read_yaml(_preset_path(parent)), data)
     return data
+
+
+def _key_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of every key in a nested mapping (``{"a": {"b": 1}}`` → a, a.b)."""
+    out: set[str] = set()
+    for k, v in tree.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        out.add(path)
+        if isinstance(v, dict):
+            out |= _key_paths(v, path)
+    return out
+
+
+def was_set(cfg: Config, path: str) -> bool:
+    """True when the user named ``path`` (or a section above it) in ``--set`` or their own
+    YAML, False when its value comes from a shipped preset or the defaults."""
+    parts = path.split(".")
+    return any(".".join(parts[: i + 1]) in cfg.explicit for i in range(len(parts)))
 
 
 def _preset_path(name_or_path: str) -> Path:
@@ -368,8 +430,18 @@ def _preset_path(name_or_path: str) -> Path:
 
 
 def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) -> Config:
-    """Load a preset name or YAML path, apply ``a.b=c`` overrides, validate everything."""
-    raw = _read_yaml(_preset_path(name_or_path))
+    """Load a preset name or YAML path, apply ``a.b=c`` overrides, validate everything.
+
+    Every path the config names becomes absolute here (:func:`resolve_paths`), and the
+    keys the user set are recorded in ``cfg.explicit`` (:func:`was_set`).
+    """
+    path = _preset_path(name_or_path)
+    raw = _read_yaml(path)
+    explicit: set[str] = set()
+    if path.resolve().parent != PRESET_DIR.resolve():  # the user's own file
+        own = _read_yaml_file(path)
+        own.pop("extends", None)
+        explicit |= _key_paths(own)
     raw.setdefault("name", Path(name_or_path).stem)
     for item in overrides or []:
         keys, value = _parse_override(item)
@@ -379,11 +451,52 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) 
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
         node[keys[-1]] = value
-    return _checked(_build(Config, raw))
+        explicit.add(".".join(keys))
+    cfg = resolve_paths(_checked(_build(Config, raw)))
+    cfg.explicit = frozenset(explicit)
+    return cfg
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return _checked(_build(Config, values))
+    return resolve_paths(_checked(_build(Config, values)))
+
+
+def absolute_path(path: str) -> str:
+    """``path`` made absolute against the current working directory (``~`` expanded); a URI
+    (``s3://...``) is returned as is. The one rule every config path follows: Ray workers
+    do not run in the driver's working directory, so no relative path may reach them."""
+    from copl_ray.fsutil import is_uri
+
+    if is_uri(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _local_or_name(value: str | None) -> str | None:
+    """An existing local file/folder → absolute path; a hub name (or None) stays."""
+    if not value:
+        return value
+    p = os.path.expanduser(value)
+    return absolute_path(value) if os.path.exists(p) else value
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make every path the config names absolute (or keep it a URI / hub name), in place.
+
+    run.dir, data.path and serve.users_dir are paths; data.length_tokenizer,
+    data.ufp_ratings, data.ufp_pairs and reward.backbone may be hub names, so they
+    become absolute only when they name an existing local file or folder. Idempotent.
+    """
+    cfg.run.dir = absolute_path(cfg.run.dir)
+    if cfg.data.path:
+        cfg.data.path = absolute_path(cfg.data.path)
+    if cfg.serve.users_dir:
+        cfg.serve.users_dir = absolute_path(cfg.serve.users_dir)
+    for attr in ("length_tokenizer", "ufp_ratings", "ufp_pairs"):
+        setattr(cfg.data, attr, _local_or_name(getattr(cfg.data, attr)))
+    if cfg.reward.backbone != "tiny-gemma":
+        cfg.reward.backbone = _local_or_name(cfg.reward.backbone)
+    return cfg
 
 
 def _checked(cfg: Config) -> Config:

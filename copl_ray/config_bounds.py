@@ -173,3 +173,36 @@ def check_bounds(cfg: Any) -> None:
             f"serve.min_replicas: {cfg.serve.min_replicas} > serve.max_replicas "
             f"{cfg.serve.max_replicas}"
         )
+    check_rules(cfg)
+
+
+def check_rules(cfg: Any) -> None:
+    """Rules a range cannot say: lists that must not be empty, even hops, sentinels.
+
+    Each one used to pass the load and fail (or be silently reinterpreted) after an
+    expensive stage: ``adapt.hops=3`` after the GNN trained, ``eval.label_counts=[-1]``
+    read as "all but one label", ``train.max_steps=0`` as "no limit".
+    """
+    from copl_ray.config import ConfigError
+
+    if cfg.adapt.hops % 2:
+        raise ConfigError(
+            f"adapt.hops: must be even (user -> response -> user), got {cfg.adapt.hops}"
+        )
+    if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:
+        raise ConfigError(
+            f"train.max_steps: expected -1 (the epochs decide) or >= 1, got "
+            f"{cfg.train.max_steps}; use train.epochs to train the full schedule"
+        )
+    for path in ("adapt.variants", "reward.models", "reward.target_modules", "eval.label_counts"):
+        values = _get(cfg, path)
+        if not values:
+            raise ConfigError(f"{path}: must not be empty")
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        if dupes:
+            raise ConfigError(f"{path}: duplicate entries {dupes}")
+    for i, n in enumerate(cfg.eval.label_counts):
+        if n < 1:
+            raise ConfigError(f"eval.label_counts[{i}]: expected >= 1 adaptation labels, got {n}")
+    if not cfg.run.dir.strip():
+        raise ConfigError("run.dir: must not be empty")

@@ -36,6 +36,12 @@ from copl_ray import fsutil
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, save_config
 from copl_ray.env import setup_env
+from copl_ray.preflight import (
+    check_cluster_resources,
+    check_ray_request,
+    check_with_data,
+    preflight,
+)
 from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
 
 STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
@@ -205,6 +211,8 @@ def run_pipeline(
     is pushed to ``<uri>/report.json``.
     """
     requested = parse_stages(stages, cfg)
+    last = max((STAGES.index(s) for s in requested), default=-1)
+    preflight(cfg, STAGES[: last + 1])  # every misuse answered before any work is done
     target = cfg.run.dir
     uri = target if fsutil.is_uri(target) else None
     local = fsutil.staging_dir(uri) if uri else Path(target)
@@ -214,7 +222,6 @@ def run_pipeline(
     run.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.root / "config.yaml")
 
-    last = max((STAGES.index(s) for s in requested), default=-1)
     plan: list[tuple[str, str]] = []  # (stage, "run" | "reuse")
     upstream_runs = False
     for stage in STAGES[: last + 1]:
@@ -230,11 +237,14 @@ def run_pipeline(
         + (", ".join(f"{s} ({a})" for s, a in plan) or "report only")
     )
 
+    check_ray_request(cfg, [s for s, a in plan if a == "run"])
     started_ray = False
     timings: dict[str, float] = {}
     t_total = time.perf_counter()
     try:
         for i, (stage, action) in enumerate(plan, 1):
+            if i == 2:  # plan[0] is the data stage; it ran or was reused: check its numbers
+                check_with_data(cfg, run, STAGES[: last + 1])
             head = f"stage {i}/{len(plan)} [{stage}]"
             if action == "reuse":
                 log(f"{head} reused (artifact matches config; {_fmt_s(run.stage_seconds(stage))})")
@@ -242,6 +252,7 @@ def run_pipeline(
             fn = (stage_funcs or {}).get(stage) or load_stage(stage)
             if stage in RAY_STAGES and not started_ray:
                 started_ray = ensure_ray(cfg)
+                check_cluster_resources(cfg, [s for s, a in plan if a == "run"])
             mode = _prepare_stage(run, cfg, stage, fresh=force and stage in requested)
             log(f"{head} running ({mode}) ...")
             t0 = time.perf_counter()
@@ -321,8 +332,15 @@ def main_with_errors(fn: Callable[[], int]) -> int:
         err = user_error(exc)
         if err is None:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """A user error as one stderr line (YAML parser messages span several), capped: the
+    values it quotes are already cut (config.short_repr); this is the last guard."""
+    text = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 # ------------------------------------------------------------------- job arguments
@@ -347,7 +365,7 @@ def add_run_arguments(parser, default_stages: str | None = None) -> None:
 
 def config_from_args(args) -> Config:
     """Preset/YAML + ``--data`` + ``--set`` overrides + ``--run-dir`` → validated Config."""
-    from copl_ray.config import load_config
+    from copl_ray.config import load_config, resolve_paths
 
     overrides: list[str] = []
     if args.data:
@@ -359,9 +377,10 @@ def config_from_args(args) -> Config:
     cfg = load_config(args.config, overrides)
     if args.run_dir:
         cfg.run.dir = args.run_dir
+        cfg.explicit = cfg.explicit | {"run.dir"}
     elif args.data and not any(o.startswith("run.dir=") for o in args.overrides):
         cfg.run.dir = str(Path("runs") / Path(args.data).stem)  # never clobber the preset's run
-    return cfg
+    return resolve_paths(cfg)  # the run dirs set here become absolute too
 
 
 def run_job(args) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from copl_ray.artifacts import RunDir
-from copl_ray.config import Config
+from copl_ray.config import Config, ConfigError
 from copl_ray.data.tables import PreferenceTables
 
 
@@ -80,7 +80,7 @@ def build_tables(cfg: Config) -> PreferenceTables:
 
         tables = build_ukp(cfg.data)
     else:  # config validation makes this unreachable
-        raise ValueError(f"data.source: unknown source {src!r}")
+        raise ConfigError(f"data.source: unknown source {src!r}")
     return finalize_summary(_normalise_dtypes(tables))
 
 

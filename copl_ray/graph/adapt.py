@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from copl_ray.config import AdaptConfig
+from copl_ray.config import AdaptConfig, ConfigError
 from copl_ray.graph.artifacts import GNNArtifacts
 
 VARIANTS = ("weighted", "naive", "user_opt")
@@ -60,13 +60,13 @@ SPARSE_MAX_USERS = 16
 
 def _check_params(cfg: AdaptConfig, variant: str, method: str = "auto") -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"adapt variant: expected one of {list(VARIANTS)}, got {variant!r}")
+        raise ConfigError(f"adapt variant: expected one of {list(VARIANTS)}, got {variant!r}")
     if method not in METHODS:
         raise ValueError(f"adapt method: expected one of {list(METHODS)}, got {method!r}")
     if cfg.hops < 2 or cfg.hops % 2:
-        raise ValueError(f"adapt.hops: must be an even number >= 2, got {cfg.hops}")
+        raise ConfigError(f"adapt.hops: must be an even number >= 2, got {cfg.hops}")
     if cfg.kappa <= 0:
-        raise ValueError(f"adapt.kappa: must be > 0, got {cfg.kappa}")
+        raise ConfigError(f"adapt.kappa: must be > 0, got {cfg.kappa}")
 
 
 def _zero_annotations() -> ValueError:

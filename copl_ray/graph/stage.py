@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from copl_ray.artifacts import RunDir
-from copl_ray.config import Config, config_from_dict
+from copl_ray.config import Config, ConfigError, config_from_dict
 from copl_ray.data.tables import PreferenceTables
 from copl_ray.raylog import TRAIN_LOG_LEVEL
 
@@ -128,7 +128,7 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
             f"gnn stage: {run.data}/annotations.parquet missing; run data first"
         )
     if cfg.gnn.cpus_per_worker <= 0:
-        raise ValueError(f"gnn.cpus_per_worker: must be > 0, got {cfg.gnn.cpus_per_worker}")
+        raise ConfigError(f"gnn.cpus_per_worker: must be > 0, got {cfg.gnn.cpus_per_worker}")
     tables = PreferenceTables.read(run.data)
     run.gnn.mkdir(parents=True, exist_ok=True)
     progress_log = run.gnn / "progress.log"

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from copl_ray.config import ConfigError
 from copl_ray.mole.config import MoLEConfig
 from copl_ray.mole.layer import (
     GateOutput,
@@ -40,7 +41,7 @@ def find_target_linears(model: nn.Module, targets: list[str]) -> list[str]:
     for name, module in model.named_modules():
         if any(name == t or name.endswith("." + t) for t in targets):
             if not isinstance(module, nn.Linear):
-                raise TypeError(
+                raise ConfigError(
                     f"reward.target_modules: {name!r} is a {type(module).__name__}, "
                     "not an nn.Linear"
                 )
@@ -49,7 +50,7 @@ def find_target_linears(model: nn.Module, targets: list[str]) -> list[str]:
         linears = sorted(
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         )
-        raise ValueError(
+        raise ConfigError(
             f"reward.target_modules: none of {targets} matches a module of "
             f"{type(model).__name__}; its nn.Linear names are {linears}"
         )

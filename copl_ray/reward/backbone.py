@@ -26,6 +26,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from copl_ray.config import ConfigError
+
 TINY_GEMMA = "tiny-gemma"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Special tokens of the locally trained tokenizer; pad is id 0 like Gemma's.
@@ -61,7 +63,7 @@ def tiny_gemma_config(reward_cfg: Any, tokenizer: Any | None = None) -> GemmaCon
     known = set(GemmaConfig().to_dict())
     unknown = sorted(set(reward_cfg.backbone_kwargs) - known)
     if unknown:
-        raise ValueError(f"reward.backbone_kwargs: unknown GemmaConfig fields {unknown}")
+        raise ConfigError(f"reward.backbone_kwargs: unknown GemmaConfig fields {unknown}")
     return GemmaConfig(**values)
 
 
@@ -86,7 +88,7 @@ def build_backbone(reward_cfg: Any, tokenizer: Any | None = None) -> PreTrainedM
             hint = (
                 " (HF_HUB_OFFLINE=1: only local folders or cached models load)" if offline else ""
             )
-            raise ValueError(
+            raise ConfigError(
                 f"reward.backbone: cannot load {reward_cfg.backbone!r}{hint}: "
                 f"{str(e).splitlines()[0]}"
             ) from None
@@ -108,7 +110,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(
+        raise ConfigError(
             f"reward.tokenizer_vocab: must be > {len(SPECIAL_TOKENS)}, got {vocab_size}"
         )
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
