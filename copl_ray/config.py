@@ -400,21 +400,21 @@ def _read_yaml_file(path: Path) -> dict[str, Any]:
 
 
 def _key_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    """Dotted paths of every key in a nested mapping (``{"a": {"b": 1}}`` → a, a.b)."""
+    """Dotted paths of the leaves of a nested mapping (``{"a": {"b": 1}}`` → {"a.b"})."""
     out: set[str] = set()
     for k, v in tree.items():
         path = f"{prefix}.{k}" if prefix else str(k)
-        out.add(path)
-        if isinstance(v, dict):
-            out |= _key_paths(v, path)
+        out |= _key_paths(v, path) if isinstance(v, dict) and v else {path}
     return out
 
 
 def was_set(cfg: Config, path: str) -> bool:
-    """True when the user named ``path`` (or a section above it) in ``--set`` or their own
-    YAML, False when its value comes from a shipped preset or the defaults."""
+    """True when the user named ``path`` (itself, a key inside it or a whole section above
+    it) in ``--set`` or their own YAML; False when the value comes from a shipped preset
+    or the defaults."""
     parts = path.split(".")
-    return any(".".join(parts[: i + 1]) in cfg.explicit for i in range(len(parts)))
+    above = {".".join(parts[: i + 1]) for i in range(len(parts))}
+    return bool(above & cfg.explicit) or any(k.startswith(path + ".") for k in cfg.explicit)
 
 
 def _preset_path(name_or_path: str) -> Path:
@@ -451,7 +451,7 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) 
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
         node[keys[-1]] = value
-        explicit.add(".".join(keys))
+        explicit |= _key_paths({".".join(keys): value})
     cfg = resolve_paths(_checked(_build(Config, raw)))
     cfg.explicit = frozenset(explicit)
     return cfg

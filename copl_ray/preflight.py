@@ -104,7 +104,9 @@ def backbone_config(cfg: Config) -> Any:
     if name == TINY_GEMMA:
         try:
             return tiny_gemma_config(cfg.reward)
-        except (TypeError, ValueError) as e:
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # a GemmaConfig field of the wrong kind
             raise ConfigError(f"reward.backbone_kwargs: {str(e).splitlines()[0]}") from None
     local = Path(name).expanduser()
     if local.is_dir():

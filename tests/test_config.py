@@ -106,7 +106,7 @@ def test_section_hash_tracks_only_named_sections():
         ("train.lr=0", "train.lr: expected a value in (0, inf)"),
         ("train.zero_stage=4", "train.zero_stage: expected a value in [0, 3]"),
         ("gnn.edge_dropout=1", "gnn.edge_dropout: expected a value in [0, 1)"),
-        ("data.synthetic.label_noise=.nan", "data.synthetic.label_noise: expected a value"),
+        ("data.synthetic.label_noise=.nan", "data.synthetic.label_noise: expected a finite"),
         ("reward.top_k=5", "reward.top_k: 5 experts per route, but reward.num_experts is 4"),
         ("serve.min_replicas=3", "serve.min_replicas: 3 > serve.max_replicas 2"),
     ],
@@ -129,3 +129,127 @@ def test_every_preset_is_inside_the_bounds():
         for key in path.split("."):
             assert hasattr(node, key), path
             node = getattr(node, key)
+
+
+# ------------------------------------------------------------ issue 17: fail at load
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("adapt.hops=3", "adapt.hops: must be even"),
+        ("adapt.variants=[]", "adapt.variants: must not be empty"),
+        ("reward.models=[]", "reward.models: must not be empty"),
+        ("reward.models=[copl, uniform, copl]", "reward.models: duplicate entries ['copl']"),
+        ("reward.target_modules=[]", "reward.target_modules: must not be empty"),
+        ("eval.label_counts=[0]", "eval.label_counts[0]: expected >= 1"),
+        ("eval.label_counts=[1, -1]", "eval.label_counts[1]: expected >= 1"),
+        ("train.max_steps=0", "train.max_steps: expected -1 (the epochs decide) or >= 1, got 0"),
+        ("train.max_steps=-2", "train.max_steps: expected -1"),
+        ("gnn.lr=.inf", "gnn.lr: expected a finite number, got inf"),
+        ("gnn.lr=-.inf", "gnn.lr: expected a finite number, got -inf"),
+        ("gnn.lr=.nan", "gnn.lr: expected a finite number, got nan"),
+        ("reward.alpha=1e999", "reward.alpha: expected a finite number, got inf"),
+        ("serve.batch_wait_timeout_s=.inf", "serve.batch_wait_timeout_s: expected a finite"),
+        ("=3", "override '=3': empty key"),
+        ("gnn..lr=3", "override 'gnn..lr=3': empty key"),
+        ("run.dir=''", "run.dir: must not be empty"),
+    ],
+)
+def test_misuse_fails_at_load_with_the_field(override, message):
+    """Issue 17 §3/§5.1-5.3: each used to pass the load (and fail after a stage, or be
+    silently reinterpreted: max_steps=0 trained the full schedule, label_counts=[-1] read
+    all but one label, .inf trained 100 epochs of NaN)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("tiny", [override])
+
+
+def test_error_quotes_a_huge_value_shortly():
+    """A wrong 1 MB value makes a short error line, not a 2 MB one (config.short_repr)."""
+    from copl_ray.config import short_repr
+
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["gnn.epochs=" + "x" * 1_000_000])
+    assert len(str(e.value)) < 200 and "1,000,002 chars" in str(e.value)
+    assert short_repr("abc") == "'abc'" and len(short_repr(list(range(10**5)))) < 120
+
+
+def test_preset_extending_itself_names_the_chain(tmp_path):
+    me = tmp_path / "me.yaml"
+    me.write_text(f"extends: {me}\ngnn:\n  dim: 8\n")
+    with pytest.raises(ConfigError, match=r"extends: cycle .*me\.yaml -> .*me\.yaml"):
+        load_config(str(me))
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"extends: {b}\n")
+    b.write_text(f"extends: {a}\n")
+    with pytest.raises(ConfigError, match=r"cycle .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(str(a))
+
+
+def test_non_utf8_yaml_names_the_file(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_config(str(p))
+
+
+def test_user_yaml_extending_a_preset_still_works(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("extends: tiny\ngnn:\n  dim: 16\n")
+    cfg = load_config(str(p), ["train.epochs=2"])
+    assert cfg.gnn.dim == 16 and cfg.gnn.layers == 2  # tiny's layers
+    # what the user named (own YAML, --set) is recorded; what tiny supplied is not
+    from copl_ray.config import was_set
+
+    assert was_set(cfg, "gnn.dim") and was_set(cfg, "train.epochs")
+    assert not was_set(cfg, "reward.models") and not was_set(cfg, "gnn.layers")
+    assert "explicit" not in cfg.to_dict() and "explicit" not in cfg.to_yaml()
+    assert not load_config("tiny").explicit
+    assert was_set(load_config("tiny", ["reward.models=[copl]"]), "reward.models")
+    assert was_set(load_config("tiny", ["reward={models: [copl]}"]), "reward.models")
+
+
+# ------------------------------------------------------------- issue 17 §1: paths
+def test_every_path_is_absolute_when_loaded_from_another_cwd(tmp_path, monkeypatch):
+    """Ray workers do not run in the driver's cwd: no relative path may leave the load."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ratings.parquet").write_bytes(b"")
+    (tmp_path / "my-backbone").mkdir()
+    cfg = load_config(
+        "tiny",
+        [
+            "data.path=prefs.csv",
+            "serve.users_dir=users",
+            "data.ufp_ratings=ratings.parquet",
+            "data.length_tokenizer=my-backbone",
+            "reward.backbone=my-backbone",
+        ],
+    )
+    assert cfg.run.dir == str(tmp_path / "runs" / "tiny")
+    assert cfg.data.path == str(tmp_path / "prefs.csv")  # a path, even before it exists
+    assert cfg.serve.users_dir == str(tmp_path / "users")
+    assert cfg.data.ufp_ratings == str(tmp_path / "ratings.parquet")
+    assert cfg.data.length_tokenizer == cfg.reward.backbone == str(tmp_path / "my-backbone")
+    # hub names (no such local file) and URIs stay as they are
+    assert cfg.data.ufp_pairs == "argilla/ultrafeedback-binarized-preferences-cleaned"
+    assert load_config("ufp4-gemma-7b").reward.backbone == "google/gemma-7b-it"
+    assert load_config("tiny", ["run.dir=s3://bucket/run"]).run.dir == "s3://bucket/run"
+    # the saved config.yaml holds them absolute, and reloads to the same config elsewhere
+    save_config(cfg, tmp_path / "config.yaml")
+    monkeypatch.chdir("/")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.to_dict() == cfg.to_dict()
+    for name in list_presets():
+        assert load_config(name).run.dir.startswith("/"), name
+
+
+def test_absolute_run_dir_keeps_stage_reuse_across_cwds(tmp_path, monkeypatch):
+    """run.dir is in no stage's hashed sections: the same run from another cwd reuses."""
+    from copl_ray.artifacts import STAGE_SECTIONS
+
+    monkeypatch.chdir(tmp_path)
+    a = load_config("tiny", [f"run.dir={tmp_path / 'r'}"])
+    monkeypatch.chdir("/")
+    b = load_config("tiny", [f"run.dir={tmp_path / 'r'}"])
+    c = load_config("tiny", ["run.dir=elsewhere"])
+    for sections in STAGE_SECTIONS.values():
+        assert "run" not in sections
+        assert a.section_hash(*sections) == b.section_hash(*sections) == c.section_hash(*sections)

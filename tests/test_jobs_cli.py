@@ -93,4 +93,5 @@ def test_own_data_file_runs_into_its_own_run_dir(tmp_path):
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--data", str(prefs)]))
-    assert cfg.run.dir == str(Path("runs") / "my_prefs")  # never the preset's runs/tiny
+    # never the preset's runs/tiny; absolute (Ray workers do not share the driver's cwd)
+    assert cfg.run.dir == str(Path.cwd() / "runs" / "my_prefs")
