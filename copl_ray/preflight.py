@@ -183,7 +183,7 @@ def data_has_groups(cfg: Config) -> tuple[bool, str]:
     """(known groups?, what to call the data in a message), decided from the source alone."""
     src = cfg.data.source
     if src in ("synthetic", "ufp"):
-        return True, f"data.source={src}"
+        return cfg.data.n_groups > 0, f"data.source={src} with data.n_groups={cfg.data.n_groups}"
     if src == "ukp":
         return False, "data.source=ukp (annotators have no known groups)"
     if not cfg.data.path:
@@ -341,15 +341,23 @@ def check_ray_request(cfg: Config, stages: Sequence[str]) -> None:
 
 
 def check_with_data(cfg: Config, run: Any, stages: Sequence[str]) -> None:
-    """Rules that need the data stage's output (run.data): ``eval.label_counts`` cannot
-    exceed the adaptation (survey) labels the unseen users have."""
-    if "eval" not in stages:
-        return
+    """Rules that need the data stage's output (run.data): ``oracle`` needs users with a
+    known group; ``eval.label_counts`` cannot exceed the adaptation (survey) labels the
+    unseen users have."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     users_file, ann_file = run.data / "users.parquet", run.data / "annotations.parquet"
     if not (users_file.exists() and ann_file.exists()):
+        return
+    if "reward" in stages and "oracle" in cfg.reward.models:
+        groups = pq.read_table(users_file, columns=["group"]).column("group").to_pylist()
+        if not any(g for g in groups):
+            raise ConfigError(
+                "reward.models: 'oracle' needs known user groups; the data stage found none "
+                f"({run.data / 'users.parquet'})"
+            )
+    if "eval" not in stages:
         return
     users = pq.read_table(users_file, columns=["user_id", "seen"])
     unseen = pc.filter(users["user_id"], pc.invert(users["seen"]))

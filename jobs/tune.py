@@ -12,8 +12,9 @@ printed is the path of best_config.yaml (usable with jobs/full.py --config).
 import argparse
 import sys
 
-from copl_ray.config import load_config
+from copl_ray.config import load_config, resolve_paths
 from copl_ray.pipeline import log, main_with_errors
+from copl_ray.preflight import check_run_dir
 from copl_ray.tune import load_space, run_sweep
 
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config or space.base, [*space.overrides, *args.overrides])
         if args.run_dir:
             cfg.run.dir = args.run_dir
+        resolve_paths(cfg)  # absolute: trials run in Ray workers, not in this cwd
+        check_run_dir(cfg)  # the sweep folder is created under it before any stage
         out = run_sweep(space, cfg, out_dir=args.out, resume=args.resume)
         print(out["results_md"].read_text(), flush=True)
         log(f"best {out['best']} ({space.metric} {out['best_metric']:.4f}); "

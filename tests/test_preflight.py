@@ -259,6 +259,14 @@ def test_label_counts_above_the_data_fail_after_the_data_stage(tmp_path):
         "eval.label_counts[1]: 100000 > the most adaptation labels an unseen user has (8)"
     )
     assert ran == []
+    # users without any group in the built data: oracle fails here too, before the GNN
+    import pyarrow.parquet as pq
+
+    users = pq.read_table(tmp_path / "data" / "users.parquet").to_pandas()
+    users.assign(group=None).to_parquet(tmp_path / "data" / "users.parquet")
+    with pytest.raises(ConfigError, match="reward.models: 'oracle' needs known user groups; "
+                       "the data stage found none"):  # fmt: skip
+        check_with_data(cfg, RunDir(tmp_path), STAGES)
 
 
 # ----------------------------------------------------------------- error handler
@@ -347,3 +355,17 @@ def test_full_py_refuses_oracle_on_data_without_groups(tmp_path):
     prefs = _prefs(tmp_path / "prefs.csv")
     r = _full("--data", str(prefs), "--set", "reward.models=[copl,oracle]", cwd=tmp_path)
     _assert_refused(r, tmp_path / "runs" / "prefs", "prefs.csv has no group column")
+
+
+@pytest.mark.parametrize("job", ["gnn", "reward", "eval", "tune"])
+def test_every_job_refuses_a_run_dir_that_is_a_file(tmp_path, job):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    extra = ["--space", str(REPO / "tune_spaces" / "tiny.yaml")] if job == "tune" else []
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--run-dir", str(taken), *extra],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    _assert_refused(r, taken, "run.dir: ")

@@ -31,12 +31,14 @@ def where(file: str | Path | None = None, row: int | None = None, column: str | 
 
 
 def resolve_path(path: str | None, field: str = "data.path", must_exist: bool = True) -> Path:
-    """Resolve a config path against the current working directory; clear error if absent."""
+    """Resolve a config path against the current working directory (the rule of
+    copl_ray.config.absolute_path, which the loaded config already applied); clear error
+    if absent."""
+    from copl_ray.config import absolute_path
+
     if path is None or str(path).strip() == "":
         raise DataError(f"{field}: not set (required for this data source)")
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = Path.cwd() / p
+    p = Path(absolute_path(str(path)))
     if must_exist and not p.exists():
         raise DataError(f"{field}: {str(path)!r} does not exist (resolved to {p})")
     return p
