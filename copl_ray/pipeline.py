@@ -204,6 +204,8 @@ def run_pipeline(
 ) -> Path:
     """Run ``stages`` (default ``cfg.run.stages``) into ``cfg.run.dir``; return report.json.
 
+    Before anything runs, :mod:`copl_ray.preflight` answers every misuse it can know
+    from the config, the files and the cluster (one ConfigError naming the field).
     ``force`` reruns the requested stages even when their markers are valid.
     ``stage_funcs`` replaces stage functions by name (used by the Tune driver and tests
     that drive the real stages with different entry points).
