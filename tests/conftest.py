@@ -7,10 +7,15 @@ needs Ray depends on it (never call ray.init in a test).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from copl_ray.artifacts import RunDir
 from copl_ray.env import setup_env
 
 setup_env()
@@ -52,22 +57,63 @@ def ukp_path() -> Path:
     return SHARED_UKP
 
 
+@dataclass
+class TinyJob:
+    """README command (1) as a user runs it: where, what it printed, how it ended."""
+
+    repo: Path  # the copy of the repository it ran in (its cwd)
+    run: RunDir  # <repo>/runs/tiny: the default run directory
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def console(self) -> list[str]:
+        return (self.stdout + self.stderr).splitlines()
+
+
+def copy_repository(dest: Path) -> Path:
+    """The repository's files as a fresh clone has them (no venv, runs, caches or .git)."""
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
+        "build", ".torch_extensions", ".whl", "gpu-logs",
+    )  # fmt: skip
+    shutil.copytree(REPO, dest, ignore=ignore)
+    return dest
+
+
 @pytest.fixture(scope="session")
-def tiny_run(ray_session, tmp_path_factory):
-    """The full tiny pipeline (data → gnn → reward → eval → report), run ONCE per session.
+def tiny_job(tmp_path_factory) -> TinyJob:
+    """``python jobs/full.py`` — README command (1) verbatim, ONCE per session.
 
-    Returns the :class:`copl_ray.artifacts.RunDir`; reuses the session's Ray. Set
-    ``COPL_TINY_RUN_DIR`` to reuse an existing run directory across sessions (stages whose
-    markers match the config are reused, so a finished run costs nothing) and
-    ``COPL_TINY_OVERRIDES`` ("a.b=c;d.e=f") to shrink the run while developing; tests read
-    their expectations from the run's own config.yaml.
+    It runs as a subprocess in a copy of the repository (cwd = the copy, default run
+    directory ``runs/tiny``, no arguments), so a relative path that leaks into a Ray worker
+    or a missing file fails here as it fails for a new user. It starts its own local Ray
+    beside the session's (``ray_session``), as a user's run beside a ``serve run`` does.
+    ``COPL_TINY_RUN_DIR`` reuses a run directory across sessions while developing (stages
+    whose markers match are reused) and ``COPL_TINY_OVERRIDES`` ("a.b=c;d.e=f") shrinks
+    it; neither is set in CI. Tests read their expectations from the run's config.yaml.
     """
-    from copl_ray.artifacts import RunDir
-    from copl_ray.config import load_config
-    from copl_ray.pipeline import run_pipeline
+    repo = copy_repository(tmp_path_factory.mktemp("fresh_clone") / "copl-ray")
+    cmd = [sys.executable, "jobs/full.py"]
+    for item in os.environ.get("COPL_TINY_OVERRIDES", "").split(";"):
+        if item.strip():
+            cmd += ["--set", item.strip()]
+    run_dir = repo / "runs" / "tiny"
+    if os.environ.get("COPL_TINY_RUN_DIR"):
+        run_dir = Path(os.environ["COPL_TINY_RUN_DIR"]).resolve()
+        cmd += ["--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}  # the copy's package, as a clone has it
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
+    (repo / "console.log").write_text(proc.stdout + proc.stderr)
+    job = TinyJob(repo, RunDir(run_dir), proc.returncode, proc.stdout, proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join(job.console[-40:])
+        pytest.fail(f"README command (1) failed with exit {proc.returncode}:\n{tail}")
+    return job
 
-    root = os.environ.get("COPL_TINY_RUN_DIR") or str(tmp_path_factory.mktemp("tiny_run"))
-    extra = [o for o in os.environ.get("COPL_TINY_OVERRIDES", "").split(";") if o.strip()]
-    cfg = load_config("tiny", [*extra, f"run.dir={root}"])
-    run_pipeline(cfg)
-    return RunDir(root)
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_job) -> RunDir:
+    """The run directory of README command (1) (``tiny_job``)."""
+    return tiny_job.run
