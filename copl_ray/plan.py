@@ -160,9 +160,10 @@ def planned_steps(cfg: Config, run: RunDir, job: str) -> int | None:
     Read by the reward stage; a plan.json of another config (key mismatch) is ignored.
     """
     path = run.root / PLAN_FILE
-    if not path.exists():
-        return None
-    plan = json.loads(path.read_text())
+    try:
+        plan = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return None  # damaged by hand: plan_run (before this stage) rewrites it
     if plan.get("key") != plan_key(cfg):
         return None
     for j in plan.get("jobs", []):
@@ -312,5 +313,7 @@ def plan_run(cfg: Config, run: RunDir) -> RunPlan:
     plan = make_plan(cfg, run)
     record: dict[str, Any] = asdict(plan)
     record.pop("reused")
-    path.write_text(json.dumps(record, indent=2))
+    tmp = path.with_name(PLAN_FILE + ".tmp")  # atomic: the reward stage never reads half
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
     return plan

@@ -77,6 +77,18 @@ def test_plan_json_carries_the_cap_for_this_config_only(tmp_path: Path) -> None:
     assert planned_steps(other, run, "copl") is None
 
 
+def test_too_few_pairs_for_the_workers_fails_in_the_plan(tmp_path: Path) -> None:
+    """Known from the data's tables: one line naming the field, before the GNN trains."""
+    from copl_ray.data.build import run_data_stage
+
+    small = ["data.n_users=40", "data.n_unseen_users=4", "data.synthetic.n_prompts=60"]
+    cfg = load_config("tiny", [*small, "train.num_workers=5000", "reward.models=[uniform]"])
+    run = RunDir(tmp_path)
+    run_data_stage(cfg, run)
+    with pytest.raises(ConfigError, match=r"train\.num_workers: .*training pairs for 5000"):
+        plan_run(cfg, run)
+
+
 # ------------------------------------------------------------------ BYO end to end
 def byo_rows(n_users: int = 2000, per_user: int = 10, seed: int = 0) -> list[dict]:
     """~20k labels as a datasets/TRL export: split train/test, no group column."""
@@ -130,3 +142,19 @@ def test_byo_run_announces_its_plan_and_caps_steps(tmp_path: Path) -> None:
     assert Path(out[-1]).name == "report.json" and Path(out[-1]).exists()
     rep = json.loads(Path(out[-1]).read_text())
     assert rep["data"]["n_annotations"]["test"] > 0 and rep["data"]["groups"] == []
+
+
+def test_reward_stage_trains_the_budgeted_steps(tmp_path: Path, ray_session) -> None:
+    """The cap of plan.json is what the reward stage trains (and its LR schedule spans)."""
+    from copl_ray.data.build import run_data_stage
+    from copl_ray.reward.stage import run_reward_stage
+
+    small = ["data.n_users=40", "data.n_unseen_users=4", "data.synthetic.n_prompts=60"]
+    cfg = load_config("tiny", [*small, "reward.models=[uniform]", "train.time_budget_min=0.1"])
+    run = RunDir(tmp_path)
+    run_data_stage(cfg, run)
+    (job,) = plan_run(cfg, run).jobs
+    assert job.budget_steps == MIN_STEPS < job.steps
+    run_reward_stage(cfg, run)
+    m = json.loads((run.reward("uniform") / "metrics.json").read_text())
+    assert m["total_steps"] == m["steps"] == MIN_STEPS

@@ -145,7 +145,9 @@ def training_schedule(
     counts = count_pairs(run.data, member_ids, train_splits, texts, val_slice, False)
     rows = counts["rows"]
     if rows < world:
-        raise ValueError(f"reward model {job!r}: {rows} training pairs for {world} workers")
+        raise ConfigError(
+            f"train.num_workers: reward model {job!r} has {rows} training pairs for {world} workers"
+        )
     micro = min(tc.batch_size, rows // world)
     steps_per_epoch = max(1, rows // (world * micro * tc.grad_accum))
     return {

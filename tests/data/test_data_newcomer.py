@@ -210,3 +210,16 @@ def test_user_with_only_test_rows_is_a_counted_drop(tmp_path: Path) -> None:
     assert set(t.annotations.loc[t.annotations.split == "survey", "user_id"]) == set(
         t.users.user_id
     )
+
+
+def test_report_names_the_controversial_definition(tmp_path: Path) -> None:
+    from copl_ray.artifacts import RunDir
+    from copl_ray.data.build import run_data_stage
+    from copl_ray.report import build_report
+
+    cfg = cfg_for(write(tmp_path / "own.jsonl", own_rows()))
+    run = RunDir(tmp_path / "run")
+    run_data_stage(cfg, run)
+    rep = json.loads(build_report(cfg, run).read_text())
+    assert "minority side >= 0.25" in rep["data"]["controversial_definition"]
+    assert "| controversial = | annotators' minority side >= 0.25" in run.report_md.read_text()
