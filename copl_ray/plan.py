@@ -307,9 +307,10 @@ def plan_run(cfg: Config, run: RunDir) -> RunPlan:
         except json.JSONDecodeError:
             d = {}
         if d.get("key") == plan_key(cfg):
-            d["jobs"] = [JobPlan(**j) for j in d["jobs"]]
-            d["reused"] = True
-            return RunPlan(**d)
+            try:
+                return RunPlan(**{**d, "jobs": [JobPlan(**j) for j in d["jobs"]], "reused": True})
+            except (TypeError, KeyError):
+                pass  # written by another version: plan again
     plan = make_plan(cfg, run)
     record: dict[str, Any] = asdict(plan)
     record.pop("reused")
