@@ -81,6 +81,12 @@ class DataConfig:
     ufp_pairs: str = "argilla/ultrafeedback-binarized-preferences-cleaned"  # HF name or file
     user_test_frac: float = 0.2  # own data / UKP: share of each user's labels held out as test
     own_min_labels: int = 3  # own data: users with fewer labels are dropped (counted)
+    # own data / UKP: a pair is controversial when its minority side holds at least this
+    # share of its annotators (>= 2 of them); copl_ray/data/own.py derives the default
+    controversial_min_share: float = 0.25
+    # own data / UKP: rows with a prompt or response longer than this are dropped (counted
+    # text_too_long); ~5k tokens, far beyond any reward.max_length the presets train on
+    max_text_chars: int = 20000
     seed: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -185,6 +191,10 @@ class TrainConfig:
     batch_size: int = 32  # pairs per worker per step
     epochs: int = 1
     max_steps: int = -1  # -1 = epochs decide
+    # training budget of a run in minutes (GNN + every reward model), None = no budget:
+    # when the run plan's measured ETA exceeds it, each reward model's steps are capped
+    # (copl_ray/plan.py; the cap is recorded in run_dir/plan.json)
+    time_budget_min: float | None = None
     eval_every: int = 100  # steps
     ckpt_every: int = 500  # steps
     seed: int = 0

@@ -34,6 +34,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "data.ukp_min_labels": _POS_INT,
     "data.user_test_frac": _OPEN_FRACTION,
     "data.own_min_labels": _POS_INT,
+    "data.controversial_min_share": (0, 0.5, "(]"),  # a minority is at most half
+    "data.max_text_chars": _POS_INT,
     "data.synthetic.n_prompts": _POS_INT,
     "data.synthetic.responses_per_prompt": (2, None, "[]"),
     "data.synthetic.label_noise": _PROB,
@@ -97,6 +99,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "train.keep_checkpoints": _POS_INT,
     "train.max_failures": _NONNEG,
     "train.val_fraction": _FRACTION,
+    "train.time_budget_min": _POS,  # None = no budget
     # eval
     "eval.batch_size": _POS_INT,
     # serve

@@ -194,6 +194,19 @@ def _fmt_s(seconds: float | None) -> str:
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
 
 
+# ------------------------------------------------------------------------ run plan
+def announce_run_plan(cfg: Config, run: RunDir, plan: list[tuple[str, str]]) -> None:
+    """Print the run plan (pairs, steps per model, ETA, budget: copl_ray/plan.py) when the
+    GNN or the reward stage will train; the plan writes run_dir/plan.json, which carries a
+    budget's step cap to the reward stage."""
+    if not any(s in ("gnn", "reward") and a == "run" for s, a in plan):
+        return
+    from copl_ray.plan import plan_run
+
+    for line in plan_run(cfg, run).lines():
+        log(f"plan: {line}")
+
+
 # ------------------------------------------------------------------------ pipeline
 def run_pipeline(
     cfg: Config,
@@ -245,8 +258,9 @@ def run_pipeline(
     t_total = time.perf_counter()
     try:
         for i, (stage, action) in enumerate(plan, 1):
-            if i == 2:  # plan[0] is the data stage; it ran or was reused: check its numbers
+            if stage == "gnn":  # the data stage ran or was reused; nothing has trained yet
                 check_with_data(cfg, run, STAGES[: last + 1])
+                announce_run_plan(cfg, run, plan)
             head = f"stage {i}/{len(plan)} [{stage}]"
             if action == "reuse":
                 log(f"{head} reused (artifact matches config; {_fmt_s(run.stage_seconds(stage))})")

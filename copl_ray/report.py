@@ -13,7 +13,8 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
 - ``created``: ISO-8601 UTC time the report was written
 - ``data``: null | {``source``, ``n_users_seen``, ``n_users_unseen``, ``n_responses``,
   ``n_pairs``, ``n_pool_pairs``, ``n_annotations``: {split: int},
-  ``labels_per_user``: {min, median, max}, ``controversial_share``, ``groups``: [str],
+  ``labels_per_user``: {min, median, max}, ``controversial_share``,
+  ``controversial_definition``: str|null (the rule that made a pair controversial), ``groups``: [str],
   ``drops``: {reason: int}, ``n_dropped``: int (sum of drops), ``notes``: [str]}
 - ``gnn``: {``heldout_accuracy``, ``val_accuracy``, ``test_accuracy_in_graph``,
   ``truth_accuracy`` (vs the true group labels, synthetic data), ``best_epoch``,

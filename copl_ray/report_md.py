@@ -183,6 +183,7 @@ def _data(rep: dict) -> list[str]:
         ["annotations by split", ", ".join(f"{k} {v}" for k, v in (d.get("n_annotations") or {}).items())],
         ["labels per seen user", ", ".join(f"{k} {v:g}" for k, v in (d.get("labels_per_user") or {}).items())],
         ["controversial share", _pct(d.get("controversial_share")) + " %"],
+        ["controversial =", d.get("controversial_definition") or "—"],
     ]  # fmt: skip
     out = ["## Data", "", *_table(["", ""], [[str(a), str(b)] for a, b in rows])]
     drops = d.get("drops") or {}

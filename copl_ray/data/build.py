@@ -14,6 +14,7 @@ import pandas as pd
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError
 from copl_ray.data.tables import PreferenceTables
+from copl_ray.data.validate import DataError
 
 
 def finalize_summary(tables: PreferenceTables) -> PreferenceTables:
@@ -43,6 +44,8 @@ def finalize_summary(tables: PreferenceTables) -> PreferenceTables:
     )
     if tables.groups and not s.groups:
         s.groups = tables.groups
+    if s.controversial_definition is None and known.any():  # synthetic, UF-P: by group labels
+        s.controversial_definition = "the preference groups' labels disagree"
     return tables
 
 
@@ -81,7 +84,27 @@ def build_tables(cfg: Config) -> PreferenceTables:
         tables = build_ukp(cfg.data)
     else:  # config validation makes this unreachable
         raise ConfigError(f"data.source: unknown source {src!r}")
-    return finalize_summary(_normalise_dtypes(tables))
+    return check_trainable(finalize_summary(_normalise_dtypes(tables)))
+
+
+MIN_SEEN_USERS = 2
+
+
+def check_trainable(tables: PreferenceTables) -> PreferenceTables:
+    """Fail the data stage (one line) when the tables cannot train the GNN.
+
+    The GNN learns users from each other: with fewer than 2 seen users it would run and
+    then fail later (t-SNE, clustering, adaptation); say it here, before any training.
+    """
+    s = tables.summary
+    if s.n_users_seen < MIN_SEEN_USERS:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(s.drops.items())) or "none"
+        raise DataError(
+            f"data: {s.n_users_seen} seen user(s) after drops and {s.n_users_unseen} held out "
+            f"as unseen; training needs >= {MIN_SEEN_USERS} seen users (drops: {drops}; "
+            "data.n_unseen_users sets how many are held out)"
+        )
+    return tables
 
 
 def run_data_stage(cfg: Config, run: RunDir) -> dict:

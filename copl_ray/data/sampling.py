@@ -278,6 +278,29 @@ def sample_group_users(
     return annotations, users
 
 
+def _drop_users_without_survey(
+    ann: pd.DataFrame, users_sorted: np.ndarray, unseen: set, summary: DataSummary
+) -> tuple[pd.DataFrame, np.ndarray, set]:
+    """Drop users with no ``survey`` label (counted ``user_without_adaptation_labels``).
+
+    Only a given ``split`` column can cause it (the automatic split keeps one survey label
+    per user), e.g. a user whose rows are all ``test``. Such a user is dropped rather than
+    kept: unseen, the adaptation has no label to place them (the "personalised" score would
+    be the population fallback, reported as adaptation accuracy); seen, the GNN and the
+    reward models have nothing of theirs to train on. Either way their test labels would
+    measure no personalisation, so counting them as a drop is the honest summary.
+    """
+    has_survey = set(ann.loc[ann["split"] == "survey", "user_id"])
+    lost = [u for u in users_sorted if u not in has_survey]
+    if not lost:
+        return ann, users_sorted, unseen
+    summary.drop("user_without_adaptation_labels", len(lost))
+    gone = ann["user_id"].isin(set(lost))
+    summary.drop("annotation_of_dropped_user", int(gone.sum()))
+    keep_users = np.array([u for u in users_sorted if u in has_survey], dtype=object)
+    return ann[~gone].reset_index(drop=True), keep_users, unseen - set(lost)
+
+
 def split_user_annotations(
     ann: pd.DataFrame,
     cfg: DataConfig,
@@ -296,9 +319,12 @@ def split_user_annotations(
     ``max(1, round(test_frac * m))`` become ``test`` (seen users: at most
     ``test_pairs_seen``; unseen: at most ``test_pairs_unseen``); of the rest a seen user
     gives one ``val`` label when ``val_pair``; everything else is ``survey``. Rows whose
-    ``preset_split`` is given (own data's optional ``split`` column) keep that split.
+    ``preset_split`` is given (own data's optional ``split`` column) keep that split; the
+    automatic split then applies to the user's other rows only (``m`` counts those).
     ``user_group`` (user_id -> group) makes the unseen users even over groups and fills
-    ``users.group``; without it ``users.group`` is null.
+    ``users.group``; without it ``users.group`` is null. A user whom the given splits
+    leave without a ``survey`` label is dropped (counted, see
+    :func:`_drop_users_without_survey`).
     """
     ann = ann.reset_index(drop=True)
     counts = ann.groupby("user_id", sort=True).size()
@@ -340,8 +366,15 @@ def split_user_annotations(
     ann = ann.iloc[perm].reset_index(drop=True)
     if preset_split is not None:
         preset_split = preset_split.iloc[perm].reset_index(drop=True)
-    rank = ann.groupby("user_id", sort=False).cumcount().to_numpy()
-    m = ann["user_id"].map(counts).to_numpy()
+    # the automatic split ranks only the rows without a given split, so a user with any
+    # such row keeps a survey label whatever the given rows say
+    given = (
+        preset_split.notna().to_numpy() if preset_split is not None else np.zeros(len(ann), bool)
+    )
+    auto_users = ann.loc[~given, "user_id"]
+    rank = np.zeros(len(ann), dtype=np.int64)
+    rank[~given] = auto_users.groupby(auto_users, sort=False).cumcount().to_numpy()
+    m = ann["user_id"].map(auto_users.value_counts()).fillna(0).astype(np.int64).to_numpy()
     is_unseen = ann["user_id"].isin(unseen).to_numpy()
     cap = np.where(is_unseen, cfg.test_pairs_unseen, cfg.test_pairs_seen)
     n_test = np.minimum(np.maximum(1, np.round(test_frac * m).astype(np.int64)), cap)
@@ -351,9 +384,9 @@ def split_user_annotations(
         split = np.where((rank == n_test) & ~is_unseen & (m - n_test >= 2), 1, split)
     split_names = SPLIT_CODES[split]
     if preset_split is not None:
-        given = preset_split.notna().to_numpy()
         split_names = np.where(given, preset_split.to_numpy(dtype=object), split_names)
     ann["split"] = split_names
+    ann, users_sorted, unseen = _drop_users_without_survey(ann, users_sorted, unseen, summary)
     order = np.lexsort(
         (
             pd.Categorical(ann["split"], categories=list(SPLIT_CODES)).codes,

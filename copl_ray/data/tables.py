@@ -77,6 +77,7 @@ class DataSummary:
     n_annotations: dict[str, int] = field(default_factory=dict)  # by split
     labels_per_user: dict[str, float] = field(default_factory=dict)  # min/median/max survey+val
     controversial_share: float | None = None
+    controversial_definition: str | None = None  # the rule behind pairs.controversial
     groups: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)  # reason -> count
     notes: list[str] = field(default_factory=list)
@@ -96,7 +97,8 @@ class DataSummary:
             f"annotations: {self.n_annotations}",
             "labels per seen user (survey+val): "
             + ", ".join(f"{k} {v:g}" for k, v in self.labels_per_user.items()),
-            f"controversial share of pairs: {self.controversial_share}",
+            f"controversial share of pairs: {self.controversial_share}"
+            + (f" ({self.controversial_definition})" if self.controversial_definition else ""),
             "drops: " + (", ".join(f"{k}={v}" for k, v in sorted(self.drops.items())) or "none"),
         ]
         lines += [f"note: {n}" for n in self.notes]

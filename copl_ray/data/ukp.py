@@ -13,7 +13,9 @@ Folder ``data.path`` (see its README.md; the data is never copied into the repo)
   out of each worker's own judgments (``data.user_test_frac``, capped by
   ``test_pairs_seen`` / ``test_pairs_unseen``), see :mod:`copl_ray.data.own`;
 * no preference groups (``users.group`` null, no ``label_`` columns);
-  ``controversial`` = the pair's non-tie judgments disagree (null with < 2 judgments).
+  ``controversial``: the minority of the pair's non-tie judgments holds at least
+  ``data.controversial_min_share`` of them (null with < 2 judgments; see
+  :func:`copl_ray.data.own.controversial_pairs`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from copl_ray.config import short_repr
+
 
 class DataError(ValueError):
     """Bad input data or data config; the message names file/row/column or config field."""
@@ -57,12 +59,13 @@ def check_columns(
         raise DataError(
             f"{where(file)}: missing column(s) {missing}; expected {list(required)}"
             + (f" (optional {list(optional)})" if optional else "")
-            + f", found {cols}"
+            + f", found {short_repr(cols, 200)}"
         )
     extra = [c for c in cols if c not in required and c not in optional]
     if extra:
         raise DataError(
-            f"{where(file)}: unexpected column(s) {extra}; allowed {list(required) + list(optional)}"
+            f"{where(file)}: unexpected column(s) {short_repr(extra, 200)}; allowed "
+            f"{list(required) + list(optional)}"
         )
 
 
@@ -74,8 +77,16 @@ def check_string_column(df: pd.DataFrame, file: str | Path, column: str) -> None
         i = bad[0]
         raise DataError(
             f"{where(file, i, column)}: expected text, got {type(values[i]).__name__} "
-            f"{values[i]!r} ({len(bad)} such row(s))"
+            f"{short_repr(values[i])} ({len(bad)} such row(s))"
         )
+
+
+def too_long_mask(df: pd.DataFrame, columns: Sequence[str], max_chars: int) -> pd.Series:
+    """Rows where any of ``columns`` holds a text longer than ``max_chars`` characters."""
+    mask = pd.Series(False, index=df.index)
+    for c in columns:
+        mask |= df[c].map(lambda v: isinstance(v, str) and len(v) > max_chars)
+    return mask
 
 
 def null_or_empty_mask(series: pd.Series) -> pd.Series:
@@ -128,7 +139,9 @@ def read_records(path: Path) -> list[dict]:
             raise DataError(f"file {str(path)!r}: cannot read parquet: {e}") from None
     if suffix in (".jsonl", ".json"):
         check_utf8(path)
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors, Excel exports) is read as one, as
+        # pandas does for CSV, instead of becoming an invalid first JSON line
+        text = path.read_text(encoding="utf-8-sig")
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
@@ -147,7 +160,9 @@ def read_records(path: Path) -> list[dict]:
                     ) from None
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
         if bad is not None:
-            raise DataError(f"{where(path, bad)}: expected a JSON object, got {rows[bad]!r:.80}")
+            raise DataError(
+                f"{where(path, bad)}: expected a JSON object, got {short_repr(rows[bad])}"
+            )
         return rows
     if suffix == ".csv":
         check_utf8(path)

@@ -287,9 +287,10 @@ def export_gnn(
             emb_all.append(np.stack(adapted["weighted"]["embedding"].to_numpy()))
             seen_flags.append(np.zeros(len(unseen_ids), bool))
             grp += list(users.set_index("user_id").reindex(unseen_ids)["group"].to_numpy())
-        plot_user_tsne(
-            np.concatenate(emb_all), grp, np.concatenate(seen_flags), out / "tsne.png", seed=seed
-        )
+        points, flags = np.concatenate(emb_all), np.concatenate(seen_flags)
+        if plot_user_tsne(points, grp, flags, out / "tsne.png", seed=seed) is None:
+            metrics["tsne_skipped"] = f"{len(points)} user(s): too few points for a t-SNE"
+            print(f"gnn: t-SNE skipped: {metrics['tsne_skipped']}", flush=True)
     metrics["export_seconds"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+# t-SNE needs perplexity < points; the perplexity below is >= 2, so 3 points is the least
+# sklearn accepts, and fewer than 4 make no picture worth drawing
+MIN_TSNE_POINTS = 4
+
 
 def plot_user_tsne(
     embeddings: np.ndarray,
@@ -15,12 +19,16 @@ def plot_user_tsne(
     max_points: int = 1500,
     seed: int = 0,
     title: str = "CoPL user embeddings (t-SNE)",
-) -> Path:
+) -> Path | None:
     """Write a PNG; seen users as dots, adapted unseen users as black-edged stars.
 
     At most ``max_points`` users are embedded (random subset, unseen users kept first)
-    so the plot stays seconds even at UF-P scale (Barnes-Hut, 400 iterations).
+    so the plot stays seconds even at UF-P scale (Barnes-Hut, 400 iterations). With fewer
+    than :data:`MIN_TSNE_POINTS` users there is nothing to embed: returns None, writes
+    nothing (the caller notes the skip) instead of failing the stage.
     """
+    if len(embeddings) < MIN_TSNE_POINTS:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")

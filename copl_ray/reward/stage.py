@@ -125,6 +125,43 @@ def model_jobs(
 
 
 # ------------------------------------------------------------------ one model
+def training_schedule(
+    cfg: Config, run: RunDir, job: str, member_ids: list[str], texts
+) -> dict[str, Any]:
+    """Training pairs, micro batch and steps of one model, before any run-plan budget.
+
+    ``texts`` is the response-text lookup of :func:`read_lookups`. The one place the
+    steps are counted: the reward stage trains by it and the run plan (copl_ray/plan.py)
+    announces and budgets it.
+    """
+    tc = cfg.train
+    world = tc.num_workers
+    has_val_split = (
+        bool(count_pairs(run.data, member_ids, ("val",), texts)["rows"])
+        and not cfg.reward.train_on_val_pairs
+    )
+    train_splits = ("survey", "val") if cfg.reward.train_on_val_pairs else ("survey",)
+    val_slice = 0.0 if has_val_split else tc.val_fraction
+    counts = count_pairs(run.data, member_ids, train_splits, texts, val_slice, False)
+    rows = counts["rows"]
+    if rows < world:
+        raise ConfigError(
+            f"train.num_workers: reward model {job!r} has {rows} training pairs for {world} workers"
+        )
+    micro = min(tc.batch_size, rows // world)
+    steps_per_epoch = max(1, rows // (world * micro * tc.grad_accum))
+    return {
+        "counts": counts,
+        "has_val_split": has_val_split,
+        "train_splits": train_splits,
+        "val_slice": val_slice,
+        "rows": rows,
+        "micro": micro,
+        "steps_per_epoch": steps_per_epoch,
+        "total": tc.max_steps if tc.max_steps > 0 else steps_per_epoch * tc.epochs,
+    }
+
+
 def train_reward_model(
     cfg: Config,
     run: RunDir,
@@ -149,23 +186,17 @@ def train_reward_model(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from copl_ray.env import setup_env
+    from copl_ray.plan import planned_steps
 
     tc = cfg.train
     world = tc.num_workers
     member_ids = only_users if only_users is not None else [u for u in users.user_ids if u]
-    has_val_split = (
-        bool(count_pairs(run.data, member_ids, ("val",), lookups[0])["rows"])
-        and not cfg.reward.train_on_val_pairs
-    )
-    train_splits = ("survey", "val") if cfg.reward.train_on_val_pairs else ("survey",)
-    val_slice = 0.0 if has_val_split else tc.val_fraction
-    counts = count_pairs(run.data, member_ids, train_splits, lookups[0], val_slice, False)
-    rows = counts["rows"]
-    if rows < world:
-        raise ValueError(f"reward model {job!r}: {rows} training pairs for {world} workers")
-    micro = min(tc.batch_size, rows // world)
-    steps_per_epoch = max(1, rows // (world * micro * tc.grad_accum))
-    total = tc.max_steps if tc.max_steps > 0 else steps_per_epoch * tc.epochs
+    sched = training_schedule(cfg, run, job, member_ids, lookups[0])
+    counts, has_val_split = sched["counts"], sched["has_val_split"]
+    train_splits, val_slice = sched["train_splits"], sched["val_slice"]
+    rows, micro, steps_per_epoch = sched["rows"], sched["micro"], sched["steps_per_epoch"]
+    # the run plan's training budget (run_dir/plan.json), when it capped this model
+    total = planned_steps(cfg, run, job) or sched["total"]
     common = dict(
         users=users,
         tokenizer_dir=tokenizer_dir,

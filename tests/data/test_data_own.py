@@ -87,18 +87,21 @@ def test_own_data_roundtrip(tmp_path: Path, suffix: str) -> None:
 
 def test_own_split_column_respected(tmp_path: Path) -> None:
     rows = own_rows()
-    for r in rows[:12]:
+    for r in rows[:9] + rows[10:12]:  # user0: 9 of 10 test (all 10: dropped, see newcomer)
         r["split"] = "test"
     for r in rows[12:14]:
         r["split"] = "survey"
     t = build_tables(cfg_for(write(tmp_path / "own.jsonl", rows)))
+    assert t.summary.drops == {}
     text = t.responses.set_index("response_id")["text"]
     ann = t.annotations.assign(
         c=text[t.annotations.chosen].to_numpy(), r=text[t.annotations.rejected].to_numpy()
     )
     got = ann.set_index(["user_id", "c", "r"])["split"]
-    for r in rows[:14]:
+    for r in rows[:9] + rows[10:14]:
         assert got[(r["user_id"], r["chosen"], r["rejected"])] == r["split"]
+    # the one automatic row of user0 is its survey label
+    assert got[(rows[9]["user_id"], rows[9]["chosen"], rows[9]["rejected"])] == "survey"
 
 
 # ------------------------------------------------------------------ §4 bad input
@@ -149,8 +152,10 @@ def test_non_utf8_bytes(tmp_path: Path) -> None:
 
 def test_bad_split_value(tmp_path: Path) -> None:
     rows = own_rows()
-    rows[2]["split"] = "train"
-    with pytest.raises(DataError, match=r"row 2.*column 'split'.*'train'"):
+    rows[2]["split"] = "training"
+    with pytest.raises(
+        DataError, match=r"row 2.*column 'split'.*'training'.*accepted: survey, train"
+    ):
         build_tables(cfg_for(write(tmp_path / "own.jsonl", rows)))
 
 
