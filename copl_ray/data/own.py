@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from copl_ray.config import DataConfig
+from copl_ray.config import DataConfig, short_repr
 from copl_ray.data.sampling import split_user_annotations
 from copl_ray.data.tables import (
     DataSummary,
@@ -38,7 +38,6 @@ from copl_ray.data.tables import (
 )
 from copl_ray.data.validate import (
     DataError,
-    _short,
     check_columns,
     check_string_column,
     duplicated_unordered,
@@ -73,7 +72,7 @@ def normalise_split(values: pd.Series, label: str) -> pd.Series:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
-            f"{where(label, i, 'split')}: {_short(values.iloc[i])} is not a split "
+            f"{where(label, i, 'split')}: {short_repr(values.iloc[i])} is not a split "
             f"({int(bad.sum())} such row(s)); accepted: {', '.join(SPLIT_SYNONYMS)} "
             "(train = survey; validation, valid, dev = val) or empty for automatic"
         )
@@ -97,7 +96,7 @@ def load_own_frame(cfg: DataConfig, summary: DataSummary) -> tuple[pd.DataFrame,
     if not ok.all():
         i = int(np.flatnonzero(~ok.to_numpy())[0])
         raise DataError(
-            f"{where(label, i, 'user_id')}: expected text or integer, got {_short(uid[i])}"
+            f"{where(label, i, 'user_id')}: expected text or integer, got {short_repr(uid[i])}"
         )
     if "split" in df:
         df["split"] = normalise_split(df["split"], label)
