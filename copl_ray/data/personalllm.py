@@ -30,8 +30,8 @@ reward model) and ``response_scores`` (response_id + the standardised scores).
 Errors (one line naming file, row, column): a missing column, a non-text prompt or
 response, a non-numeric score. Counted drops: ``empty_text`` / ``text_too_long``
 (responses; an empty prompt drops its row), ``missing_score`` (a response with a null
-score), ``duplicate_prompt`` (a prompt text seen before), ``identical_responses``
-(candidate pairs of equal texts), ``tie`` (a label with an exactly equal mixed score).
+score), ``duplicate_prompt`` (a prompt text seen before), ``identical_responses`` (a
+response repeating an earlier one's text for the same prompt), ``tie`` (a label with an exactly equal mixed score).
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def read_prompts(
                     summary.drop("text_too_long")
                 elif np.isnan(s).any():
                     summary.drop("missing_score")
+                elif t in kept_t:  # one response per text (the first one's scores)
+                    summary.drop("identical_responses")
                 else:
                     kept_t.append(t)
                     kept_s.append(s)
@@ -123,7 +125,7 @@ def read_prompts(
 
 
 def candidate_pairs(
-    prompts: list[str], texts: list[list[str]], summary: DataSummary
+    prompts: list[str], texts: list[list[str]]
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """(responses table, prompt_id, response_a, response_b) of every two usable responses."""
     rows, pa_, pb_, pp_ = [], [], [], []
@@ -131,9 +133,6 @@ def candidate_pairs(
         base = len(rows)
         rows += [(p_id, prompt, t) for t in ts]
         for i, j in combinations(range(len(ts)), 2):
-            if ts[i] == ts[j]:
-                summary.drop("identical_responses")
-                continue
             pa_.append(base + i)
             pb_.append(base + j)
             pp_.append(p_id)
@@ -168,12 +167,34 @@ def _models(cfg: DataConfig) -> list[str]:
     return models
 
 
+def simulated_annotations(
+    pairs: pd.DataFrame,
+    survey_mask: np.ndarray,
+    test_mask: np.ndarray,
+    z: np.ndarray,
+    weights: np.ndarray,
+    ids: np.ndarray,
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    summary: DataSummary,
+) -> pd.DataFrame:
+    """Each user's drawn pairs labelled by their mixed score ``w · (z_a - z_b)``."""
+    user_idx, pair_row, split = draw_user_pairs(survey_mask, test_mask, cfg, rng, summary)
+    a = pairs["response_a"].to_numpy()[pair_row]
+    b = pairs["response_b"].to_numpy()[pair_row]
+    mixed = np.einsum("nm,nm->n", weights[user_idx], z[a] - z[b])
+    tie = mixed == 0
+    summary.drop("tie", int(tie.sum()))
+    user_idx, pair_row, split, mixed = (x[~tie] for x in (user_idx, pair_row, split, mixed))
+    return labelled_annotations(pairs, ids, user_idx, pair_row, split, np.sign(mixed))
+
+
 def build_personalllm(cfg: DataConfig) -> PreferenceTables:
     summary = DataSummary(source="personalllm")
     models = _models(cfg)
     sources = dataset_rows(cfg.path, HUB_NAME, None)
     prompts, texts, scores = read_prompts(sources, models, cfg, summary)
-    responses, p_id, a, b = candidate_pairs(prompts, texts, summary)
+    responses, p_id, a, b = candidate_pairs(prompts, texts)
     if len(a) == 0:
         raise DataError(f"data.path: no usable PersonalLLM response pair (drops: {summary.drops})")
     z = standardise(np.concatenate(scores, axis=0))
@@ -186,13 +207,8 @@ def build_personalllm(cfg: DataConfig) -> PreferenceTables:
         models, p_id, a, b, labels, np.zeros(len(a), bool), np.ones(len(a), bool),
         heldout, cfg, summary, "not_in_pool",
     )  # fmt: skip
-    user_idx, pair_row, split = draw_user_pairs(survey_mask, test_mask, cfg, rng, summary)
-    mixed = np.einsum("nm,nm->n", weights[user_idx], z[a[pair_row]] - z[b[pair_row]])
-    tie = mixed == 0
-    summary.drop("tie", int(tie.sum()))
-    user_idx, pair_row, split, mixed = (x[~tie] for x in (user_idx, pair_row, split, mixed))
     ids = np.concatenate([user_ids("user", cfg.n_users), user_ids("unseen", cfg.n_unseen_users)])
-    ann = labelled_annotations(pairs, ids, user_idx, pair_row, split, np.sign(mixed))
+    ann = simulated_annotations(pairs, survey_mask, test_mask, z, weights, ids, cfg, rng, summary)
     users = pd.DataFrame(
         {
             "user_id": ids,
@@ -200,10 +216,6 @@ def build_personalllm(cfg: DataConfig) -> PreferenceTables:
             "group": np.array(models, dtype=object)[weights.argmax(axis=1)],
         }
     )
-    pairs["controversial"] = population_controversial(
-        z, weights, pairs["response_a"].to_numpy(), pairs["response_b"].to_numpy(),
-        cfg.controversial_min_share,
-    )  # fmt: skip
     score_cols = [f"z_{m}" for m in models]
     responses[score_cols] = z  # travel with the responses through the renumbering
     responses, pairs, ann = keep_annotated(responses, pairs, ann)
@@ -211,6 +223,11 @@ def build_personalllm(cfg: DataConfig) -> PreferenceTables:
         columns=dict(zip(score_cols, models))
     )
     responses = responses.drop(columns=score_cols)
+    # over the kept pairs only: the candidates x users matrix would not fit in memory
+    pairs["controversial"] = population_controversial(
+        response_scores[models].to_numpy(), weights, pairs["response_a"].to_numpy(),
+        pairs["response_b"].to_numpy(), cfg.controversial_min_share,
+    )  # fmt: skip
     summary.controversial_definition = (
         f"the simulated population's minority side >= {cfg.controversial_min_share:g} of its "
         "users (data.controversial_min_share; known truth: every user's mixed score)"

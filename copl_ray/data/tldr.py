@@ -3,8 +3,8 @@
 Source: ``openai/summarize_from_feedback``, config ``comparisons`` (splits ``train``,
 ``validation``), the human comparisons of Stiennon et al., "Learning to summarize from
 human feedback", NeurIPS 2020 (arXiv:2009.01325). The hub card names no licence; the
-data's release (github.com/openai/summarize-from-feedback) builds on the Reddit TL;DR
-corpus of Völske et al. (2017). Read by name through ``datasets`` or from local files
+release's README (github.com/openai/summarize-from-feedback) gives CC BY 4.0 for its
+TL;DR data, which builds on the Reddit corpus of Völske et al. (2017). Read by name through ``datasets`` or from local files
 (copl_ray/data/hub.py: ``data.path`` a file, or a folder with ``comparisons/``).
 
 Schema, one row per comparison (as the hub ships it):
