@@ -155,3 +155,26 @@ def test_personalllm_non_numeric_score_names_row_and_column(tmp_path: Path) -> N
     df.to_json(d, orient="records", lines=True)
     with pytest.raises(DataError, match=r"row 3, column 'response_4_gemma_2b': expected a number"):
         build_tables(_cfg(d))
+
+
+def test_personalllm_rows_through_datasets_match_local_rows(tmp_path: Path) -> None:
+    """data.path null goes through ``datasets.load_dataset``: on the same files (a local
+    dataset folder stands in for the hub) it must give the rows the local reader gives."""
+    from copl_ray.data.hub import hub_rows, local_rows
+
+    folder = write_personalllm(tmp_path / "pl")
+    via_datasets = hub_rows(str(folder), None)
+    local = local_rows(folder, None, main=True)
+    assert sorted(s.label.rsplit("/", 1)[-1] for s in via_datasets) == ["test]", "train]"]
+
+    def key(r: dict) -> str:
+        return r["prompt"]
+
+    def rows(sources) -> list[dict]:
+        return sorted((r for s in sources for r in s.rows), key=key)
+
+    got, want = rows(via_datasets), rows(local)
+    assert len(got) == len(want) == N_PROMPTS + 1
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        assert all(g[k] == w[k] or (g[k] is None and w[k] is None) for k in w)
