@@ -60,8 +60,9 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic", "ufp", "own", "ukp"] = "synthetic"
-    path: str | None = None  # own file / ukp folder / local UF-P files (None = HF hub by name)
+    source: Literal["synthetic", "ufp", "own", "ukp", "tldr", "prism", "personalllm"] = "synthetic"
+    # own file / ukp folder / local UF-P, TL;DR, PRISM, PersonalLLM files (None = HF hub by name)
+    path: str | None = None
     n_groups: int = 2  # UF-P-2 / UF-P-4 (synthetic: 2 or 4 attribute groups)
     n_users: int = 200  # seen users, evenly over groups
     n_unseen_users: int = 20  # unseen users, evenly over groups
@@ -87,6 +88,13 @@ class DataConfig:
     # own data / UKP: rows with a prompt or response longer than this are dropped (counted
     # text_too_long); ~5k tokens, far beyond any reward.max_length the presets train on
     max_text_chars: int = 20000
+    # TL;DR / PRISM: workers / participants with fewer usable labels are dropped (counted)
+    min_user_labels: int = 10
+    # PersonalLLM: Dirichlet concentration of a simulated user's reward-model weights; small
+    # = one dominant reward model per user (LoRe's PersonalLLM population uses 0.1)
+    personalllm_alpha: float = 0.1
+    # PersonalLLM: the reward models users mix (null = all ten score columns of the dataset)
+    personalllm_reward_models: list[str] | None = None
     seed: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

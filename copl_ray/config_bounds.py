@@ -36,6 +36,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "data.own_min_labels": _POS_INT,
     "data.controversial_min_share": (0, 0.5, "(]"),  # a minority is at most half
     "data.max_text_chars": _POS_INT,
+    "data.min_user_labels": _POS_INT,
+    "data.personalllm_alpha": _POS,
     "data.synthetic.n_prompts": _POS_INT,
     "data.synthetic.responses_per_prompt": (2, None, "[]"),
     "data.synthetic.label_noise": _PROB,

@@ -184,8 +184,10 @@ def data_has_groups(cfg: Config) -> tuple[bool, str]:
     src = cfg.data.source
     if src in ("synthetic", "ufp"):
         return cfg.data.n_groups > 0, f"data.source={src} with data.n_groups={cfg.data.n_groups}"
-    if src == "ukp":
-        return False, "data.source=ukp (annotators have no known groups)"
+    if src in ("ukp", "tldr", "prism"):
+        return False, f"data.source={src} (annotators have no known groups)"
+    if src == "personalllm":  # simulated users: group = the dominant reward model
+        return True, "data.source=personalllm"
     if not cfg.data.path:
         return False, "data.path (not set)"
     path = Path(cfg.data.path)

@@ -1,4 +1,5 @@
-"""Preference data: canonical tables (``tables``), sources (synthetic, UF-P, own, UKP),
+"""Preference data: canonical tables (``tables``), sources (synthetic, UF-P, own, UKP, and
+the public sets TL;DR, PRISM, PersonalLLM read by name or local path through ``hub``),
 shared user sampling and validation. ``build_tables`` / ``run_data_stage`` are the entry
 points; ``python -m copl_ray.data build --config tiny`` is the CLI.
 """

@@ -1,7 +1,8 @@
 """Data stage: build the four canonical tables from the configured source and write them.
 
-``build_tables(cfg)`` dispatches on ``cfg.data.source`` (synthetic | ufp | own | ukp) and
-fills the common summary statistics; ``run_data_stage(cfg, run)`` writes ``run.data``.
+``build_tables(cfg)`` dispatches on ``cfg.data.source`` (synthetic | ufp | own | ukp | tldr |
+prism | personalllm) and fills the common summary statistics; ``run_data_stage(cfg, run)``
+writes ``run.data``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def _normalise_dtypes(t: PreferenceTables) -> PreferenceTables:
     return t
 
 
+# public real-data sets read by name or local path (copl_ray/data/hub.py): source -> builder
+REAL_BUILDERS = {
+    "tldr": ("copl_ray.data.tldr", "build_tldr"),
+    "prism": ("copl_ray.data.prism", "build_prism"),
+    "personalllm": ("copl_ray.data.personalllm", "build_personalllm"),
+}
+
+
 def build_tables(cfg: Config) -> PreferenceTables:
     """Build ``PreferenceTables`` for ``cfg.data.source``; raises ``DataError`` on bad input."""
     src = cfg.data.source
@@ -82,6 +91,11 @@ def build_tables(cfg: Config) -> PreferenceTables:
         from copl_ray.data.ukp import build_ukp
 
         tables = build_ukp(cfg.data)
+    elif src in REAL_BUILDERS:
+        import importlib
+
+        module, fn = REAL_BUILDERS[src]
+        tables = getattr(importlib.import_module(module), fn)(cfg.data)
     else:  # config validation makes this unreachable
         raise ConfigError(f"data.source: unknown source {src!r}")
     return check_trainable(finalize_summary(_normalise_dtypes(tables)))

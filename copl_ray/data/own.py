@@ -34,7 +34,7 @@ from copl_ray.data.sampling import split_user_annotations
 from copl_ray.data.tables import (
     DataSummary,
     PreferenceTables,
-    drop_unreferenced_responses,
+    keep_annotated,
 )
 from copl_ray.data.validate import (
     DataError,
@@ -79,29 +79,18 @@ def normalise_split(values: pd.Series, label: str) -> pd.Series:
     return canon.astype(object).where(canon.notna(), None)
 
 
-def load_own_frame(cfg: DataConfig, summary: DataSummary) -> tuple[pd.DataFrame, str]:
-    path = resolve_path(cfg.path, "data.path")
-    rows = read_records(path)
-    label = str(path)
-    if not rows:
-        raise DataError(f"file {label!r}: no rows")
-    df = pd.DataFrame.from_records(rows)
-    check_columns(df, label, REQUIRED, OPTIONAL)
-    for col in ("prompt", "chosen", "rejected", *[c for c in OPTIONAL if c in df]):
-        check_string_column(df, label, col)
-    # user ids: text or integers (normalised to text); anything else is an error
+def drop_unusable_judgments(
+    df: pd.DataFrame, cfg: DataConfig, summary: DataSummary
+) -> pd.DataFrame:
+    """Rows of ``df[user_id, prompt, chosen, rejected]`` that can train, the rest counted.
+
+    Counted drops, in this order (a row counts once): ``missing_user_id``, ``empty_text``
+    (null or blank prompt/response), ``text_too_long`` (over ``data.max_text_chars``),
+    ``identical_responses``, ``duplicate_annotation`` (same user, prompt and pair in either
+    order; the first is kept); users left with no row: ``user_without_usable_annotation``.
+    User ids become text. Shared by own data and the real-data builders (TL;DR, PRISM).
+    """
     uid = df["user_id"].astype(object)
-    ok = uid.map(lambda v: v is None or v != v or isinstance(v, (str, int, np.integer)))
-    ok &= ~uid.map(lambda v: isinstance(v, bool))
-    if not ok.all():
-        i = int(np.flatnonzero(~ok.to_numpy())[0])
-        raise DataError(
-            f"{where(label, i, 'user_id')}: expected text or integer, got {short_repr(uid[i])}"
-        )
-    if "split" in df:
-        df["split"] = normalise_split(df["split"], label)
-    df["_row"] = np.arange(len(df))
-    # row-level problems: counted drops
     no_user = null_or_empty_mask(uid)
     summary.drop("missing_user_id", int(no_user.sum()))
     empty = ~no_user & (
@@ -124,6 +113,32 @@ def load_own_frame(cfg: DataConfig, summary: DataSummary) -> tuple[pd.DataFrame,
     df = df[~dup]
     lost = users_before - set(df["user_id"])
     summary.drop("user_without_usable_annotation", len(lost))
+    return df
+
+
+def load_own_frame(cfg: DataConfig, summary: DataSummary) -> tuple[pd.DataFrame, str]:
+    path = resolve_path(cfg.path, "data.path")
+    rows = read_records(path)
+    label = str(path)
+    if not rows:
+        raise DataError(f"file {label!r}: no rows")
+    df = pd.DataFrame.from_records(rows)
+    check_columns(df, label, REQUIRED, OPTIONAL)
+    for col in ("prompt", "chosen", "rejected", *[c for c in OPTIONAL if c in df]):
+        check_string_column(df, label, col)
+    # user ids: text or integers (normalised to text); anything else is an error
+    uid = df["user_id"].astype(object)
+    ok = uid.map(lambda v: v is None or v != v or isinstance(v, (str, int, np.integer)))
+    ok &= ~uid.map(lambda v: isinstance(v, bool))
+    if not ok.all():
+        i = int(np.flatnonzero(~ok.to_numpy())[0])
+        raise DataError(
+            f"{where(label, i, 'user_id')}: expected text or integer, got {short_repr(uid[i])}"
+        )
+    if "split" in df:
+        df["split"] = normalise_split(df["split"], label)
+    df["_row"] = np.arange(len(df))
+    df = drop_unusable_judgments(df, cfg, summary)
     if df.empty:
         raise DataError(f"file {label!r}: no usable annotation (drops: {summary.drops})")
     return df.reset_index(drop=True), label
@@ -219,14 +234,7 @@ def tables_from_judgments(
     trained = set(ann.loc[ann["split"] != "test", "pair_id"])
     pairs["heldout"] = ~pairs["pair_id"].isin(trained)
     # keep only pairs/responses still referenced (users below the minimum were dropped)
-    used_pairs = np.unique(ann["pair_id"])
-    pairs = pairs[pairs["pair_id"].isin(used_pairs)].reset_index(drop=True)
-    pid_map = pd.Series(np.arange(len(pairs), dtype=np.int64), index=pairs["pair_id"])
-    ann["pair_id"] = pid_map[ann["pair_id"]].to_numpy()
-    pairs["pair_id"] = np.arange(len(pairs), dtype=np.int64)
-    responses, pairs, rmap = drop_unreferenced_responses(responses, pairs)
-    for c in ("chosen", "rejected"):
-        ann[c] = rmap[ann[c]]
+    responses, pairs, ann = keep_annotated(responses, pairs, ann)
     summary.n_pool_pairs = int((~pairs["heldout"]).sum())
     return PreferenceTables(responses, pairs, ann, users, summary)
 

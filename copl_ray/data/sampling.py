@@ -166,32 +166,21 @@ def select_group_pairs(
     return pairs, in_pool[sel], in_test[sel]
 
 
-def sample_group_users(
-    pairs: pd.DataFrame,
-    groups: list[str],
+def draw_user_pairs(
     survey_mask: np.ndarray,
     test_mask: np.ndarray,
     cfg: DataConfig,
     rng: np.random.Generator,
     summary: DataSummary,
-    label_noise: float = 0.0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sample seen + unseen users over ``groups``; returns ``(annotations, users)``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which pairs each simulated user labels, in which split (the rules of the module doc).
 
-    ``survey_mask`` marks the survey pool (never held-out prompts); ``test_mask`` the
-    test candidates (held-out prompts only). Raises :class:`DataError` naming the config
-    field when the survey pool cannot give each user ``n`` (AVG: ``2n-1``) distinct pairs.
+    Users ``0..n_users-1`` are seen, ``n_users..n_users+n_unseen_users-1`` unseen. Returns
+    flat ``(user_index, pair_row, split_code)`` (split codes index :data:`SPLIT_CODES`);
+    the caller labels each row (by the user's group, or by a simulated user's own reward
+    as in copl_ray/data/personalllm.py). Raises :class:`DataError` naming the config field
+    when the survey pool cannot give each user ``n`` (AVG: ``2n-1``) distinct pairs.
     """
-    survey_mask = np.asarray(survey_mask, dtype=bool)
-    test_mask = np.asarray(test_mask, dtype=bool)
-    heldout = pairs["heldout"].to_numpy(dtype=bool)
-    if (survey_mask & heldout).any():
-        raise AssertionError("survey pool contains held-out prompts")
-    if (test_mask & ~heldout).any():
-        raise AssertionError("test pool contains non-held-out prompts")
-    n_groups = len(groups)
-    if n_groups == 0:
-        raise DataError("data.n_groups: group sampling needs at least one preference group")
     n = cfg.labels_per_user
     if n < 1:
         raise DataError(f"data.labels_per_user: must be >= 1, got {n}")
@@ -207,8 +196,6 @@ def sample_group_users(
 
     # ---- seen users
     n_seen, n_unseen = cfg.n_users, cfg.n_unseen_users
-    seen_group = np.repeat(np.arange(n_groups), even_split(n_seen, n_groups))
-    unseen_group = np.repeat(np.arange(n_groups), even_split(n_unseen, n_groups))
     if cfg.sampling == "all":
         k = np.full(n_seen, n, dtype=np.int64)
     else:
@@ -247,18 +234,23 @@ def sample_group_users(
             np.full(len(ut_user), 2),
         ]
     )
-    all_group = np.concatenate([seen_group, unseen_group])
-    labels = np.stack([pairs[label_column(g)].to_numpy(dtype=np.int64) for g in groups], axis=1)
-    lab = labels[pair_row, all_group[user_idx]]
-    if label_noise > 0:
-        flip = rng.random(len(lab)) < label_noise
-        lab = np.where(flip, -lab, lab)
+    return user_idx, pair_row, split
+
+
+def labelled_annotations(
+    pairs: pd.DataFrame,
+    ids: np.ndarray,
+    user_idx: np.ndarray,
+    pair_row: np.ndarray,
+    split: np.ndarray,
+    lab: np.ndarray,
+) -> pd.DataFrame:
+    """The ``annotations`` table of :func:`draw_user_pairs`' rows labelled ``lab`` (+1:
+    the user prefers ``response_a``), in a stable order: user, then survey, val, test."""
     a = pairs["response_a"].to_numpy(dtype=np.int64)[pair_row]
     b = pairs["response_b"].to_numpy(dtype=np.int64)[pair_row]
-    ids = np.concatenate([user_ids("user", n_seen), user_ids("unseen", n_unseen)])
-    # stable order: user, then split (survey, val, test)
     order = np.lexsort((split, user_idx))
-    annotations = pd.DataFrame(
+    return pd.DataFrame(
         {
             "user_id": take_strings(ids, user_idx[order]),
             "pair_id": pairs["pair_id"].to_numpy(dtype=np.int64)[pair_row[order]],
@@ -267,6 +259,46 @@ def sample_group_users(
             "split": take_strings(SPLIT_CODES, split[order]),
         }
     )
+
+
+def sample_group_users(
+    pairs: pd.DataFrame,
+    groups: list[str],
+    survey_mask: np.ndarray,
+    test_mask: np.ndarray,
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    summary: DataSummary,
+    label_noise: float = 0.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sample seen + unseen users over ``groups``; returns ``(annotations, users)``.
+
+    ``survey_mask`` marks the survey pool (never held-out prompts); ``test_mask`` the
+    test candidates (held-out prompts only). Raises :class:`DataError` naming the config
+    field when the survey pool cannot give each user ``n`` (AVG: ``2n-1``) distinct pairs.
+    """
+    survey_mask = np.asarray(survey_mask, dtype=bool)
+    test_mask = np.asarray(test_mask, dtype=bool)
+    heldout = pairs["heldout"].to_numpy(dtype=bool)
+    if (survey_mask & heldout).any():
+        raise AssertionError("survey pool contains held-out prompts")
+    if (test_mask & ~heldout).any():
+        raise AssertionError("test pool contains non-held-out prompts")
+    n_groups = len(groups)
+    if n_groups == 0:
+        raise DataError("data.n_groups: group sampling needs at least one preference group")
+    user_idx, pair_row, split = draw_user_pairs(survey_mask, test_mask, cfg, rng, summary)
+    n_seen, n_unseen = cfg.n_users, cfg.n_unseen_users
+    seen_group = np.repeat(np.arange(n_groups), even_split(n_seen, n_groups))
+    unseen_group = np.repeat(np.arange(n_groups), even_split(n_unseen, n_groups))
+    all_group = np.concatenate([seen_group, unseen_group])
+    labels = np.stack([pairs[label_column(g)].to_numpy(dtype=np.int64) for g in groups], axis=1)
+    lab = labels[pair_row, all_group[user_idx]]
+    if label_noise > 0:
+        flip = rng.random(len(lab)) < label_noise
+        lab = np.where(flip, -lab, lab)
+    ids = np.concatenate([user_ids("user", n_seen), user_ids("unseen", n_unseen)])
+    annotations = labelled_annotations(pairs, ids, user_idx, pair_row, split, lab)
     group_names = np.array(groups, dtype=object)
     users = pd.DataFrame(
         {
@@ -342,7 +374,7 @@ def split_user_annotations(
     if len(counts) == 0:
         raise DataError(
             f"no user has >= {min_labels} usable labels (see the config field that sets the "
-            "minimum: data.ukp_min_labels / data.own_min_labels)"
+            "minimum: data.ukp_min_labels / data.own_min_labels / data.min_user_labels)"
         )
     users_sorted = np.array(counts.index, dtype=object)
     n_unseen = min(cfg.n_unseen_users, len(users_sorted) // 2)  # keep most users seen

@@ -112,6 +112,9 @@ class PreferenceTables:
     annotations: pd.DataFrame
     users: pd.DataFrame
     summary: DataSummary
+    # source-specific side tables written as ``<name>.parquet`` beside the four (e.g. the
+    # known truth of PersonalLLM's simulated users); no stage reads them
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def groups(self) -> list[str]:
@@ -135,6 +138,10 @@ class PreferenceTables:
             pa.Table.from_pandas(self.users, schema=USERS_SCHEMA, preserve_index=False),
             folder / "users.parquet",
         )
+        for name, frame in self.extras.items():
+            pq.write_table(
+                pa.Table.from_pandas(frame, preserve_index=False), folder / f"{name}.parquet"
+            )
         (folder / "summary.json").write_text(json.dumps(self.summary.to_dict(), indent=2))
 
     @classmethod
@@ -168,3 +175,21 @@ def drop_unreferenced_responses(
         response_a=remap[pairs["response_a"]], response_b=remap[pairs["response_b"]]
     )
     return responses, pairs, remap
+
+
+def keep_annotated(
+    responses: pd.DataFrame, pairs: pd.DataFrame, ann: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Only the pairs some annotation references and their responses, both renumbered
+    ``0..n-1`` in their order, with ``ann``'s ids (``pair_id``, ``chosen``, ``rejected``)
+    mapped along. ``pairs.pair_id`` and ``responses.response_id`` must be row positions."""
+    ann = ann.copy()
+    used_pairs = np.unique(ann["pair_id"])
+    pairs = pairs[pairs["pair_id"].isin(used_pairs)].reset_index(drop=True)
+    pid_map = pd.Series(np.arange(len(pairs), dtype=np.int64), index=pairs["pair_id"])
+    ann["pair_id"] = pid_map[ann["pair_id"]].to_numpy()
+    pairs["pair_id"] = np.arange(len(pairs), dtype=np.int64)
+    responses, pairs, rmap = drop_unreferenced_responses(responses, pairs)
+    for c in ("chosen", "rejected"):
+        ann[c] = rmap[ann[c].to_numpy()]
+    return responses, pairs, ann
