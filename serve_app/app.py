@@ -22,16 +22,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from ray import serve
 
+from copl_ray.config import ConfigError
 from copl_ray.serving import timing
 from copl_ray.serving.ingress import use_direct_ingress
-from copl_ray.serving.scorer import check_run_dir
-from copl_ray.serving.settings import ServeSettings, resolve_settings
-from copl_ray.serving.store import AdaptedUser, StoreError, UserStore, now
+from copl_ray.serving.scorer import RunDirIncomplete, check_run_dir
+from copl_ray.serving.settings import ServeArgsError, ServeSettings, resolve_settings
+from copl_ray.serving.store import (
+    AdaptedUser,
+    StoreError,
+    UserStore,
+    now,
+    prepare_store_folder,
+)
 from serve_app.schemas import (
     AnnotationsRequest,
     CompareRequest,
@@ -41,6 +50,7 @@ from serve_app.schemas import (
     UserCreated,
     UserInfo,
     configure_limits,
+    quotable_errors,
 )
 
 # `serve run serve_app.app:build_app ...` imports this module before it starts a local Ray:
@@ -51,12 +61,50 @@ use_direct_ingress()
 logger = logging.getLogger("ray.serve")
 REPLICA_HEADER = "X-Replica-Id"
 
+
+class BearerToken(HTTPBearer):
+    """Declared by the routes that need the bearer token (documents it in OpenAPI);
+    enforced by :class:`TokenFirstRoute` before the body is read. Recognised by class,
+    not identity: Serve pickles the app, so a replica's routes hold copies."""
+
+
+BEARER = BearerToken(
+    auto_error=False,
+    description="needed when the server was built with a token (serve.auth_token_env)",
+)
+
+
+class TokenFirstRoute(APIRoute):
+    """Routes declaring :data:`BEARER` check the token before FastAPI reads the body.
+
+    FastAPI parses and validates the body before it runs any dependency, so a token check
+    written as a dependency or in the handler answers an unauthenticated caller with the
+    body's 422 details (or a 500). Here the check wraps the whole request handler: no
+    token, no parsing. The token hash is the replica's (``RewardServer._authorize``).
+    """
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if not any(
+            isinstance(getattr(d, "dependency", None), BearerToken) for d in self.dependencies
+        ):
+            return handler
+
+        async def token_first(request: Request):
+            server = serve.get_replica_context().servable_object
+            server._authorize(request.headers.get("authorization"))
+            return await handler(request)
+
+        return token_first
+
+
 api = FastAPI(
     title="copl-ray reward server",
     version="1",
     description="Personalised reward scores (CoPL) per user; new users adapted from a few "
     "labels without any gradient step.",
 )
+api.router.route_class = TokenFirstRoute
 
 
 class ReplicaHeaders:
@@ -110,6 +158,13 @@ async def _store_unavailable(request, exc: StoreError) -> JSONResponse:
     """The shared user store failed (disk full, unreadable document): 503, message only."""
     logger.error("user store error on %s: %s", request.url.path, exc)
     return JSONResponse({"detail": f"user store unavailable: {exc}"}, status_code=503)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(request, exc: RequestValidationError) -> JSONResponse:
+    """422 with the field paths, in a body that always renders: FastAPI's default handler
+    fails (500) on a ``NaN`` input or a lone surrogate, and echoes any input in full."""
+    return JSONResponse({"detail": quotable_errors(exc.errors())}, status_code=422)
 
 
 @dataclass
@@ -196,7 +251,8 @@ class RewardServer:
         return created.embedding, info
 
     def _authorize(self, authorization: str | None) -> None:
-        """Bearer token check for user-creating endpoints (constant-time; never logged)."""
+        """Bearer token check for user-creating endpoints (constant-time; never logged).
+        Called by :class:`TokenFirstRoute` before the request body is read."""
         expected = self.settings.auth_token_sha256
         if not expected:
             return
@@ -259,12 +315,11 @@ class RewardServer:
             user_id=req.user_id, p_a_over_b=p, score_a=sa, score_b=sb, model=self.settings.model
         )
 
-    @api.post("/v1/users", response_model=UserCreated, status_code=201)
-    async def create_user(
-        self, req: AnnotationsRequest, authorization: str | None = Header(default=None)
-    ) -> UserCreated:
+    @api.post(
+        "/v1/users", response_model=UserCreated, status_code=201, dependencies=[Depends(BEARER)]
+    )
+    async def create_user(self, req: AnnotationsRequest) -> UserCreated:
         """A new user from a few labelled pairs (optimisation-free adaptation, no gradient)."""
-        self._authorize(authorization)
         anns = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
         res = await asyncio.to_thread(self.adapter.adapt, anns)
 
@@ -284,15 +339,13 @@ class RewardServer:
             version=user.version,
         )
 
-    @api.post("/v1/users/{user_id}/annotations", response_model=UserCreated)
-    async def add_annotations(
-        self,
-        user_id: str,
-        req: AnnotationsRequest,
-        authorization: str | None = Header(default=None),
-    ) -> UserCreated:
+    @api.post(
+        "/v1/users/{user_id}/annotations",
+        response_model=UserCreated,
+        dependencies=[Depends(BEARER)],
+    )
+    async def add_annotations(self, user_id: str, req: AnnotationsRequest) -> UserCreated:
         """Refine a created user: re-adapt from all of their labels (old + new)."""
-        self._authorize(authorization)
         if self.scorer.users.get(user_id) is not None:
             raise HTTPException(
                 status_code=409,
@@ -374,6 +427,28 @@ class RewardServer:
             raise RuntimeError(f"user store {self.store.folder} is not reachable")
 
 
+def checked_settings(args: dict[str, Any]) -> ServeSettings:
+    """Every check the builder can make before Ray deploys anything: the args, the run
+    directory's artifacts and the user store folder (a real write). A failure is one
+    :class:`ServeArgsError` line naming the field, instead of a traceback from the CLI or
+    replicas failing their constructor in Serve's retry loop."""
+    try:
+        s = resolve_settings(dict(args))
+    except ConfigError as e:
+        raise ServeArgsError(str(e)) from None
+    try:
+        check_run_dir(s.run_dir, s.model)
+    except RunDirIncomplete as e:
+        raise ServeArgsError(f"run_dir: {e}") from None
+    try:
+        prepare_store_folder(s.users_dir)
+    except StoreError as e:
+        raise ServeArgsError(
+            f"serve.users_dir: {e} (default run_dir/serve/users; pass users_dir=PATH)"
+        ) from None
+    return s
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for ``serve run serve_app.app:build_app run_dir=... [key=value]``.
 
@@ -381,8 +456,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     autoscaling), ``auth_token_sha256``, and any ``ServeConfig`` field (``max_responses=4``).
     Values override the ``serve`` section of ``run_dir/config.yaml``.
     """
-    s = resolve_settings(dict(args))
-    check_run_dir(s.run_dir, s.model)
+    s = checked_settings(args)
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
         "max_ongoing_requests": max(64, 2 * s.target_ongoing_requests),

@@ -10,10 +10,18 @@ serve.max_chars=8000``.
 
 from __future__ import annotations
 
+import math
+import reprlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+QUOTE_CHARS = 80  # the most of a client's input an error message quotes
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = QUOTE_CHARS
 
 
 @dataclass
@@ -32,7 +40,20 @@ def configure_limits(max_responses: int, max_chars: int, max_annotations: int) -
     LIMITS.max_annotations = int(max_annotations)
 
 
+def _check_unicode(v: str) -> str:
+    """JSON's ``\\ud800`` escapes decode to lone UTF-16 surrogates, which no tokenizer (and
+    no UTF-8 encoder) accepts: refuse them here, naming the field, instead of a 500."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"not valid Unicode: lone UTF-16 surrogate at character {e.start}"
+        ) from None
+    return v
+
+
 def _check_text(v: str) -> str:
+    _check_unicode(v)
     if len(v) > LIMITS.max_chars:
         raise ValueError(
             f"text has {len(v)} characters; the limit is serve.max_chars={LIMITS.max_chars}"
@@ -56,8 +77,17 @@ def _check_annotations(v: list) -> list:
     return v
 
 
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("empty or blank text: a label needs the prompt and both responses")
+    return v
+
+
 Text = Annotated[str, AfterValidator(_check_text)]
-UserId = Annotated[str, Field(min_length=1, max_length=128, examples=["u0001"])]
+LabelText = Annotated[Text, AfterValidator(_not_blank)]
+UserId = Annotated[
+    str, Field(min_length=1, max_length=128, examples=["u0001"]), AfterValidator(_check_unicode)
+]
 
 
 class _Strict(BaseModel):
@@ -92,9 +122,9 @@ class CompareResponse(BaseModel):
 
 
 class AnnotationIn(_Strict):
-    prompt: Text
-    chosen: Text = Field(description="the response the user preferred")
-    rejected: Text
+    prompt: LabelText
+    chosen: LabelText = Field(description="the response the user preferred")
+    rejected: LabelText
 
     @model_validator(mode="after")
     def _distinct(self) -> AnnotationIn:
@@ -131,3 +161,42 @@ class UserInfo(BaseModel):
     updated_at: float | None = None
     embedding_dim: int
     embedding: list[float] | None = None
+
+
+def _quote_text(text: str, limit: int = QUOTE_CHARS) -> str:
+    """At most ``limit`` characters of ``text``, lone surrogates escaped (UTF-8 safe)."""
+    cut = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    return cut if len(text) <= limit else f"{cut}… ({len(text)} characters)"
+
+
+def quotable(value: Any) -> Any:
+    """A stand-in for a client's value that any JSON encoder accepts and that stays short:
+    finite numbers as they are, text capped and escaped, ``NaN``/``Infinity`` and
+    containers as a capped ``repr`` (JSON has no NaN; FastAPI's default 422 renderer
+    fails on one, and echoes a megabyte of input back as readily)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) < 2**53:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str):
+        return _quote_text(value)
+    return _quote_text(_REPR.repr(value))
+
+
+def quotable_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI validation errors as a 422 body that always renders: ``loc``
+    (whose keys come from the client), ``msg`` and ``input`` pass through :func:`quotable`;
+    ``ctx`` (exception objects) is dropped — ``msg`` already says it."""
+    out = []
+    for e in errors:
+        item = {
+            "type": str(e.get("type", "value_error")),
+            "loc": [quotable(x) for x in e.get("loc", ())],
+            "msg": _quote_text(str(e.get("msg", "")), limit=400),
+        }
+        if "input" in e:
+            item["input"] = quotable(e["input"])
+        out.append(item)
+    return out

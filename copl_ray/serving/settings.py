@@ -16,17 +16,43 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import click
 import yaml
+from ray.serve.exceptions import RayServeException
 
 from copl_ray.config import Config, ConfigError, ServeConfig, config_from_dict
 
 APP_KEYS = ("run_dir", "num_replicas", "auth_token_sha256")
 SERVE_KEYS = tuple(f.name for f in dataclasses.fields(ServeConfig))
 RUN_DIR_ENV = "COPL_RUN_DIR"
+
+
+class ServeArgsError(ConfigError, RayServeException, click.ClickException):
+    """A bad application arg or run directory, reported by Serve as one line.
+
+    Serve surfaces a builder's exception in two places, and this class is what each shows
+    without a traceback: ``serve run serve_app.app:build_app ...`` calls the builder in the
+    CLI before Ray starts, inside Click, which prints a ``ClickException`` with
+    :meth:`show` and exits with :attr:`exit_code`; ``serve run CONFIG`` / ``serve deploy``
+    build in the controller's build task, which reports a ``RayServeException`` as its
+    message only. It stays a :class:`ConfigError` for every other caller.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        print(f"error: {self.message}", file=file or sys.stderr)
 
 
 @dataclass

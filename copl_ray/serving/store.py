@@ -97,17 +97,29 @@ def new_user_id() -> str:
     return f"{NEW_USER_PREFIX}{uuid.uuid4().hex[:20]}"
 
 
+def prepare_store_folder(folder: str | Path) -> Path:
+    """Create the store folder and prove it takes a file (a real write, not ``os.access``:
+    as root every mode bit passes, yet a read-only mount or a file in the folder's place
+    still refuses). Called by the app builder before deploying, so a bad folder is one
+    line there instead of a replica failing its constructor in a retry loop."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file" if blocker else (e.strerror or type(e).__name__)
+        raise StoreError(f"user store {path}: not a writable folder: {reason}") from None
+    return path
+
+
 class UserStore:
     """Folder of adapted users with a stat-validated in-process cache."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"user store {self.folder}: cannot create folder: {e}") from None
-        if not os.access(self.folder, os.W_OK):
-            raise StoreError(f"user store {self.folder}: folder is not writable")
+        self.folder = prepare_store_folder(folder)
         self._cache: dict[str, tuple[tuple[int, int], AdaptedUser]] = {}
 
     def _path(self, user_id: str) -> Path:

@@ -10,6 +10,7 @@ rounding (~1e-6 relative), never more than 1e-4 absolute for |score| ≲ 10.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -391,3 +392,118 @@ def test_restart_keeps_users(served, ref):
     assert r.status_code == 200, r.text
     assert _replica(r) not in old  # really a new replica
     np.testing.assert_allclose(r.json()["scores"], before, atol=1e-6)
+
+
+# ------------------------------------------------- malformed bodies (issue 17 §5.11)
+def _raw(url, path, data: bytes | str, headers=None):
+    """POST bytes as they are (requests' json= refuses NaN and would re-encode)."""
+    h = {"content-type": "application/json", **(headers or {})}
+    return requests.post(f"{url}{path}", data=data, headers=h, timeout=60)
+
+
+def _strict_json(r: requests.Response):
+    """The body parses as standard JSON (no NaN/Infinity tokens), or the test fails."""
+
+    def no_constants(token):
+        raise AssertionError(f"non-standard JSON constant {token} in {r.text[:200]}")
+
+    return json.loads(r.content.decode("utf-8"), parse_constant=no_constants)
+
+
+def test_token_is_checked_before_the_body(served):
+    """With a token configured, an unauthenticated caller learns nothing about the body:
+    401 (no token) / 403 (wrong token) before any parsing or validation, on every route
+    that needs the token, and before the 404 of an unknown user."""
+    url = served["url"]
+    bodies = [
+        b"{not json",
+        b'{"annotations": NaN}',
+        b'{"annotations": [{"prompt": "p", "chosen": "\\ud800", "rejected": "r"}]}',
+        b'{"unexpected": 1}',
+        b"",
+        "x" * 100_000,
+    ]
+    for path in ("/v1/users", "/v1/users/nobody/annotations"):
+        for body in bodies:
+            r = _raw(url, path, body)
+            assert r.status_code == 401, (path, body[:40], r.status_code, r.text[:300])
+            assert _strict_json(r) == {
+                "detail": "this endpoint needs 'Authorization: Bearer <token>'"
+            }
+            r = _raw(url, path, body, {"Authorization": "Bearer wrong"})
+            assert r.status_code == 403, (path, body[:40], r.status_code, r.text[:300])
+    # with the token, the same bodies get their 4xx
+    for body in bodies[:4]:
+        r = _raw(url, "/v1/users", body, AUTH)
+        assert r.status_code == 422, (body, r.text[:300])
+        assert _strict_json(r)["detail"]
+
+
+def test_malformed_bodies_are_4xx_that_render(served, ref):
+    """Lone surrogates and NaN/Infinity are client errors (422 naming the field), never a
+    500; no error body carries NaN, a lone surrogate, or more than a capped quote."""
+    url = served["url"]
+    u = str(ref["users"]["user_id"].iloc[0])
+    prompt, responses = _prompt_and_responses(ref["tables"])
+
+    def score(prompt_json: str, responses_json: str) -> requests.Response:
+        body = f'{{"user_id": "{u}", "prompt": {prompt_json}, "responses": {responses_json}}}'
+        return _raw(url, "/v1/score", body)
+
+    ok = json.dumps(responses)
+    cases = [
+        (score('"a lone \\ud800 surrogate"', ok), ("body", "prompt"), "surrogate"),
+        (
+            score(json.dumps(prompt), '["fine", "bad \\udfff"]'),
+            ("body", "responses", 1),
+            "surrogate",
+        ),
+        (score("NaN", ok), ("body", "prompt"), None),
+        (score(json.dumps(prompt), "[Infinity, -Infinity]"), ("body", "responses", 0), None),
+        (score(json.dumps(prompt), "NaN"), ("body", "responses"), None),
+    ]
+    for r, loc, word in cases:
+        assert r.status_code == 422, (loc, r.status_code, r.text[:300])
+        detail = _strict_json(r)["detail"]
+        assert loc in [tuple(e["loc"]) for e in detail], detail
+        if word:
+            assert any(word in e["msg"] for e in detail), detail
+    r = _raw(
+        url,
+        "/v1/compare",
+        f'{{"user_id": "{u}", "prompt": "p", "a": "\\ud83d", "b": "b"}}',
+    )
+    assert ("body", "a") in [tuple(e["loc"]) for e in _strict_json(r)["detail"]]
+    r = _raw(
+        url,
+        "/v1/users",
+        '{"annotations": [{"prompt": "p", "chosen": "c\\udc00", "rejected": "r"}]}',
+        AUTH,
+    )
+    assert ("body", "annotations", 0, "chosen") in [
+        tuple(e["loc"]) for e in _strict_json(r)["detail"]
+    ]
+    # a key the client made up (surrogate, 1 MB long) and a 1 MB value: quoted, capped
+    huge = "k" * 1_000_000
+    for body in (
+        f'{{"user_id": "{u}", "prompt": "p", "responses": ["a"], "\\ud800{huge}": 1}}',
+        f'{{"user_id": "{huge}", "prompt": "p", "responses": ["a"]}}',
+        f'{{"user_id": "{u}", "prompt": "p", "responses": [{{"x": "{huge}"}}]}}',
+    ):
+        r = _raw(url, "/v1/score", body)
+        assert r.status_code == 422 and len(r.content) < 2_000, (r.status_code, len(r.content))
+        _strict_json(r)
+    # not JSON at all, or not UTF-8: still a 4xx with a JSON body
+    for data in (b"{", b'{"user_id": "\xff\xfe"}', b"[1, 2", b"null"):
+        r = _raw(url, "/v1/score", data)
+        assert 400 <= r.status_code < 500, (data, r.status_code, r.text[:300])
+        assert _strict_json(r)["detail"]
+
+
+def test_blank_annotation_texts_are_422_with_field(served):
+    url = served["url"]
+    for field, value in [("chosen", ""), ("rejected", "   "), ("prompt", "\n\t")]:
+        ann = {"prompt": "p", "chosen": "c", "rejected": "r", field: value}
+        r = _post(url, "/v1/users", {"annotations": [ann]}, AUTH)
+        assert ("body", "annotations", 0, field) in _loc(r), r.text
+        assert "blank" in r.text

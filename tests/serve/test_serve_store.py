@@ -115,8 +115,9 @@ def test_settings_precedence_and_errors(tmp_path, monkeypatch):
 
 
 def test_build_app_names_the_missing_artifact(tmp_path):
-    from copl_ray.serving.scorer import RunDirIncomplete
+    from copl_ray.config import ConfigError
     from serve_app.app import build_app
 
-    with pytest.raises(RunDirIncomplete, match="reward/copl/reward_config.json"):
+    # a ConfigError (ServeArgsError): `serve run` prints it as one line, exit 2
+    with pytest.raises(ConfigError, match=r"^run_dir: .*reward/copl/reward_config.json"):
         build_app({"run_dir": str(tmp_path)})
