@@ -41,9 +41,18 @@ def setup_env() -> dict[str, str]:
     return env
 
 
-# Ray runtime_env ``worker_process_setup_hook``: every worker process of a job pins the
-# address of the Ray it belongs to (see :func:`pin_ray_address`).
-PIN_RAY_ADDRESS_HOOK = "copl_ray.env.pin_ray_address"
+# Ray runtime_env ``worker_process_setup_hook`` of every copl-ray job (:func:`ray_worker_setup`).
+RAY_WORKER_SETUP_HOOK = "copl_ray.env.ray_worker_setup"
+
+
+def ray_worker_setup() -> None:
+    """Runs first in every Ray worker process of a copl-ray job (tasks, actors, Train
+    workers and controllers, Ray's own helper actors): pin the job's Ray address and
+    quiet Ray Train's expected-failure warning (:mod:`copl_ray.raylog`)."""
+    from copl_ray.raylog import quiet_expected_failure_warning
+
+    pin_ray_address()
+    quiet_expected_failure_warning()
 
 
 def pin_ray_address() -> None:
@@ -57,7 +66,7 @@ def pin_ray_address() -> None:
     after a ``ray start``, picks that other cluster, where the controller is "not found",
     and the cleaner removes the live run's placement group. Pinning the worker's own GCS
     address makes every such lookup hit the job's own Ray. Used as the runtime_env
-    ``worker_process_setup_hook`` (runs in each worker once it is connected).
+    ``worker_process_setup_hook`` step (runs in each worker once it is connected).
     """
     import ray
 

@@ -38,7 +38,7 @@ from typing import Any
 from copl_ray import fsutil
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, save_config
-from copl_ray.env import PIN_RAY_ADDRESS_HOOK, setup_env
+from copl_ray.env import RAY_WORKER_SETUP_HOOK, setup_env
 from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
 
 STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
@@ -136,7 +136,7 @@ def ensure_ray(cfg: Config) -> bool:
     quiet_ray_data()
     skip = _job_env_keys()
     runtime_env = {"env_vars": {k: v for k, v in env.items() if k not in skip}}
-    runtime_env["worker_process_setup_hook"] = PIN_RAY_ADDRESS_HOOK
+    runtime_env["worker_process_setup_hook"] = RAY_WORKER_SETUP_HOOK
     # Ray libraries' INFO lines (one per reported metric) drown the stages' own progress
     # lines, which are printed; warnings and errors still show.
     quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")

@@ -11,6 +11,10 @@ wall of tracebacks:
   :func:`commit_checkpoint` waits (Ray's own ``get_all_reported_checkpoints`` in
   ``COMMITTED`` mode, at most one poll) so that once training continues past a
   checkpoint, that checkpoint is the restart point.
+* When one worker of a group dies, the others fail in their next collective (gloo:
+  "Connection reset by peer") and each printed a ~40-line traceback for the same event.
+  :func:`await_restart_if_peer_lost` makes such a survivor wait to be stopped by Ray
+  Train, which tears the group down on the dead worker and restarts it.
 * Nothing said that a restart happened: :func:`start_attempt` counts the worker-group
   starts of one ``fit()`` (a per-fit file the driver creates, appended by rank 0) and
   :func:`restart_line` is the one line a restarted worker prints.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -64,3 +69,25 @@ def restart_line(where: str, attempt: int, max_failures: int, resumed: str | Non
     return (
         f"worker failure in {where}: restarted from {start} (attempt {attempt}/{max_failures + 1})"
     )
+
+
+# A collective failed because the peer process is gone (gloo's TCP pair; NCCL's "remote
+# process exited"); a timeout (a hung peer) is not among them: that error is raised.
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "remote process exited")
+
+
+def await_restart_if_peer_lost(exc: BaseException, wait_s: float = 120.0) -> None:
+    """In a Train worker whose collective failed because a peer died: wait to be stopped.
+
+    Ray Train's controller notices the dead worker at its next poll (2 s), shuts the whole
+    group down and restarts it from the last checkpoint; raising here instead only adds a
+    second traceback for the same failure. Returns at once for any other error, and
+    after ``wait_s`` if nothing stopped this worker (then the caller raises).
+    """
+    if not any(marker in str(exc) for marker in PEER_LOST):
+        return
+    print(
+        f"a peer worker was lost ({type(exc).__name__}); waiting for Ray Train's restart",
+        flush=True,
+    )
+    time.sleep(wait_s)

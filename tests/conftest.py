@@ -25,7 +25,7 @@ SHARED_UKP = REPO.parent / "shared" / "data" / "ukpconvarg1"
 def ray_session():
     import ray
 
-    from copl_ray.env import PIN_RAY_ADDRESS_HOOK
+    from copl_ray.env import RAY_WORKER_SETUP_HOOK
     from copl_ray.pipeline import local_ray_options
 
     if not ray.is_initialized():
@@ -37,7 +37,7 @@ def ray_session():
             # dashboard serves the State API Ray Train's placement-group cleaner polls
             runtime_env={
                 "env_vars": setup_env(),
-                "worker_process_setup_hook": PIN_RAY_ADDRESS_HOOK,
+                "worker_process_setup_hook": RAY_WORKER_SETUP_HOOK,
             },
             **local_ray_options(),
         )

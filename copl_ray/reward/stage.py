@@ -39,7 +39,7 @@ from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError
 from copl_ray.data.ray_data import UserTable, count_pairs, pair_dataset, read_lookups
 from copl_ray.data.tables import format_text
-from copl_ray.recovery import new_attempts_file
+from copl_ray.recovery import await_restart_if_peer_lost, new_attempts_file
 from copl_ray.reward.ds_config import warmup_steps
 
 MODELS = ("copl", "uniform", "oracle", "no_gnn", "no_mole")
@@ -296,7 +296,11 @@ def _train_loop(config: dict[str, Any]) -> None:
     from copl_ray.reward.train import train_loop_per_worker
 
     quiet_train_worker()  # no per-report INFO line from Ray Train (copl_ray/raylog.py)
-    train_loop_per_worker(config)
+    try:
+        train_loop_per_worker(config)
+    except RuntimeError as e:
+        await_restart_if_peer_lost(e)  # returns only when a peer was not lost
+        raise
 
 
 # ------------------------------------------------------------------ stage
