@@ -86,8 +86,4 @@ def await_restart_if_peer_lost(exc: BaseException, wait_s: float = 120.0) -> Non
     """
     if not any(marker in str(exc) for marker in PEER_LOST):
         return
-    print(
-        f"a peer worker was lost ({type(exc).__name__}); waiting for Ray Train's restart",
-        flush=True,
-    )
-    time.sleep(wait_s)
+    time.sleep(wait_s)  # silently: the restarted worker prints the one recovery line
