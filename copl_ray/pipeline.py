@@ -154,7 +154,30 @@ def ensure_ray(cfg: Config) -> bool:
             logging_config=quiet,
             **local_ray_options(),
         )
+    warm_train_coordinator()
     return True
+
+
+def warm_train_coordinator(timeout_s: float = 120.0) -> None:
+    """Start Ray's autoscaling-coordinator actor now and wait until it is up.
+
+    Every Ray Train run first registers its resources with this detached actor and waits
+    5 s for the answer; the first run of a session also waits for the actor's process to
+    start, which on a busy 2-core machine took longer: a WARNING with a 15-line
+    ``GetTimeoutError`` traceback ("safe to ignore") in the console. Creating it here,
+    where startup time is spent anyway, leaves Train's request only the call itself.
+    Internal Ray API: on another Ray layout this does nothing.
+    """
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout_s)
+    except Exception:  # a Ray without it, or slow: Train creates it itself
+        pass
 
 
 def local_ray_options() -> dict[str, Any]:

@@ -1,0 +1,241 @@
+"""Operability of ``python jobs/full.py`` as a user meets it, each run a real subprocess.
+
+* the run directory's lock: a second run on it refuses at once (pid@host, exit 2), and a
+  run killed with ``kill -9`` leaves no stale lock;
+* Ctrl-C (SIGINT to the process group, as a terminal sends it) and SIGTERM during a
+  stage: exit 130 / 143 and ONE line naming the stage, what it saved and the command
+  that resumes; the same command then resumes;
+* a Ray Train worker killed mid-stage (GNN, then a reward model): Ray Train restarts it
+  from the last committed checkpoint and the console says so in one line;
+* a job that starts its own local Ray beside another Ray on the machine (here one
+  started with ``ray start``): no traceback, no ``placement_group_cleaner`` warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--set", "data.n_users=120", "--set", "data.n_unseen_users=12", "--set", "gnn.dim=32",
+    "--set", "gnn.tsne=false", "--set", "gnn.eval_every=20", "--set", "gnn.ckpt_every=100",
+]  # fmt: skip
+# one small reward model with a checkpoint every 10 of its 40 steps
+REWARD = [
+    "--set", "reward.models=[uniform]", "--set", "train.max_steps=40",
+    "--set", "train.ckpt_every=10", "--set", "train.eval_every=10", "--set", "train.log_every=10",
+]  # fmt: skip
+NOISE = ("Traceback", "Aborted", "ConnectionError", "placement_group_cleaner")
+
+
+class Job:
+    """``python jobs/full.py ARGS`` in its own session (so a signal can go to its group)."""
+
+    def __init__(self, tmp: Path, name: str, args: list[str]):
+        self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "jobs/full.py", *args], cwd=REPO, env=env, start_new_session=True,
+            stdout=self.out.open("w"), stderr=self.err.open("w"),
+        )  # fmt: skip
+
+    def console(self) -> str:
+        return self.out.read_text() + self.err.read_text()
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        end = time.time() + timeout
+        while text not in self.console():
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.console()}"
+            assert time.time() < end, f"no {text!r} after {timeout}s:\n{self.console()}"
+            time.sleep(0.2)
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def assert_quiet(console: str) -> None:
+    found = [n for n in NOISE if n in console]
+    assert not found, f"{found} in the console:\n{console}"
+
+
+def committed(storage: Path, key: str) -> int:
+    """The epoch/step of the latest checkpoint Ray Train registered under ``storage``."""
+    best = 0
+    for snap in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            metrics = json.loads(snap.read_text())["latest_checkpoint_result"]["metrics"]
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+        best = max(best, int(metrics.get(key) or 0))
+    return best
+
+
+def kill_train_worker(job: Job) -> int:
+    """SIGKILL one Ray Train worker process of the job's own local Ray."""
+    workers = [
+        p for p in psutil.Process(job.proc.pid).children(recursive=True)
+        if p.name().startswith("ray::RayTrainWorker")
+    ]  # fmt: skip
+    assert workers, "no Ray Train worker found"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    return workers[0].pid
+
+
+def test_second_run_on_a_locked_run_dir_refuses_and_kill_9_leaves_no_stale_lock(tmp_path):
+    """Two processes on one run dir: the second exits 2 at once naming pid@host; the lock
+    dies with its holder (kill -9), so the next run proceeds."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom copl_ray.pipeline import run_dir_lock\n"
+         f"with run_dir_lock({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = Job(tmp_path, "second", ["--run-dir", str(run), "--stages", "data", *SMALL])
+        assert second.wait(120) == 2
+        err = second.err.read_text().strip().splitlines()
+        assert len(err) == 1, second.console()
+        assert f"pid {holder.pid}@{socket.gethostname()}" in err[0] and "in use" in err[0]
+        assert not (run / "data").exists() and "Traceback" not in second.console()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+    after = Job(tmp_path, "after", ["--run-dir", str(run), "--stages", "data", *SMALL])
+    assert after.wait(300) == 0, after.console()
+    assert (run / "data" / "_SUCCESS").exists()
+
+
+def test_ctrl_c_and_sigterm_exit_130_143_with_one_line_and_the_same_command_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--stages", "reward", *SMALL, "--set", "gnn.epochs=400", *REWARD]
+    first = Job(tmp_path, "first", args)
+    first.wait_for("gnn epoch 120/400")  # the epoch-100 checkpoint is committed by then
+    # a second run of the same command while the first holds the run dir: refused at once
+    second = Job(tmp_path, "second", args)
+    assert second.wait(120) == 2, second.console()
+    assert f"pid {first.proc.pid}@" in second.err.read_text()
+    os.killpg(first.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert first.wait(120) == 130, first.console()
+    lines = first.err.read_text().strip().splitlines()
+    assert len(lines) == 1, first.console()
+    assert (
+        lines[0].startswith("interrupted during stage gnn (epoch ")
+        and "checkpoint saved" in lines[0]
+    )
+    assert f"rerun 'python jobs/full.py --run-dir {run} --stages reward" in lines[0]
+    assert_quiet(first.console())
+
+    again = Job(tmp_path, "again", args)
+    again.wait_for("[uniform] step 20/40")  # the step-10 checkpoint is committed by then
+    again.proc.send_signal(signal.SIGTERM)  # timeout, ray job stop, a preempted node
+    assert again.wait(120) == 143, again.console()
+    lines = again.err.read_text().strip().splitlines()
+    assert len(lines) == 1 and "interrupted during stage reward (checkpoints saved in" in lines[0]
+    assert "uniform step " in lines[0] and "to resume" in lines[0]
+    assert_quiet(again.console())
+    out = again.out.read_text()
+    assert "[gnn] running (resume)" in out and "resumed after epoch 100" in out
+
+    third = Job(tmp_path, "third", args)
+    third.wait_for("[uniform] resumed from checkpoint at step")
+    assert "[reward] running (resume)" in third.out.read_text()
+    os.killpg(third.proc.pid, signal.SIGINT)
+    assert third.wait(120) == 130
+
+
+def test_killed_train_worker_restarts_from_its_last_checkpoint_with_one_line(tmp_path):
+    """One run: a GNN worker killed after the epoch-100 checkpoint, then a reward worker
+    after the step-10 one; both resume there (not from 0) and the run succeeds."""
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--stages", "reward", *SMALL, "--set", "gnn.epochs=300", *REWARD]
+    job = Job(tmp_path, "job", args)
+    gnn_storage, reward_storage = run / "gnn" / "ray", run / "reward" / "_ray"
+    end = time.time() + 300
+    while committed(gnn_storage, "epoch") < 100:
+        assert job.proc.poll() is None and time.time() < end, job.console()
+        time.sleep(0.2)
+    kill_train_worker(job)
+    job.wait_for("worker failure in gnn:")
+    while committed(reward_storage, "step") < 10:
+        assert job.proc.poll() is None and time.time() < end + 300, job.console()
+        time.sleep(0.2)
+    kill_train_worker(job)
+    assert job.wait(600) == 0, job.console()
+    console = job.console()
+    assert "worker failure in gnn: restarted from the epoch 100 checkpoint (attempt 2/3)" in console
+    assert "worker failure in reward/uniform: restarted from the step 10 checkpoint" in console
+    assert console.count("worker failure in") == 2
+    assert_quiet(console)
+    gnn = json.loads((run / "gnn" / "metrics.json").read_text())
+    reward = json.loads((run / "reward" / "uniform" / "metrics.json").read_text())
+    assert gnn["resumed_from_epoch"] == 100 and gnn["epochs"] == 300
+    assert reward["resumed_from_step"] == 10 and reward["steps"] == 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def another_ray():
+    """A second Ray on this machine, as a user's ``ray start --head`` leaves it (with a
+    dashboard and the "current cluster" file that auto-detection reads); stopped after by
+    killing only its own processes (``ray stop`` would stop every Ray on the machine)."""
+    temp = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))  # short: socket paths <= 107
+    port, dashboard_port = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={temp}", f"--dashboard-port={dashboard_port}", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=180,
+    )  # fmt: skip
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        procs = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(temp) in " ".join(p.info["cmdline"] or [])
+        ]
+        procs += [c for p in procs for c in p.children(recursive=True) if c not in procs]
+        for p in procs:
+            p.terminate()
+        psutil.wait_procs(procs, timeout=15)
+        for p in procs:
+            if p.is_running():
+                p.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_job_starting_its_own_ray_runs_beside_another_ray(tmp_path, another_ray):
+    job = Job(tmp_path, "job", ["--run-dir", str(tmp_path / "run"), "--stages", "gnn", *SMALL])
+    assert job.wait(600) == 0, job.console()
+    console = job.console()
+    assert_quiet(console)
+    assert "Found multiple active Ray instances" not in console
+    assert json.loads((tmp_path / "run" / "gnn" / "metrics.json").read_text())["epochs"] == 100
