@@ -342,7 +342,8 @@ def _run_locked(
                 continue
             fn = (stage_funcs or {}).get(stage) or load_stage(stage)
             if stage in RAY_STAGES and not started_ray:
-                started_ray = ensure_ray(cfg)
+                with keep_signal_handlers():  # ray.init replaces SIGTERM's
+                    started_ray = ensure_ray(cfg)
             mode = _prepare_stage(run, cfg, stage, fresh=force and stage in requested)
             log(f"{head} running ({mode}) ...")
             t0 = time.perf_counter()
@@ -392,16 +393,31 @@ def _on_signal(signum: int, frame) -> None:
 
 
 def install_interrupt_handlers() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread.
-
-    Called again after ``ray.init``, which installs its own SIGTERM handler
-    (``sys.exit(15)`` raised wherever the main thread is, inside Ray's C++ calls too:
-    the old exit 134 with abort stack lines).
-    """
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
     if threading.current_thread() is threading.main_thread():
         _interrupted.clear()
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
+
+
+@contextmanager
+def keep_signal_handlers() -> Iterator[None]:
+    """Restore the SIGINT/SIGTERM handlers the block found when it ends.
+
+    ``ray.init`` installs its own SIGTERM handler (``sys.exit(15)``, raised wherever the
+    main thread is, inside Ray's C++ calls too: the old exit 134 with abort stack lines);
+    a stage's :func:`run_stage_interruptibly` installs ours only for the stage.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def run_stage_interruptibly(
@@ -429,14 +445,15 @@ def run_stage_interruptibly(
             box["error"] = e
 
     worker = threading.Thread(target=target, name=f"copl-stage-{stage}", daemon=True)
-    install_interrupt_handlers()  # after ray.init, which replaced SIGTERM's
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.5)
-    except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        raise Interrupted(signum, stage, saved_progress(run, stage)) from None
+    with keep_signal_handlers():
+        install_interrupt_handlers()
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.5)
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            raise Interrupted(signum, stage, saved_progress(run, stage)) from None
     if "error" in box:
         raise box["error"]
     return box.get("result")

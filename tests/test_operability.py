@@ -56,6 +56,18 @@ class Job:
     def console(self) -> str:
         return self.out.read_text() + self.err.read_text()
 
+    def signal(self, sig: int, group: bool = False) -> None:
+        """Send ``sig`` (to the whole process group, as a terminal's Ctrl-C does)."""
+        self.err_at_signal = len(self.err.read_text())
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def err_after_signal(self) -> list[str]:
+        """stderr lines written after :meth:`signal` (Ray Data prints to stderr before)."""
+        return self.err.read_text()[self.err_at_signal :].strip().splitlines()
+
     def wait_for(self, text: str, timeout: float = 300) -> None:
         end = time.time() + timeout
         while text not in self.console():
@@ -135,9 +147,9 @@ def test_ctrl_c_and_sigterm_exit_130_143_with_one_line_and_the_same_command_resu
     second = Job(tmp_path, "second", args)
     assert second.wait(120) == 2, second.console()
     assert f"pid {first.proc.pid}@" in second.err.read_text()
-    os.killpg(first.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    first.signal(signal.SIGINT, group=True)  # what a terminal's Ctrl-C does
     assert first.wait(120) == 130, first.console()
-    lines = first.err.read_text().strip().splitlines()
+    lines = first.err_after_signal()
     assert len(lines) == 1, first.console()
     assert (
         lines[0].startswith("interrupted during stage gnn (epoch ")
@@ -148,9 +160,9 @@ def test_ctrl_c_and_sigterm_exit_130_143_with_one_line_and_the_same_command_resu
 
     again = Job(tmp_path, "again", args)
     again.wait_for("[uniform] step 20/40")  # the step-10 checkpoint is committed by then
-    again.proc.send_signal(signal.SIGTERM)  # timeout, ray job stop, a preempted node
+    again.signal(signal.SIGTERM)  # timeout, ray job stop, a preempted node
     assert again.wait(120) == 143, again.console()
-    lines = again.err.read_text().strip().splitlines()
+    lines = again.err_after_signal()
     assert len(lines) == 1 and "interrupted during stage reward (checkpoints saved in" in lines[0]
     assert "uniform step " in lines[0] and "to resume" in lines[0]
     assert_quiet(again.console())
@@ -160,8 +172,9 @@ def test_ctrl_c_and_sigterm_exit_130_143_with_one_line_and_the_same_command_resu
     third = Job(tmp_path, "third", args)
     third.wait_for("[uniform] resumed from checkpoint at step")
     assert "[reward] running (resume)" in third.out.read_text()
-    os.killpg(third.proc.pid, signal.SIGINT)
-    assert third.wait(120) == 130
+    third.signal(signal.SIGINT, group=True)
+    assert third.wait(120) == 130, third.console()
+    assert len(third.err_after_signal()) == 1, third.console()
 
 
 def test_killed_train_worker_restarts_from_its_last_checkpoint_with_one_line(tmp_path):
