@@ -507,7 +507,7 @@ def interrupt_message(exc: BaseException) -> str:
     """The one line printed when a run is interrupted."""
     stage, saved = getattr(exc, "stage", None), getattr(exc, "saved", None)
     where = f"interrupted during stage {stage} ({saved})" if stage else "interrupted"
-    return f"{where}: rerun '{resume_command()}' to resume"
+    return f"{where}; to resume, rerun: {resume_command()}"
 
 
 def report_location(cfg: Config, local_report: Path) -> str:

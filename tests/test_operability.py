@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -155,7 +156,7 @@ def test_ctrl_c_and_sigterm_exit_130_143_with_one_line_and_the_same_command_resu
         lines[0].startswith("interrupted during stage gnn (epoch ")
         and "checkpoint saved" in lines[0]
     )
-    assert f"rerun 'python jobs/full.py --run-dir {run} --stages reward" in lines[0]
+    assert lines[0].endswith(shlex.join(["python", "jobs/full.py", *args]))
     assert_quiet(first.console())
 
     again = Job(tmp_path, "again", args)
@@ -181,7 +182,8 @@ def test_killed_train_worker_restarts_from_its_last_checkpoint_with_one_line(tmp
     """One run: a GNN worker killed after the epoch-100 checkpoint, then a reward worker
     after the step-10 one; both resume there (not from 0) and the run succeeds."""
     run = tmp_path / "run"
-    args = ["--run-dir", str(run), "--stages", "reward", *SMALL, "--set", "gnn.epochs=300", *REWARD]
+    args = ["--run-dir", str(run), "--stages", "reward", *SMALL, *REWARD]
+    args += ["--set", "gnn.epochs=200", "--set", "gnn.eval_every=50", "--set", "train.max_steps=30"]
     job = Job(tmp_path, "job", args)
     gnn_storage, reward_storage = run / "gnn" / "ray", run / "reward" / "_ray"
     end = time.time() + 300
@@ -202,8 +204,8 @@ def test_killed_train_worker_restarts_from_its_last_checkpoint_with_one_line(tmp
     assert_quiet(console)
     gnn = json.loads((run / "gnn" / "metrics.json").read_text())
     reward = json.loads((run / "reward" / "uniform" / "metrics.json").read_text())
-    assert gnn["resumed_from_epoch"] == 100 and gnn["epochs"] == 300
-    assert reward["resumed_from_step"] == 10 and reward["steps"] == 40
+    assert gnn["resumed_from_epoch"] == 100 and gnn["epochs"] == 200
+    assert reward["resumed_from_step"] == 10 and reward["steps"] == 30
 
 
 def free_port() -> int:
@@ -252,3 +254,19 @@ def test_job_starting_its_own_ray_runs_beside_another_ray(tmp_path, another_ray)
     assert_quiet(console)
     assert "Found multiple active Ray instances" not in console
     assert json.loads((tmp_path / "run" / "gnn" / "metrics.json").read_text())["epochs"] == 100
+
+
+def test_interrupt_line_and_exit_code_name_stage_saved_and_resume_command(capsys, monkeypatch):
+    from copl_ray.pipeline import Interrupted, main_with_errors
+
+    monkeypatch.setattr(sys, "argv", ["jobs/full.py", "--run-dir", "/r x", "--force"])
+
+    def body() -> int:
+        raise Interrupted(signal.SIGTERM, "gnn", "epoch 40 checkpoint saved in /r x/gnn")
+
+    assert main_with_errors(body) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "interrupted during stage gnn (epoch 40 checkpoint saved in /r x/gnn); "
+        "to resume, rerun: python jobs/full.py --run-dir '/r x'"
+    ]  # --force dropped: it would wipe the interrupted stage instead of resuming it
