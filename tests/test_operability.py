@@ -253,6 +253,9 @@ def test_job_starting_its_own_ray_runs_beside_another_ray(tmp_path, another_ray)
     console = job.console()
     assert_quiet(console)
     assert "Found multiple active Ray instances" not in console
+    # a quiet run: the pipeline's own lines, the GNN's progress, the report path; no Ray line
+    lines = console.strip().splitlines()
+    assert all(line.startswith(("[copl-ray ", "gnn")) for line in lines[:-1]), console
     assert json.loads((tmp_path / "run" / "gnn" / "metrics.json").read_text())["epochs"] == 100
 
 
