@@ -121,7 +121,7 @@ def ensure_ray(cfg: Config) -> bool:
     ``cfg.run.ray_address`` or ``RAY_ADDRESS`` (set by ``ray job submit``) connects to a
     cluster; otherwise a fresh local Ray starts (``address="local"``: never attach by
     accident to another cluster running on the same machine). Every worker of the job
-    pins its own cluster's address (:func:`copl_ray.env.pin_ray_address`), and the local
+    pins its own cluster's address (:func:`copl_ray.env.ray_worker_setup`), and the local
     Ray runs its dashboard: Ray Train's placement-group cleaner asks the State API about
     the run's controller every second, and without the dashboard each ask failed with a
     console warning (~1 a second); :func:`local_ray_options` says what that costs.
