@@ -16,17 +16,16 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from test_jobs_submit import ray_cluster  # noqa: F401 - the one "another Ray" fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -208,46 +207,10 @@ def test_killed_train_worker_restarts_from_its_last_checkpoint_with_one_line(tmp
     assert reward["resumed_from_step"] == 10 and reward["steps"] == 30
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def another_ray():
-    """A second Ray on this machine, as a user's ``ray start --head`` leaves it (with a
-    dashboard and the "current cluster" file that auto-detection reads); stopped after by
-    killing only its own processes (``ray stop`` would stop every Ray on the machine)."""
-    temp = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))  # short: socket paths <= 107
-    port, dashboard_port = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    subprocess.run(
-        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-         f"--temp-dir={temp}", f"--dashboard-port={dashboard_port}", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
-    )  # fmt: skip
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        procs = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if str(temp) in " ".join(p.info["cmdline"] or [])
-        ]
-        procs += [c for p in procs for c in p.children(recursive=True) if c not in procs]
-        for p in procs:
-            p.terminate()
-        psutil.wait_procs(procs, timeout=15)
-        for p in procs:
-            if p.is_running():
-                p.kill()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_job_starting_its_own_ray_runs_beside_another_ray(tmp_path, another_ray):
+@pytest.mark.usefixtures("ray_cluster")
+def test_job_starting_its_own_ray_runs_beside_another_ray(tmp_path):
+    """``ray_cluster``: a second Ray on this machine with a dashboard, as a user's
+    ``ray start --head`` (or ``serve run``) leaves it; torn down after."""
     job = Job(tmp_path, "job", ["--run-dir", str(tmp_path / "run"), "--stages", "gnn", *SMALL])
     assert job.wait(600) == 0, job.console()
     console = job.console()
