@@ -185,8 +185,8 @@ def local_ray_options() -> dict[str, Any]:
 
     The dashboard (loopback only; another port if 8265 is taken) serves the State API that
     Ray Train V2's placement-group cleaner polls. Measured on the 2-core box: +11
-    processes, +220 MB PSS, +1.4 CPU-s at start, ~1-3 s longer ``ray.init``; idle it polls
-    lightly. Ray Train's preemption watcher (one ``core_worker.cc`` error line per training
+    processes, +220 MB PSS, +1.4 CPU-s at start, ~1-3 s longer ``ray.init``, +2% of one
+    core while idle (1.27 vs 0.66 CPU-s per 30 s). Ray Train's preemption watcher (one ``core_worker.cc`` error line per training
     run about its constructor arguments) watches for nodes being drained by an
     autoscaler, which a single-machine Ray never does: it is off here unless the user set
     ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER`` (read by the controller from the driver's env).
