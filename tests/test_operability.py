@@ -130,6 +130,7 @@ def test_second_run_on_a_locked_run_dir_refuses_and_kill_9_leaves_no_stale_lock(
         assert len(err) == 1, second.console()
         assert f"pid {holder.pid}@{socket.gethostname()}" in err[0] and "in use" in err[0]
         assert not (run / "data").exists() and "Traceback" not in second.console()
+        assert "running" not in second.out.read_text()  # refused before any stage
     finally:
         holder.kill()  # SIGKILL: no cleanup code runs in the holder
         holder.wait()
