@@ -137,7 +137,7 @@ class GNNConfig:
     tsne: bool = True
     ckpt_every: int = 10  # epochs between Ray Train checkpoints (and always the last)
     cpus_per_worker: float = 1.0  # Ray Train worker CPU request (keep <= 1 on 2-CPU machines)
-    max_failures: int = 1  # Ray Train restarts a failed worker from its last checkpoint
+    max_failures: int = 2  # worker failures Ray Train recovers from its last checkpoint
     truth_pairs_per_user: int = 50  # known groups: held-out survey-pool pairs scored per user
     loss_chunk: int = 65536  # pairs per loss chunk (bounds memory of full-graph steps)
 
@@ -210,7 +210,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     log_every: int = 10  # steps between progress lines / ray.train.report on rank 0
     keep_checkpoints: int = 2  # Ray Train checkpoints kept per model
-    max_failures: int = 0  # Ray Train restarts from the latest checkpoint on worker failure
+    max_failures: int = 2  # worker failures Ray Train recovers from its last checkpoint
     val_fraction: float = 0.05  # survey slice held out for validation when no "val" split
     cache_shards: bool = False  # keep each worker's streamed shard for later epochs (small data)
 

@@ -41,6 +41,38 @@ def setup_env() -> dict[str, str]:
     return env
 
 
+# Ray runtime_env ``worker_process_setup_hook`` of every copl-ray job (:func:`ray_worker_setup`).
+RAY_WORKER_SETUP_HOOK = "copl_ray.env.ray_worker_setup"
+
+
+def ray_worker_setup() -> None:
+    """Runs first in every Ray worker process of a copl-ray job (tasks, actors, Train
+    workers and controllers, Ray's own helper actors): pin the job's Ray address and
+    quiet Ray Train's expected-failure warning (:mod:`copl_ray.raylog`)."""
+    from copl_ray.raylog import quiet_expected_failure_warning
+
+    pin_ray_address()
+    quiet_expected_failure_warning()
+
+
+def pin_ray_address() -> None:
+    """Set ``RAY_ADDRESS`` in a Ray worker process to the cluster it is connected to.
+
+    Ray code that runs inside workers and needs "the" cluster resolves it from
+    ``RAY_ADDRESS`` or else auto-detects from the processes on the machine: Ray Train V2's
+    placement-group cleaner actor asks the State API that way every second. With a second
+    Ray on the machine (a user's ``serve run``, another job) auto-detection fails with
+    ``ConnectionError: Found multiple active Ray instances`` (the monitor thread dies) or,
+    after a ``ray start``, picks that other cluster, where the controller is "not found",
+    and the cleaner removes the live run's placement group. Pinning the worker's own GCS
+    address makes every such lookup hit the job's own Ray. Used as the runtime_env
+    ``worker_process_setup_hook`` step (runs in each worker once it is connected).
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 def clear_stale_build_locks(root: Path | None = None, max_age_s: float = 300.0) -> None:
     """A JIT build killed mid-way leaves ``<ext>/lock`` behind, and torch then waits on it
     forever (every later DeepSpeed init hangs: seen when a run was killed during DeepSpeed's

@@ -10,7 +10,14 @@ tiny and UKP runs, Ray 2.60 added per report and per second:
 - "Reporting training result N: TrainingReport(...)" per report and rank at INFO: Train
   V2 logs it under a logger named by the *file path* (``getLogger(__file__)``), which
   ``RunConfig(logging_config=LoggingConfig("WARNING"))`` does not reach, so the worker
-  raises that one logger to WARNING (:func:`quiet_train_worker`).
+  raises that one logger to WARNING (:func:`quiet_train_worker`);
+- after a worker crash, Ray Train's controller logs "Graceful shutdown of backend failed.
+  This is expected if one of the workers has crashed." as a WARNING with the ~20-line
+  traceback of the dead worker's ``ActorDiedError``: the failure is already reported by
+  Ray's one-line "A worker died" notice and the restarted worker's recovery line
+  (:mod:`copl_ray.recovery`), so that one logger, which logs nothing else, drops records
+  below ERROR in every worker process (:func:`quiet_expected_failure_warning`; a logger
+  filter, because Ray Train's ``dictConfig`` resets the levels of ``ray.train.*`` loggers).
 
 Warnings and errors are never hidden.
 """
@@ -40,3 +47,17 @@ def quiet_train_worker() -> None:
     except ImportError:  # another Ray layout: nothing to quieten
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+BACKEND_SETUP_LOGGER = "ray.train.v2._internal.callbacks.backend_setup"
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
+def quiet_expected_failure_warning() -> None:
+    """Drop Ray Train's "Graceful shutdown of backend failed ... expected" traceback (above)."""
+    logger = logging.getLogger(BACKEND_SETUP_LOGGER)
+    if _errors_only not in logger.filters:
+        logger.addFilter(_errors_only)

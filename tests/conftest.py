@@ -30,13 +30,21 @@ SHARED_UKP = REPO.parent / "shared" / "data" / "ukpconvarg1"
 def ray_session():
     import ray
 
+    from copl_ray.env import RAY_WORKER_SETUP_HOOK
+    from copl_ray.pipeline import local_ray_options
+
     if not ray.is_initialized():
         ray.init(
             address="local",  # never attach to another Ray running on this machine
             num_cpus=int(os.environ.get("COPL_TEST_CPUS", "2")),
-            include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": setup_env()},
+            # the product's local-Ray settings: workers pin this Ray's address, the
+            # dashboard serves the State API Ray Train's placement-group cleaner polls
+            runtime_env={
+                "env_vars": setup_env(),
+                "worker_process_setup_hook": RAY_WORKER_SETUP_HOOK,
+            },
+            **local_ray_options(),
         )
     yield ray
     try:

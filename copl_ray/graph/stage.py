@@ -31,6 +31,7 @@ from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError, config_from_dict
 from copl_ray.data.tables import PreferenceTables
 from copl_ray.raylog import TRAIN_LOG_LEVEL
+from copl_ray.recovery import commit_checkpoint, new_attempts_file, restart_line, start_attempt
 
 FAULT_ENV = "COPL_GNN_FAULT_AT_EPOCH"
 STATE_TENSORS, STATE_META = "state.safetensors", "state.json"
@@ -85,6 +86,10 @@ def gnn_train_loop(config: dict) -> None:
         f"{trainer.steps_per_epoch} step(s)/epoch on {device}, {cfg.gnn.init} init"
         + (f"; resumed after epoch {resumed_from}" if resumed_from else "")
     )
+    attempt = start_attempt(config.get("attempts_file"), rank=0)  # one worker
+    if attempt > 1:
+        resumed = f"epoch {resumed_from}" if resumed_from else None
+        say(restart_line("gnn", attempt, cfg.gnn.max_failures, resumed))
     fault_at = int(config.get("fault_at_epoch") or 0)
     while trainer.epoch < cfg.gnn.epochs:
         if fault_at and not resumed_from and trainer.epoch == fault_at:
@@ -104,6 +109,8 @@ def gnn_train_loop(config: dict) -> None:
                 meta["resumed_from_epoch"] = resumed_from
                 (Path(tmp) / STATE_META).write_text(json.dumps(meta))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            if not last:  # a worker killed from here on restarts from this checkpoint
+                commit_checkpoint()
         else:
             ray.train.report(metrics)
 
@@ -133,6 +140,7 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
     run.gnn.mkdir(parents=True, exist_ok=True)
     progress_log = run.gnn / "progress.log"
     resources = {"CPU": cfg.gnn.cpus_per_worker} | ({"GPU": 1} if cfg.gnn.use_gpu else {})
+    attempts = new_attempts_file(run.gnn / "ray")
     trainer = TorchTrainer(
         gnn_train_loop,
         train_loop_config={
@@ -140,6 +148,7 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
             "data_dir": str(run.data.resolve()),
             "progress_log": str(progress_log.resolve()),
             "fault_at_epoch": int(os.environ.get(FAULT_ENV, "0") or 0),
+            "attempts_file": str(attempts),
         },
         scaling_config=ScalingConfig(
             num_workers=1, use_gpu=cfg.gnn.use_gpu, resources_per_worker=resources
@@ -161,6 +170,8 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
             f"gnn stage: training failed ({type(e).__name__}: {e}). Calling the stage again "
             f"with the same config resumes from the last checkpoint in {run.gnn / 'ray'}"
         ) from e
+    finally:
+        attempts.unlink(missing_ok=True)
     if result.checkpoint is None:
         raise RuntimeError(f"gnn stage: the Ray run in {run.gnn / 'ray'} left no checkpoint")
     with result.checkpoint.as_directory() as folder:

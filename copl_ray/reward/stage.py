@@ -39,6 +39,7 @@ from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError
 from copl_ray.data.ray_data import UserTable, count_pairs, pair_dataset, read_lookups
 from copl_ray.data.tables import format_text
+from copl_ray.recovery import await_restart_if_peer_lost, new_attempts_file
 from copl_ray.reward.ds_config import warmup_steps
 
 MODELS = ("copl", "uniform", "oracle", "no_gnn", "no_mole")
@@ -245,6 +246,8 @@ def train_reward_model(
     }
     storage = (run.root / "reward" / "_ray").resolve()
     storage.mkdir(parents=True, exist_ok=True)
+    attempts = new_attempts_file(storage)  # counts worker-group (re)starts of this fit
+    loop_config["attempts_file"] = str(attempts)
     run_name = f"{job}-{cfg.section_hash('data', 'gnn', 'reward', 'train')}"
     trainer = TorchTrainer(
         train_loop_per_worker=_train_loop,
@@ -276,6 +279,8 @@ def train_reward_model(
         result = trainer.fit()
     except Exception as e:  # Ray wraps worker errors; name the model, keep the cause
         raise RewardTrainingError(f"reward model {job!r} training failed: {e}") from e
+    finally:
+        attempts.unlink(missing_ok=True)
     if result.checkpoint is None:
         raise RewardTrainingError(f"reward model {job!r}: the run reported no checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -322,7 +327,11 @@ def _train_loop(config: dict[str, Any]) -> None:
     from copl_ray.reward.train import train_loop_per_worker
 
     quiet_train_worker()  # no per-report INFO line from Ray Train (copl_ray/raylog.py)
-    train_loop_per_worker(config)
+    try:
+        train_loop_per_worker(config)
+    except RuntimeError as e:
+        await_restart_if_peer_lost(e)  # returns only when a peer was not lost
+        raise
 
 
 # ------------------------------------------------------------------ stage

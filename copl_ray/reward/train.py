@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
 
     from copl_ray.data.ray_data import collate_pairs
     from copl_ray.env import clear_stale_build_locks
+    from copl_ray.recovery import commit_checkpoint, restart_line, start_attempt
     from copl_ray.reward.backbone import load_tokenizer
     from copl_ray.reward.ds_config import build_ds_config
     from copl_ray.reward.model import PersonalRewardModel
@@ -203,8 +204,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
             )
         step, history, val_curve = state["step"], state["history"], state["val_curve"]
         resumed_from = step
-        if rank == 0:
-            print(f"[{name}] resumed from checkpoint at step {step}/{total}", flush=True)
+    attempt = start_attempt(config.get("attempts_file"), rank)
+    if rank == 0 and attempt > 1:  # Ray Train restarted the worker group after a failure
+        resumed = f"step {step}" if ckpt is not None else None
+        print(restart_line(f"reward/{name}", attempt, tc.max_failures, resumed), flush=True)
+    elif rank == 0 and ckpt is not None:
+        print(f"[{name}] resumed from checkpoint at step {step}/{total}", flush=True)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
@@ -241,6 +246,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
                 state = {"step": step, "history": history, "val_curve": val_curve}
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if step < total:  # a worker killed from here on restarts from this checkpoint
+            commit_checkpoint()
 
     train_cache: list[dict] = []
 

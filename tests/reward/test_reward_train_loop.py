@@ -50,6 +50,7 @@ def test_interrupt_resume_keeps_reward_head(
         *SMALL_TRAIN,
         f"train.zero_stage={zero_stage}",
         f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        "train.max_failures=0",  # the crash ends the fit (no in-fit restart): the rerun resumes
     )
     assert cfg.train.gradient_checkpointing is checkpointing
     users, table = load_user_table(cfg, run, need_embeddings=False)
