@@ -37,6 +37,7 @@ from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, save_config
 from copl_ray.env import setup_env
 from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
+from copl_ray.tracking import tensorboard_dir
 
 STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
 RAY_STAGES = frozenset({"gnn", "reward", "eval"})  # the data stage is plain pandas/pyarrow
@@ -82,7 +83,8 @@ def stage_paths(run: RunDir, stage: str) -> list[Path]:
         "reward": [run.root / "reward", run.root / "tokenizer"],
         "eval": [run.eval],
     }
-    return paths[stage]
+    # its TensorBoard curves too: a fresh stage must not draw over an older config's
+    return [*paths[stage], tensorboard_dir(run.root, stage)]
 
 
 def parse_stages(stages: str | Sequence[str] | None, cfg: Config) -> list[str]:
