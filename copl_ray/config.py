@@ -221,7 +221,8 @@ class RunConfig:
     # every stage under <dir>/tensorboard/ (`tensorboard --logdir <dir>`).
     tensorboard: bool = True
     # MLflow: a tracking URI turns it on (http://host:5000, file:/abs/mlruns; a plain path
-    # is a local file store). Needs the tracking extra: pip install "copl-ray[tracking]".
+    # is a local file store, which MLflow >= 3 reads only with MLFLOW_ALLOW_FILE_STORE=true,
+    # e.g. for `mlflow ui`). Needs the tracking extra: pip install "copl-ray[tracking]".
     mlflow_tracking_uri: str | None = None
     # Weights & Biases: a project name turns it on. The key comes from WANDB_API_KEY (or
     # `wandb login`) and is never logged; WANDB_MODE=offline keeps runs in <dir>/wandb.

@@ -315,3 +315,25 @@ def test_fresh_stage_wipes_its_curves(tmp_path):
     assert tensorboard_dir(run.root, "gnn") in stage_paths(run, "gnn")
     assert tensorboard_dir(run.root, "reward") in stage_paths(run, "reward")
     assert os.path.isabs(tensorboard_dir("rel/run", "eval"))
+
+
+def test_tiny_run_holds_tensorboard_files_of_every_stage(tiny_run):
+    """The README's run: ``tensorboard --logdir RUN`` finds the GNN, every reward model
+    (each oracle group its own) and the eval, with the scalars of each."""
+    cfg = load_config(str(tiny_run.root / "config.yaml"))
+    gnn = read_tensorboard(tensorboard_dir(tiny_run.root, "gnn"))
+    assert GNN_TAGS <= set(gnn)
+    evals = list(range(cfg.gnn.eval_every, cfg.gnn.epochs + 1, cfg.gnn.eval_every))
+    assert [s for s, _ in gnn["accuracy/val"]] == evals
+    reward_root = tensorboard_dir(tiny_run.root, "reward")
+    jobs = sorted(p.name for p in reward_root.iterdir())
+    expected = {m for m in cfg.reward.models if m != "oracle"}
+    assert expected <= set(jobs)
+    assert ("oracle" in cfg.reward.models) == any(j.startswith("oracle-") for j in jobs)
+    for job in jobs:
+        tb = read_tensorboard(reward_root / job)
+        assert {"loss/train", "accuracy/val", "lr", "throughput/pairs_per_s"} <= set(tb), job
+        routed = job == "copl" or job == "no_gnn"  # the gated variants
+        assert any(t.startswith("expert_usage/") for t in tb) == routed, job
+    ev = read_tensorboard(tensorboard_dir(tiny_run.root, "eval"))
+    assert {f"accuracy/seen/{m}" for m in cfg.reward.models} <= set(ev)
