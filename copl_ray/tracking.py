@@ -148,7 +148,7 @@ def eval_scalars(results: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
     for model, splits in results.get("models", {}).items():
         for split, s in splits.items():
             for kind in ("overall", "common", "controversial"):
-                if _number(s.get(kind)):
+                if isinstance(s, dict) and _number(s.get(kind)):
                     name = "accuracy" if kind == "overall" else f"accuracy_{kind}"
                     head[f"{name}/{split}/{model}"] = float(s[kind])
     for variant, r in results.get("adaptation", {}).items():

@@ -272,6 +272,16 @@ def test_scalar_names():
     assert TAGS["val_acc"] == TAGS["val_accuracy"]  # GNN and reward share the val curve
 
 
+def test_mlflow_file_store_paths_cross_into_ray_absolute(tmp_path, monkeypatch):
+    from copl_ray.tracking import absolute_mlflow_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_mlflow_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert absolute_mlflow_uri("file:./mlruns") == (tmp_path / "mlruns").as_uri()
+    assert absolute_mlflow_uri("file:///abs/mlruns") == "file:///abs/mlruns"
+    assert absolute_mlflow_uri("http://host:5000") == "http://host:5000"
+
+
 def test_all_switches_off_no_callback(tmp_path):
     from copl_ray.tracking import callbacks
 
