@@ -392,6 +392,12 @@ def _report_callback(spec: TrackingSpec, step_key: str):
         def __init__(self) -> None:
             self.spec, self.tracker = spec, None
 
+        def __setstate__(self, state: dict) -> None:
+            # unpickled on the controller before training starts: import the sinks' modules
+            # now, so the first report does not hold the controller's poll loop for seconds
+            self.__dict__.update(state)
+            preload(self.spec)
+
         def after_report(self, run_context, metrics, checkpoint) -> None:
             row = metrics[0] if metrics else {}
             step = row.get(step_key)
@@ -404,6 +410,21 @@ def _report_callback(spec: TrackingSpec, step_key: str):
                 self.tracker.close()
 
     return TrackingCallback()
+
+
+def preload(spec: TrackingSpec) -> None:
+    """Import the modules of the sinks that are on (a missing one is reported at open)."""
+    modules = [
+        ("tensorboardX.summary", spec.tensorboard),
+        ("mlflow", spec.mlflow_uri),
+        ("wandb", spec.wandb_project),
+    ]
+    for module, on in modules:
+        if on:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
 
 
 def log_eval(cfg: Config, root: str | Path, results: dict[str, Any]) -> None:
