@@ -248,6 +248,17 @@ class RunConfig:
     ray_address: str | None = None  # None = start a local Ray
     num_cpus: int | None = None  # logical CPUs for a local Ray (None = machine)
     seed: int = 0
+    # Metrics to watch while training (copl_ray/tracking.py). TensorBoard event files of
+    # every stage under <dir>/tensorboard/ (`tensorboard --logdir <dir>`).
+    tensorboard: bool = True
+    # MLflow: a tracking URI turns it on (http://host:5000, file:/abs/mlruns; a plain path
+    # is a local file store, which MLflow >= 3 reads only with MLFLOW_ALLOW_FILE_STORE=true,
+    # e.g. for `mlflow ui`). Needs the tracking extra: pip install "copl-ray[tracking]".
+    mlflow_tracking_uri: str | None = None
+    # Weights & Biases: a project name turns it on. The key comes from WANDB_API_KEY (or
+    # `wandb login`) and is never logged; WANDB_MODE=offline keeps runs in <dir>/wandb.
+    wandb_project: str | None = None
+    tracking_name: str | None = None  # MLflow experiment / W&B group (None = run dir's name)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from copl_ray.preflight import (
     preflight,
 )
 from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
+from copl_ray.tracking import tensorboard_dir
 
 STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
 RAY_STAGES = frozenset({"gnn", "reward", "eval"})  # the data stage is plain pandas/pyarrow
@@ -91,7 +92,8 @@ def stage_paths(run: RunDir, stage: str) -> list[Path]:
         "reward": [run.root / "reward", run.root / "tokenizer"],
         "eval": [run.eval],
     }
-    return paths[stage]
+    # its TensorBoard curves too: a fresh stage must not draw over an older config's
+    return [*paths[stage], tensorboard_dir(run.root, stage)]
 
 
 def parse_stages(stages: str | Sequence[str] | None, cfg: Config) -> list[str]:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from copl_ray import tracking
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, config_from_dict
 from copl_ray.data.tables import format_text
@@ -319,6 +320,7 @@ def run_eval_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
     else:
         results = evaluate(cfg, run)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2))
+    tracking.log_eval(cfg, run.root, results)
     headline = {
         f"{m}/{split}": r[split]["overall"] for m, r in results["models"].items() for split in r
     }

@@ -102,6 +102,8 @@ def gnn_train_loop(config: dict) -> None:
             continue
         say(format_progress(row))
         metrics = {k: v for k, v in row.items() if v is not None}
+        if row["seconds_per_epoch"]:  # throughput for the trackers (copl_ray/tracking.py)
+            metrics["pairs_per_s"] = len(inputs.train) / row["seconds_per_epoch"]
         if ckpt_due:
             with tempfile.TemporaryDirectory() as tmp:
                 save_trainer_state(trainer, tmp)
@@ -126,6 +128,7 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
     )
     from ray.train.torch import TorchTrainer
 
+    from copl_ray import tracking
     from copl_ray.graph.export import export_gnn, prepare_inputs
     from copl_ray.graph.model import GNNShape
 
@@ -161,6 +164,7 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
             # Ray Train's own INFO lines ("Reporting training result ...", "Checkpoint
             # successfully created ...") per report; the worker prints its progress itself.
             logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
+            callbacks=tracking.callbacks(cfg, run.root, "gnn", last_step=cfg.gnn.epochs),
         ),
     )
     try:

@@ -186,6 +186,7 @@ def train_reward_model(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from copl_ray import tracking
     from copl_ray.env import setup_env
     from copl_ray.plan import planned_steps
 
@@ -264,7 +265,10 @@ def train_reward_model(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
             worker_runtime_env={"env_vars": setup_env()},
-            callbacks=list(callbacks or []),
+            callbacks=[
+                *(callbacks or []),
+                *tracking.callbacks(cfg, run.root, "reward", job, last_step=total),
+            ],
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # no per-report INFO
         ),
         datasets=datasets,

@@ -283,6 +283,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     n_dense = math.ceil(cfg.reward.gate_dense_warmup * total)
     engine.train()
     t0, tokens, window = time.time(), 0.0, [0.0, 0.0, 0.0, 0]  # loss_sum, correct, n, steps
+    pairs_done = 0.0
+    # samples routed to each expert since the last log (gated variants; [] without a gate)
+    usage = [0.0] * (cfg.reward.num_experts if getattr(mole, "gate", None) is not None else 0)
     start_step, interrupt_at = step, config.get("interrupt_at_step")
     n_epochs = math.ceil(total / spe)
     done = step >= total
@@ -311,6 +314,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
             tokens += float(
                 batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
             )
+            pairs_done += c.numel()
+            if usage:  # top-k assignments of this forward's users, summed over the gates
+                usage = [u + float(x) for u, x in zip(usage, model.expert_usage().sum(0))]
             if not engine.is_gradient_accumulation_boundary():
                 continue
             step += 1
@@ -321,8 +327,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
             ckpt_now = step % tc.ckpt_every == 0 or last
             metrics: dict[str, Any] = {"step": step, "epoch": epoch}
             if log_now:
-                loss_sum, corr, n, tok = _all_reduce_sum(
-                    [window[0], window[1], window[2], tokens], device
+                loss_sum, corr, n, tok, n_pairs, *routed = _all_reduce_sum(
+                    [window[0], window[1], window[2], tokens, pairs_done, *usage], device
                 )
                 elapsed = time.time() - t0
                 rate = (step - start_step) / max(elapsed, 1e-9)
@@ -331,10 +337,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
                     train_acc=corr / max(n, 1),
                     lr=scheduler.get_last_lr()[0],
                     tokens_per_s=tok / max(elapsed, 1e-9),
+                    pairs_per_s=n_pairs / max(elapsed, 1e-9),
                     eta_s=(total - step) / max(rate, 1e-9),
                 )
+                if routed and sum(routed) > 0:  # share of the window's samples per expert
+                    metrics["expert_usage"] = [u / sum(routed) for u in routed]
                 history.append({k: metrics[k] for k in ("step", "loss", "train_acc", "lr")})
                 window = [0.0, 0.0, 0.0, 0]
+                usage = [0.0] * len(usage)
             if eval_now:
                 metrics["val_acc"] = validate()
                 val_curve.append({"step": step, "val_acc": metrics["val_acc"]})
