@@ -47,12 +47,13 @@ RAY_WORKER_SETUP_HOOK = "copl_ray.env.ray_worker_setup"
 
 def ray_worker_setup() -> None:
     """Runs first in every Ray worker process of a copl-ray job (tasks, actors, Train
-    workers and controllers, Ray's own helper actors): pin the job's Ray address and
-    quiet Ray Train's expected-failure warning (:mod:`copl_ray.raylog`)."""
-    from copl_ray.raylog import quiet_expected_failure_warning
+    workers and controllers, Ray's own helper actors): pin the job's Ray address, quiet
+    Ray Train's expected-failure warning and Ray Data's executor chatter (:mod:`copl_ray.raylog`)."""
+    from copl_ray.raylog import quiet_expected_failure_warning, quiet_ray_data_loggers
 
     pin_ray_address()
     quiet_expected_failure_warning()
+    quiet_ray_data_loggers()
 
 
 def pin_ray_address() -> None:

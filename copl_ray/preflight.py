@@ -327,7 +327,10 @@ def preflight(cfg: Config, stages: Sequence[str]) -> None:
     ``cfg.reward.models`` (see :func:`models_follow_data`), so it runs before any hash."""
     check_run_dir(cfg)
     if {"gnn", "reward", "eval"} & set(stages):
+        from copl_ray.tracking import check_tracking
+
         check_names(cfg)
+        check_tracking(cfg)  # MLflow / W&B switches: package and key present
     if "reward" in stages or "eval" in stages:
         models_follow_data(cfg)
         check_target_modules(cfg)

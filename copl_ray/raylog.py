@@ -30,9 +30,29 @@ QUIET_RAY_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_TRAIN_ENABLE_PRINT_
 TRAIN_LOG_LEVEL = "WARNING"  # ray.train's own INFO lines (worker group start, checkpoints)
 
 
+# Ray Data loggers whose INFO/WARNING lines are about the executor itself, printed on the
+# console of whichever process runs a dataset (each training run's SplitCoordinator actor):
+# "Progress bars disabled ..." (we disable them on purpose: the stages print their own
+# progress) and "Dataset ... execution finished in N seconds", once per dataset and model.
+RAY_DATA_EXECUTOR_LOGGERS = {
+    "ray.data._internal.progress": logging.ERROR,
+    "ray.data._internal.execution.streaming_executor": logging.WARNING,
+}
+
+
+def quiet_ray_data_loggers() -> None:
+    """Set the levels of :data:`RAY_DATA_EXECUTOR_LOGGERS` in this process (no Ray Data
+    import: Ray Data's own logging setup configures only its root ``ray.data`` logger, so
+    these levels survive it). Runs in the driver and in every Ray worker (env.py hook)."""
+    for name, level in RAY_DATA_EXECUTOR_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def quiet_ray_data() -> None:
     """No Ray Data progress bars or per-execution banners for datasets made in this process."""
     from ray.data import DataContext
+
+    quiet_ray_data_loggers()
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False

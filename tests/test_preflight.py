@@ -298,7 +298,7 @@ def test_handler_one_line_for_user_errors_traceback_for_bugs(capsys):
 
 # ------------------------------------------------------------ jobs/full.py itself
 def _full(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and "WANDB" not in k}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / "full.py"), *args],
@@ -326,6 +326,7 @@ JOB_MISUSES = [
     (["--set", "reward.target_modules=[nope_proj]"], "valid names: down_proj, gate_proj"),
     (["--set", "reward.backbone=no/such-model"], "reward.backbone: 'no/such-model' is neither"),
     (["--set", "train.cpus_per_worker=64", "--set", "run.num_cpus=2"], "train.cpus_per_worker: 2 workers"),
+    (["--set", "run.wandb_project=demo"], "run.wandb_project: no W&B API key"),
 ]  # fmt: skip
 
 
@@ -362,7 +363,7 @@ def test_every_job_refuses_a_run_dir_that_is_a_file(tmp_path, job):
     taken = tmp_path / "taken"
     taken.write_text("x")
     extra = ["--space", str(REPO / "tune_spaces" / "tiny.yaml")] if job == "tune" else []
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and "WANDB" not in k}
     env["PYTHONPATH"] = str(REPO)
     r = subprocess.run(
         [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--run-dir", str(taken), *extra],

@@ -177,7 +177,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
         enable_gradient_checkpointing(model)
     user_table = None
     if config.get("user_embeddings") is not None:
-        user_table = torch.as_tensor(np.asarray(config["user_embeddings"]), dtype=torch.float32)
+        # a copy: the table arrives read-only from Ray's object store
+        user_table = torch.tensor(np.array(config["user_embeddings"], dtype=np.float32))
         user_table = user_table.to(device)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
