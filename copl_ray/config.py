@@ -156,10 +156,13 @@ class AdaptConfig:
 
 @dataclass
 class RewardConfig:
-    backbone: str = "tiny-gemma"  # "tiny-gemma" (built from config) or an HF name/path
+    # "tiny-gemma" (built from config), "minilm" (installed package), or an HF name/path
+    backbone: str = "tiny-gemma"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # GemmaConfig overrides
     tokenizer_vocab: int = 1000  # locally trained tokenizer for tiny-gemma
     max_length: int = 128
+    # text vector the score head reads: auto = the backbone's own (copl_ray/reward/pooling.py)
+    pooling: Literal["auto", "last", "first", "mean"] = "auto"
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     num_experts: int = 8
     rank: int = 8

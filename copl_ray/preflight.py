@@ -95,10 +95,17 @@ def _hub_allowed() -> bool:
 
 def backbone_config(cfg: Config) -> Any:
     """The backbone's ``PretrainedConfig``: tiny-gemma's from the config, a local folder's
-    ``config.json``, or a hub model's (from the local cache unless COPL_ALLOW_HUB=1)."""
+    or a named backbone's package folder's ``config.json`` (a named backbone whose package
+    is not installed fails here, naming the pip command), or a hub model's (from the local
+    cache unless COPL_ALLOW_HUB=1)."""
     from transformers import AutoConfig
 
-    from copl_ray.reward.backbone import hf_token, tiny_gemma_config
+    from copl_ray.reward.backbone import (
+        NAMED_BACKBONES,
+        backbone_path,
+        hf_token,
+        tiny_gemma_config,
+    )
 
     name = cfg.reward.backbone
     if name == TINY_GEMMA:
@@ -108,7 +115,7 @@ def backbone_config(cfg: Config) -> Any:
             raise
         except (TypeError, ValueError) as e:  # a GemmaConfig field of the wrong kind
             raise ConfigError(f"reward.backbone_kwargs: {str(e).splitlines()[0]}") from None
-    local = Path(name).expanduser()
+    local = Path(backbone_path(name)).expanduser()  # a named backbone: its package folder
     if local.is_dir():
         try:
             return AutoConfig.from_pretrained(str(local))
@@ -129,7 +136,8 @@ def backbone_config(cfg: Config) -> Any:
         )
         raise ConfigError(
             f"reward.backbone: {short_repr(name)} is neither a local folder, "
-            f"{TINY_GEMMA!r}, nor a model that can be loaded: {hub} "
+            f"{TINY_GEMMA!r}, a named backbone ({', '.join(NAMED_BACKBONES)}), "
+            f"nor a model that can be loaded: {hub} "
             f"({type(e).__name__})"
         ) from None
 

