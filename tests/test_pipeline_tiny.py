@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from copl_ray.artifacts import RunDir
@@ -67,3 +68,35 @@ def test_tiny_run_is_reused_and_an_interrupted_stage_resumes(tiny_run, tmp_path)
     for s in ("data", "gnn", "reward"):
         assert (copy / s / "_SUCCESS").read_text() == markers[s]
     assert rep["models"]["copl"]["seen"] == _report(tiny_run)["models"]["copl"]["seen"]
+
+
+# What a quiet run prints: its own stage / plan lines, the GNN's and each reward model's
+# progress lines (with ETA), the report path. Anything else on the console is Ray's,
+# DeepSpeed's or a library's chatter.
+OWN_LINE = re.compile(r"^(\[copl-ray [\d:]+\] |gnn[: ]|\[reward\] |\[[\w.-]+\] step \d+/\d+ )")
+NOISE = (
+    "Traceback", "placement_group_cleaner", "multiple active Ray instances",
+    "Progress bars disabled", "execution finished in", "built successfully",
+    "UserWarning", "PreemptionWatcher", "Failed to query",
+)  # fmt: skip
+# Ray's raylet notes once or twice per run on 2 CPUs that it started more worker processes
+# than 4x its startup concurrency (= the CPU count): one Train controller, two workers and
+# two data-split coordinators per model. It is the only line not ours that a run may show.
+MAX_FOREIGN_LINES = 2
+
+
+def test_readme_command_prints_the_report_path_last_on_a_quiet_console(tiny_job):
+    """README command (1) from a copy of the repository: exit 0, report.json last, and a
+    console of stage lines, progress and results only (counted)."""
+    assert tiny_job.stdout.strip().splitlines()[-1] == str(tiny_job.run.report_json)
+    assert tiny_job.run.report_json.exists() and tiny_job.run.root.is_relative_to(tiny_job.repo)
+    console = tiny_job.console
+    noisy = [line for line in console if any(n in line for n in NOISE)]
+    assert not noisy, noisy[:5]
+    foreign = [line for line in console if not OWN_LINE.match(line)]
+    assert len(foreign) <= MAX_FOREIGN_LINES, foreign
+    assert "worker processes have been started" in "".join(foreign) or not foreign, foreign
+    cfg = load_config(str(tiny_job.run.root / "config.yaml"))
+    epochs_logged = cfg.gnn.epochs // cfg.gnn.eval_every
+    assert sum(line.startswith("gnn epoch") for line in console) == epochs_logged
+    assert len(console) < 150, len(console)  # ~100 own lines on the tiny default

@@ -21,6 +21,8 @@ scheduler; the data position is restored by skipping the batches already consume
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -147,7 +149,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     from copl_ray.schedule import cosine_with_warmup
 
     clear_stale_build_locks()  # a killed earlier build would hang DeepSpeed's op load
-    deepspeed.init_distributed(dist_backend="nccl" if tc.use_gpu else "gloo")
+    # DeepSpeed's CPU backend prints "... shm_comm_op built successfully" from every worker
+    # of every model; a failed build raises, so that stdout carries nothing a user needs
+    with contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed(dist_backend="nccl" if tc.use_gpu else "gloo")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
