@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from copl_ray.data.validate import DataError, read_records, resolve_path
+from copl_ray.data.validate import DataError, read_records, resolve_path, where
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -34,6 +34,17 @@ class RowSource:
 
     label: str
     rows: list[dict]
+
+
+def rows_with_columns(sources: list[RowSource], columns: tuple[str, ...]):
+    """``(label, row index, row)`` of every source's rows, each checked to have ``columns``
+    (a row without one is a one-line :class:`DataError` naming file and row)."""
+    for src in sources:
+        for i, r in enumerate(src.rows):
+            missing = [c for c in columns if c not in r]
+            if missing:
+                raise DataError(f"{where(src.label, i)}: missing column(s) {missing}")
+            yield src.label, i, r
 
 
 def _data_files(folder: Path, config: str | None) -> list[Path]:

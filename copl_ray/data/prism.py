@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from copl_ray.config import DataConfig, short_repr
-from copl_ray.data.hub import RowSource, dataset_rows, sources_label
+from copl_ray.data.hub import RowSource, dataset_rows, rows_with_columns, sources_label
 from copl_ray.data.own import drop_unusable_judgments, tables_from_judgments
 from copl_ray.data.tables import DataSummary, PreferenceTables
 from copl_ray.data.validate import DataError, where
@@ -82,25 +82,21 @@ def conversation_pairs(
 ) -> pd.DataFrame:
     """One row per pair of differently scored opening answers: user, prompt, chosen, rejected."""
     out: list[tuple] = []
-    for src in sources:
-        for i, r in enumerate(src.rows):
-            missing = [c for c in COLUMNS if c not in r]
-            if missing:
-                raise DataError(f"{where(src.label, i)}: missing column(s) {missing}")
-            user_text, answers = _opening(r["conversation_history"], src.label, i)
-            uid = r["user_id"]
-            if survey_users is not None and uid is not None and str(uid) not in survey_users:
-                summary.drop("user_not_in_survey")
+    for label, i, r in rows_with_columns(sources, COLUMNS):
+        user_text, answers = _opening(r["conversation_history"], label, i)
+        uid = r["user_id"]
+        if survey_users is not None and uid is not None and str(uid) not in survey_users:
+            summary.drop("user_not_in_survey")
+            continue
+        scored = [(s, t) for s, t in answers if _is_score(s)]
+        summary.drop("unscored_response", len(answers) - len(scored))
+        prompt = r.get("opening_prompt") or user_text
+        for (s1, t1), (s2, t2) in combinations(scored, 2):
+            if s1 == s2:
+                summary.drop("tie")
                 continue
-            scored = [(s, t) for s, t in answers if _is_score(s)]
-            summary.drop("unscored_response", len(answers) - len(scored))
-            prompt = r.get("opening_prompt") or user_text
-            for (s1, t1), (s2, t2) in combinations(scored, 2):
-                if s1 == s2:
-                    summary.drop("tie")
-                    continue
-                win, lose = (t1, t2) if s1 > s2 else (t2, t1)
-                out.append((uid, prompt, win, lose))
+            win, lose = (t1, t2) if s1 > s2 else (t2, t1)
+            out.append((uid, prompt, win, lose))
     return pd.DataFrame(out, columns=["user_id", "prompt", "chosen", "rejected"])
 
 

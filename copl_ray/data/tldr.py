@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from copl_ray.config import DataConfig, short_repr
-from copl_ray.data.hub import RowSource, dataset_rows, sources_label
+from copl_ray.data.hub import RowSource, dataset_rows, rows_with_columns, sources_label
 from copl_ray.data.own import drop_unusable_judgments, tables_from_judgments
 from copl_ray.data.tables import DataSummary, PreferenceTables
 from copl_ray.data.validate import DataError, where
@@ -69,26 +69,22 @@ def _summary_texts(value, label: str, row: int) -> tuple:
 def comparison_frame(sources: list[RowSource], summary: DataSummary) -> pd.DataFrame:
     """One row per usable comparison: ``user_id, prompt, chosen, rejected``."""
     out: list[tuple] = []
-    for src in sources:
-        for i, r in enumerate(src.rows):
-            missing = [c for c in COLUMNS if c not in r]
-            if missing:
-                raise DataError(f"{where(src.label, i)}: missing column(s) {missing}")
-            info = r["info"]
-            if not isinstance(info, dict):
-                raise DataError(
-                    f"{where(src.label, i, 'info')}: expected a mapping, got {short_repr(info)}"
-                )
-            texts = _summary_texts(r["summaries"], src.label, i)
-            prompt = tldr_prompt(info)
-            if prompt is None:
-                summary.drop("not_tldr_post")
-                continue
-            choice = r["choice"]
-            if isinstance(choice, bool) or choice not in (0, 1):
-                summary.drop("invalid_choice")
-                continue
-            out.append((r["worker"], prompt, texts[choice], texts[1 - choice]))
+    for label, i, r in rows_with_columns(sources, COLUMNS):
+        info = r["info"]
+        if not isinstance(info, dict):
+            raise DataError(
+                f"{where(label, i, 'info')}: expected a mapping, got {short_repr(info)}"
+            )
+        texts = _summary_texts(r["summaries"], label, i)
+        prompt = tldr_prompt(info)
+        if prompt is None:
+            summary.drop("not_tldr_post")
+            continue
+        choice = r["choice"]
+        if isinstance(choice, bool) or choice not in (0, 1):
+            summary.drop("invalid_choice")
+            continue
+        out.append((r["worker"], prompt, texts[choice], texts[1 - choice]))
     return pd.DataFrame(out, columns=["user_id", "prompt", "chosen", "rejected"])
 
 
