@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,11 @@ from copl_ray.config import Config, config_from_dict
 from copl_ray.data.tables import format_text
 from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage, gate_health
 from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
+
+if TYPE_CHECKING:
+    from copl_ray.config import AdaptConfig
+    from copl_ray.graph.artifacts import GNNArtifacts
+    from copl_ray.reward.model import PersonalRewardModel
 
 USER_FREE = ("uniform",)
 ADAPTED_VARIANT = "weighted"  # the adaptation behind the unseen users' kind="adapted" rows
@@ -169,7 +174,7 @@ def health_record(usage: dict[str, Any]) -> dict[str, Any]:
     return {**gate_health(usage["share"]), "n_users": usage["n_users"], "n_gates": usage["n_gates"]}
 
 
-def table_gate_usage(model, device) -> dict[str, Any]:
+def table_gate_usage(model: PersonalRewardModel, device: str) -> dict[str, Any]:
     """Expert usage of a ``no_gnn`` model's gate over every row of its user table (the seen
     users it was trained on), noise-free."""
     import torch
@@ -188,12 +193,12 @@ def flipped_labels(annotations: pd.DataFrame) -> pd.DataFrame:
 
 def flip_test(
     scorer: Scorer,
-    model,
-    art,
+    model: PersonalRewardModel,
+    art: GNNArtifacts,
     survey: pd.DataFrame,
     unseen: pd.DataFrame,
     prefers: np.ndarray,
-    adapt_cfg,
+    adapt_cfg: AdaptConfig,
 ) -> dict[str, Any] | None:
     """Does the reward model use the user's labels? Re-adapt each unseen user from their
     labels flipped (:func:`flipped_labels`; the adaptation the unseen embeddings came from,
