@@ -28,6 +28,14 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
 - ``labels_curve``: null | {``counts``: [int], ``accuracy``: [acc] or {model: [acc]}}
   (unseen-user accuracy when adapted from that many labels, Fig. 2)
 - ``expert_usage``: the eval stage's expert-allocation record, verbatim (Fig. 3)
+- ``gate_health``: {model: {``share``: [users per expert, top-1, seen users],
+  ``entropy``: H(share)/log M in [0, 1], ``top_expert``, ``top_share``, ``collapsed``: bool
+  (``top_share`` ≥ ``collapse_share``, 0.95), ``n_users``, ``n_gates``}} for every model
+  with a MoLE gate (copl, no_gnn); {} when none was evaluated
+- ``flip_test``: null | {``rate``: share of unseen users' test pairs whose predicted
+  preference (CoPL) flips when the user is re-adapted from their labels flipped,
+  ``common``, ``controversial``, ``by_group`` (the same rate on those pairs), ``n_pairs``,
+  ``n_users``, ``variant``, ``seconds``} (is the user signal used at all?)
 - ``paper``: null unless ``data.source == "ufp"``; then {``column``: e.g. "UF-P-2-ALL",
   ``backbone``, ``seen``: {model: acc}, ``unseen``: {model: acc}, ``common``: {model: acc},
   ``controversial``: {model: acc}} (METHOD.md §6, converted from % to fractions)
@@ -153,6 +161,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _flip_test(f: dict | None, where: str) -> dict[str, Any] | None:
+    """The eval stage's flip test with its rates checked to lie in [0, 1]."""
+    if f is None:
+        return None
+    out = dict(f)
+    for key in ("rate", "common", "controversial"):
+        out[key] = _acc(f.get(key), f"{where}.{key}")
+    return out
+
+
 def paper_numbers(cfg: Config) -> dict[str, Any] | None:
     """The paper's figures for the UF-P variant this config builds (fractions), else None."""
     if cfg.data.source != "ufp" or cfg.data.n_groups not in (2, 4):
@@ -245,6 +263,8 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
         "adaptation": adaptation,
         "labels_curve": curve,
         "expert_usage": results.get("expert_usage"),
+        "gate_health": results.get("gate_health") or {},
+        "flip_test": _flip_test(results.get("flip_test"), f"{where}:flip_test"),
         "paper": paper_numbers(cfg),
         "timings": timings,
         "executed": sorted(executed or {}, key=STAGES.index),

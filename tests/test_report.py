@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from copl_ray.artifacts import RunDir
@@ -107,6 +108,55 @@ def test_report_from_contract_artifacts(tmp_path):
     assert "| weighted | 75.00 |" in md  # Table 4
     assert "| CoPL | 55.00 | 60.00 | 70.00 | 75.00 |" in md  # Fig. 2 numbers
     assert "paper" not in md.split("## Reward-model accuracy")[1].split("##")[0]
+
+
+def test_report_shows_gate_health_and_flip_test(tmp_path):
+    """report.json carries the eval stage's gate_health and flip_test; report.md shows both,
+    with a warning at the top only for the model whose gate collapsed."""
+    from copl_ray.eval.metrics import expert_usage
+    from copl_ray.eval.stage import health_record
+
+    cfg = load_config("tiny", [f"run.dir={tmp_path}"])
+    run = _write_contract_run(tmp_path, cfg)
+    results = json.loads((run.eval / "results.json").read_text())
+    split_users = np.repeat(np.eye(4)[[2, 3]], 2, axis=0)  # 2 users on expert 2, 2 on 3
+    one_expert = np.tile([1.0, 0.0, 0.0, 0.0], (4, 1))
+    results["gate_health"] = {
+        "copl": health_record(expert_usage(split_users)),
+        "no_gnn": health_record(expert_usage(one_expert)),
+    }
+    results["flip_test"] = {
+        "rate": 0.52, "common": 0.04, "controversial": 0.96, "by_group": {"a": 0.5, "b": 0.54},
+        "n_pairs": 100, "n_users": 2, "variant": "weighted",
+    }  # fmt: skip
+    (run.eval / "results.json").write_text(json.dumps(results))
+    rep = json.loads(build_report(cfg, run).read_text())
+
+    assert rep["gate_health"]["copl"]["share"] == [0.0, 0.0, 0.5, 0.5]
+    assert rep["gate_health"]["copl"]["entropy"] == pytest.approx(0.5)
+    assert rep["gate_health"]["copl"]["collapsed"] is False
+    assert rep["gate_health"]["no_gnn"]["collapsed"] is True
+    assert rep["flip_test"]["rate"] == 0.52 and rep["flip_test"]["n_pairs"] == 100
+    md = run.report_md.read_text()
+    top = md.split("## Reward-model accuracy")[0]
+    assert "**Warning: the CoPL w/o GNN (learned user emb.) gate collapsed**" in top
+    assert "the CoPL gate" not in top
+    assert "| CoPL | 0.00 / 0.00 / 50.00 / 50.00 | 0.500 | no | 4 |" in md
+    assert "flips CoPL's predicted preference on **52.00 %** of their test pairs" in md
+    assert "in-context learning has been measured to flip 14 %" in md
+
+    results["flip_test"]["rate"] = 52.0  # a percentage where a fraction belongs
+    (run.eval / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ReportError, match="flip_test.rate"):
+        build_report(cfg, run)
+
+
+def test_report_without_gate_or_flip_test(tmp_path):
+    """Runs whose eval predates these checks (or has no gated model) report {} and null."""
+    cfg = load_config("tiny", [f"run.dir={tmp_path}"])
+    rep = json.loads(build_report(cfg, _write_contract_run(tmp_path, cfg)).read_text())
+    assert rep["gate_health"] == {} and rep["flip_test"] is None
+    assert "## Gate health" not in RunDir(tmp_path).report_md.read_text()
 
 
 def test_report_rejects_percentages_naming_the_file(tmp_path):

@@ -10,6 +10,7 @@ true group, and on *common* (all groups agree) vs *controversial* pairs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,4 +100,33 @@ def expert_usage(gate_weights: np.ndarray) -> dict[str, Any]:
         "idle_experts": int((share.mean(axis=0) == 0).sum()),
         "n_users": int(w.shape[1]),
         "n_gates": int(w.shape[0]),
+    }
+
+
+COLLAPSE_SHARE = 0.95  # one expert taking this share of users or more: a collapsed gate
+
+
+def gate_health(share: Sequence[float], collapse_share: float = COLLAPSE_SHARE) -> dict[str, Any]:
+    """Is the gate routing users at all? From ``share`` (users per expert, top-1; sums to 1).
+
+    ``entropy`` is the routing entropy normalised by its maximum, ``H(share) / log M``
+    (0 log 0 = 0): 0 when every user has the same top expert, 1 when the experts hold
+    equal shares, ``log k / log M`` for an even split over k experts. ``collapsed`` when one
+    expert takes ``collapse_share`` of the users or more: then the reward model is one
+    shared adapter and personalisation can only come from elsewhere.
+    """
+    p = np.asarray(share, dtype=np.float64)
+    if p.ndim != 1 or len(p) == 0 or (p < 0).any() or not np.isclose(p.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"share: expected fractions over experts summing to 1, got {list(p)}")
+    m = len(p)
+    nz = p[p > 0]
+    entropy = float(-(nz * np.log(nz)).sum() / np.log(m)) if m > 1 else 0.0
+    top = int(p.argmax())
+    return {
+        "share": p.tolist(),
+        "entropy": min(max(entropy, 0.0), 1.0),
+        "top_expert": top,
+        "top_share": float(p[top]),
+        "collapsed": bool(p[top] >= collapse_share),
+        "collapse_share": float(collapse_share),
     }

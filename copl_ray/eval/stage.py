@@ -6,11 +6,14 @@ variants, the labels curve (paper Fig. 2) and expert allocation (Fig. 3).
     {"models": {name: {"seen": S, "unseen": S}},
      "adaptation": {variant: {"unseen": S}},
      "labels_curve": {"counts": [...], "accuracy": [...]},
-     "expert_usage": {"seen": U, "unseen": U, "allocation": {...}}}
+     "expert_usage": {"seen": U, "unseen": U, "allocation": {...}},
+     "gate_health": {model: H}, "flip_test": F | null}
 
 with ``S = {overall, common, controversial, by_group, n_pairs, n_users}`` (see
 :mod:`copl_ray.eval.metrics`; null where a split does not exist) and
-``expert_allocation.png`` / ``labels_curve.png``.
+``expert_allocation.png`` / ``labels_curve.png``. ``H`` (:func:`copl_ray.eval.metrics.
+gate_health`) is the routing of the seen users by every model with a MoLE gate (copl,
+no_gnn); ``F`` (:func:`flip_test`) whether CoPL uses an unseen user's labels at all.
 
 Users' embeddings: seen users use their trained GNN embedding; unseen users the
 optimisation-free adapted one (``kind="adapted"``; no gradient step). ``no_gnn`` has no
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,10 +41,16 @@ from copl_ray import tracking
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, config_from_dict
 from copl_ray.data.tables import format_text
-from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage
+from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage, gate_health
 from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
 
+if TYPE_CHECKING:
+    from copl_ray.config import AdaptConfig
+    from copl_ray.graph.artifacts import GNNArtifacts
+    from copl_ray.reward.model import PersonalRewardModel
+
 USER_FREE = ("uniform",)
+ADAPTED_VARIANT = "weighted"  # the adaptation behind the unseen users' kind="adapted" rows
 
 
 # ------------------------------------------------------------------ inputs
@@ -160,6 +169,77 @@ def _embeddings_for(pairs: pd.DataFrame, table: dict[str, np.ndarray], what: str
     return np.stack([table[u] for u in pairs["user_id"]])
 
 
+# ------------------------------------------------------------------ gate and user signal
+def health_record(usage: dict[str, Any]) -> dict[str, Any]:
+    """``gate_health`` of one :func:`expert_usage` record (its ``share``), with its counts."""
+    return {**gate_health(usage["share"]), "n_users": usage["n_users"], "n_gates": usage["n_gates"]}
+
+
+def table_gate_usage(model: PersonalRewardModel, device: str) -> dict[str, Any]:
+    """Expert usage of a ``no_gnn`` model's gate over every row of its user table (the seen
+    users it was trained on), noise-free."""
+    import torch
+
+    with torch.no_grad():
+        w = model.gate_weights(user_index=torch.arange(model.n_users, device=device))
+    return expert_usage(w.float().cpu().numpy())
+
+
+def flipped_labels(annotations: pd.DataFrame) -> pd.DataFrame:
+    """The same labels with chosen and rejected swapped: a user of the opposite taste."""
+    return annotations.assign(
+        chosen=annotations["rejected"].to_numpy(), rejected=annotations["chosen"].to_numpy()
+    )
+
+
+def flip_test(
+    scorer: Scorer,
+    model: PersonalRewardModel,
+    art: GNNArtifacts,
+    survey: pd.DataFrame,
+    unseen: pd.DataFrame,
+    prefers: np.ndarray,
+    adapt_cfg: AdaptConfig,
+) -> dict[str, Any] | None:
+    """Does the reward model use the user's labels? Re-adapt each unseen user from their
+    labels flipped (:func:`flipped_labels`; the adaptation the unseen embeddings came from,
+    optimisation-free) and count their test pairs whose predicted preference flips.
+
+    ``prefers``: the model's ``chosen > rejected`` per row of ``unseen`` with the user's
+    own adaptation. A model that ignores the user flips nothing; one that reads only the
+    user flips every pair. Returns ``{rate, common, controversial, by_group, n_pairs,
+    n_users, variant, seconds}`` (the rates split as in :func:`accuracy_summary`), None
+    without labels to flip. Users without adaptation labels are left out (nothing to flip).
+    Cost: one adaptation pass and one scoring pass over the unseen test pairs (one point of
+    the labels curve).
+    """
+    from copl_ray.graph.adapt import adapt_unseen_users
+
+    t0 = time.time()
+    if not len(survey):
+        return None
+    adapted = adapt_unseen_users(art, flipped_labels(survey), adapt_cfg, variant=ADAPTED_VARIANT)
+    table = _embedding_lookup(adapted)
+    keep = unseen["user_id"].isin(set(table)).to_numpy()
+    pairs = unseen[keep]
+    e = _embeddings_for(pairs, table, "flip_test")
+    flips = scorer.pair_correct(model, pairs, user_emb=e) != prefers[keep]
+    s = accuracy_summary(pairs.assign(correct=flips))
+    seconds = round(time.time() - t0, 2)
+    return {"rate": s.pop("overall"), **s, "variant": ADAPTED_VARIANT, "seconds": seconds}
+
+
+def collapse_warnings(health: dict[str, dict[str, Any]]) -> list[str]:
+    """One console line per model whose gate sends (almost) every user to one expert."""
+    return [
+        f"warning: {name}: gate collapsed, expert {h['top_expert']} takes "
+        f"{100 * h['top_share']:.1f}% of {h['n_users']} seen users (routing entropy "
+        f"{h['entropy']:.2f}); the model is one shared adapter, not personalised"
+        for name, h in health.items()
+        if h.get("collapsed")
+    ]
+
+
 # ------------------------------------------------------------------ the stage
 def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
     """All metrics of the results contract (pure computation; no Ray)."""
@@ -186,7 +266,8 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
 
     models: dict[str, Any] = {}
     notes: list[str] = []
-    copl = None
+    health: dict[str, dict[str, Any]] = {}
+    copl, copl_prefers = None, None
     for name in cfg.reward.models:
         if name in USER_FREE:
             s = scorer.response_scores(load(run.reward(name)))
@@ -218,6 +299,8 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
             seen = data.seen[ok]
             correct = scorer.pair_correct(model, seen, user_index=index[ok])
             models[name] = {"seen": _summary(seen, correct), "unseen": _summary(data.unseen, None)}
+            if model.mole.gate is not None:
+                health["no_gnn"] = health_record(table_gate_usage(model, device))
             notes.append("no_gnn: unseen users have no row in the free embedding table (null)")
         else:  # copl, no_mole: routed by the GNN embedding
             model = load(run.reward(name))
@@ -229,11 +312,14 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
                 e = _embeddings_for(pairs, table, f"{name}/{split}") if len(pairs) else None
                 correct = scorer.pair_correct(model, pairs, user_emb=e) if len(pairs) else None
                 res[split] = _summary(pairs, correct)
+                if name == "copl" and split == "unseen":
+                    copl_prefers = correct
             models[name] = res
             if name == "copl":
                 copl = model
 
     results: dict[str, Any] = {"models": models, "adaptation": {}, "notes": notes}
+    results["flip_test"] = None
     if copl is not None and len(data.unseen):
         # ---- adaptation variants (stage-1 output) on unseen users
         adapt_file = run.gnn / "adaptation.parquet"
@@ -259,6 +345,10 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
             e = _embeddings_for(pairs, table, f"labels_curve/k={k}")
             curve.append(float(scorer.pair_correct(copl, pairs, user_emb=e).mean()))
         results["labels_curve"] = {"counts": list(cfg.eval.label_counts), "accuracy": curve}
+        # ---- user signal used: the same users with their labels flipped
+        results["flip_test"] = flip_test(
+            scorer, copl, art, survey, data.unseen, copl_prefers, cfg.adapt
+        )
     else:
         results["labels_curve"] = {"counts": list(cfg.eval.label_counts), "accuracy": []}
 
@@ -279,6 +369,8 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
             w = w.float().cpu().numpy()
             usage[split] = expert_usage(w)
             if split == "seen":
+                health = {"copl": health_record(usage[split]), **health}
+            if split == "seen":
                 group_of = dict(zip(data.users["user_id"], data.users["group"].fillna("")))
                 groups, matrix = allocation_matrix(w, [group_of[u] for u in ids])
                 layers = list(copl.mole.module_names) if w.ndim == 3 else None
@@ -289,6 +381,7 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
                 }
                 plot_expert_allocation(groups, matrix, run.eval / "expert_allocation.png", layers)
         results["expert_usage"] = usage
+    results["gate_health"] = health
     if results["labels_curve"]["accuracy"]:
         ref = {f"{m} (unseen)": models[m]["unseen"]["overall"] for m in models if m != "copl"}
         plot_labels_curve(
@@ -321,6 +414,10 @@ def run_eval_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
         results = evaluate(cfg, run)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2))
     tracking.log_eval(cfg, run.root, results)
+    from copl_ray.pipeline import log
+
+    for line in collapse_warnings(results["gate_health"]):
+        log(line)
     headline = {
         f"{m}/{split}": r[split]["overall"] for m, r in results["models"].items() for split in r
     }
