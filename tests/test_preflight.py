@@ -189,20 +189,21 @@ def test_ukp_has_no_groups(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.cpus_per_worker=64", "train.cpus_per_worker: 2 workers (train.num_workers) x 64 CPUs = 128 CPUs, but the local Ray (run.num_cpus) has 2"),
-        ("gnn.cpus_per_worker=3", "gnn.cpus_per_worker: 3 CPUs, but the local Ray (run.num_cpus) has 2"),
-        ("train.num_workers=5", "train.cpus_per_worker: 5 workers (train.num_workers) x 0.5 CPUs = 2.5 CPUs"),
+        ("train.cpus_per_worker=64", "train.cpus_per_worker: 2 workers (train.num_workers) x 64 CPUs = 128 CPUs, but "),
+        ("gnn.cpus_per_worker=3", "gnn.cpus_per_worker: 3 CPUs, but "),
+        ("train.num_workers=5", "train.cpus_per_worker: 5 workers (train.num_workers) x 0.5 CPUs = 2.5 CPUs, but "),
     ],
 )  # fmt: skip
 def test_local_ray_request_above_the_cpus_fails(tmp_path, override, message):
     import ray
 
-    if ray.is_initialized():
-        pytest.skip("this process already runs a Ray: its resources are compared instead")
+    # compared with run.num_cpus, or with the Ray this process already runs (the test
+    # session's, 2 CPUs) when one is up: either way 2 CPUs
+    where = "the running Ray" if ray.is_initialized() else "the local Ray (run.num_cpus)"
     cfg = load_config("tiny", [override, "run.num_cpus=2", f"run.dir={tmp_path}"])
     with pytest.raises(ConfigError) as e:
         check_ray_request(cfg, ["gnn", "reward", "eval"])
-    assert str(e.value).startswith(message), str(e.value)
+    assert str(e.value).startswith(f"{message}{where} has 2"), str(e.value)
     check_ray_request(cfg, ["data"])  # no Ray stage runs: nothing asked
 
 
@@ -210,8 +211,8 @@ def test_gpu_request_without_gpus_fails(tmp_path):
     import ray
     import torch
 
-    if torch.cuda.is_available() or ray.is_initialized():
-        pytest.skip("a GPU (or a running Ray) is present")
+    if torch.cuda.is_available() or (ray.is_initialized() and ray.cluster_resources().get("GPU")):
+        pytest.skip("a GPU is present")
     cfg = load_config("tiny", ["train.use_gpu=true", f"run.dir={tmp_path}"])
     with pytest.raises(ConfigError, match="train.use_gpu: 2 workers .* need one GPU each"):
         check_ray_request(cfg, ["reward"])
