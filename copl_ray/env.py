@@ -8,6 +8,7 @@ and compiled DeepSpeed ops are cached inside the workspace.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # where torch JIT-builds extensions (DeepSpeed's CPU ops): one place, not the user's global cache
@@ -54,6 +55,18 @@ def ray_worker_setup() -> None:
     pin_ray_address()
     quiet_expected_failure_warning()
     quiet_ray_data_loggers()
+    sys.unraisablehook = _unraisable_unless_exit
+
+
+def _unraisable_unless_exit(unraisable) -> None:
+    """Ray stops a worker process with SIGTERM, whose handler raises ``SystemExit`` in
+    whatever frame runs; when that is a finaliser (Ray Data's split coordinators of a
+    Train attempt that failed and restarted, mid-iteration) Python prints "Exception
+    ignored in ... __del__" with a traceback of the signal itself. The process is exiting
+    as asked: nothing to report. Every other unraisable error is printed as usual."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def pin_ray_address() -> None:
