@@ -79,9 +79,15 @@ NOISE = (
     "Progress bars disabled", "execution finished in", "built successfully",
     "UserWarning", "PreemptionWatcher", "Failed to query",
 )  # fmt: skip
-# Ray's raylet notes once or twice per run on 2 CPUs that it started more worker processes
-# than 4x its startup concurrency (= the CPU count): one Train controller, two workers and
-# two data-split coordinators per model. It is the only line not ours that a run may show.
+# Lines of Ray's own that a run may show beside its own (at most MAX_FOREIGN_LINES): the
+# raylet's note that it started more worker processes than 4x its startup concurrency (=
+# the CPU count: each model starts a Train controller, two workers and two data-split
+# coordinators), and the GCS's "Failed to kill actor ... Socket closed" when ray.shutdown
+# closes a worker's socket before the GCS's own kill of that actor (a shutdown race).
+RAY_LIFECYCLE_LINE = re.compile(
+    r"worker processes have been started on node"
+    r"|\(gcs_server\) gcs_actor_scheduler\.cc:\d+: Failed to kill actor .*Socket closed"
+)
 MAX_FOREIGN_LINES = 2
 
 
@@ -96,7 +102,7 @@ def test_readme_command_prints_the_report_path_last_on_a_quiet_console(tiny_job)
     report_line = str(tiny_job.run.report_json)
     foreign = [line for line in console if not (OWN_LINE.match(line) or line == report_line)]
     assert len(foreign) <= MAX_FOREIGN_LINES, foreign
-    assert all("worker processes have been started" in line for line in foreign), foreign
+    assert all(RAY_LIFECYCLE_LINE.search(line) for line in foreign), foreign
     cfg = load_config(str(tiny_job.run.root / "config.yaml"))
     epochs_logged = cfg.gnn.epochs // cfg.gnn.eval_every
     assert sum(line.startswith("gnn epoch") for line in console) == epochs_logged
