@@ -339,7 +339,7 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
         curve = []
         for k in cfg.eval.label_counts:
             first_k = survey.groupby("user_id", sort=False).head(k)
-            adapted = adapt_unseen_users(art, first_k, cfg.adapt, variant="weighted")
+            adapted = adapt_unseen_users(art, first_k, cfg.adapt, variant=ADAPTED_VARIANT)
             table = _embedding_lookup(adapted)
             pairs = data.unseen[data.unseen["user_id"].isin(set(table))]
             e = _embeddings_for(pairs, table, f"labels_curve/k={k}")
