@@ -36,6 +36,9 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
   preference (CoPL) flips when the user is re-adapted from their labels flipped,
   ``common``, ``controversial``, ``by_group`` (the same rate on those pairs), ``n_pairs``,
   ``n_users``, ``variant``, ``seconds``} (is the user signal used at all?)
+- ``gnn_scorer``: null | {``seen``: S, ``unseen``: S} with ``n_skipped`` in each S: the
+  GNN alone (``<e_u, e_x>``) on the test pairs whose two responses are graph nodes (the
+  reward models' users and embeddings; pairs with an unseen response are skipped)
 - ``paper``: null unless ``data.source == "ufp"``; then {``column``: e.g. "UF-P-2-ALL",
   ``backbone``, ``seen``: {model: acc}, ``unseen``: {model: acc}, ``common``: {model: acc},
   ``controversial``: {model: acc}} (METHOD.md §6, converted from % to fractions)
@@ -171,6 +174,19 @@ def _flip_test(f: dict | None, where: str) -> dict[str, Any] | None:
     return out
 
 
+def _gnn_scorer(g: dict | None, where: str) -> dict[str, Any] | None:
+    """The eval stage's GNN-only row with its accuracies checked."""
+    if g is None:
+        return None
+    return {
+        split: {
+            **normalize_split(g.get(split), f"{where}.{split}"),
+            "n_skipped": _count((g.get(split) or {}).get("n_skipped")),
+        }
+        for split in ("seen", "unseen")
+    }
+
+
 def paper_numbers(cfg: Config) -> dict[str, Any] | None:
     """The paper's figures for the UF-P variant this config builds (fractions), else None."""
     if cfg.data.source != "ufp" or cfg.data.n_groups not in (2, 4):
@@ -265,6 +281,7 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
         "expert_usage": results.get("expert_usage"),
         "gate_health": results.get("gate_health") or {},
         "flip_test": _flip_test(results.get("flip_test"), f"{where}:flip_test"),
+        "gnn_scorer": _gnn_scorer(results.get("gnn_scorer"), f"{where}:gnn_scorer"),
         "paper": paper_numbers(cfg),
         "timings": timings,
         "executed": sorted(executed or {}, key=STAGES.index),

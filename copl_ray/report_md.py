@@ -63,6 +63,15 @@ def _table1(rep: dict) -> list[str]:
         if paper:
             row += [_pct(paper["seen"].get(m)), _pct(paper["unseen"].get(m))]
         rows.append(row)
+    gnn = rep.get("gnn_scorer")
+    if gnn:
+        seen, unseen = gnn["seen"], gnn["unseen"]
+        rows.append(
+            ["GNN only (in-graph pairs)", _pct(seen["overall"]),
+             f"{_n(seen['n_users'])} / {_n(seen['n_pairs'])}", _pct(unseen["overall"]),
+             f"{_n(unseen['n_users'])} / {_n(unseen['n_pairs'])}"]
+            + (["—", "—"] if paper else [])
+        )  # fmt: skip
     return [
         "## Reward-model accuracy (Table 1 / Table 3)",
         "",
@@ -72,6 +81,17 @@ def _table1(rep: dict) -> list[str]:
         "were trained on / adapted from are counted in the Data section.",
         "",
         *_table(header, rows),
+        *(
+            [
+                "GNN only: the graph's own score <e_u, e_x> with no text, on the test pairs "
+                "whose two responses are graph nodes (a response nobody labelled in a survey "
+                f"has none: {_n(gnn['seen']['n_skipped'])} seen / "
+                f"{_n(gnn['unseen']['n_skipped'])} unseen pairs skipped).",
+                "",
+            ]
+            if gnn
+            else []
+        ),
     ]
 
 

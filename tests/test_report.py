@@ -204,3 +204,31 @@ def test_paper_numbers_for_7b_are_copl_seen_only():
     paper = paper_numbers(cfg)
     assert paper["backbone"] == "gemma-7b-it"
     assert set(paper["seen"]) == {"copl"} and paper["unseen"] == {}
+
+
+def test_report_shows_the_gnn_only_row_beside_the_reward_models(tmp_path):
+    """eval's gnn_scorer becomes report.json["gnn_scorer"] and a Table-1 row with its own
+    users / pairs; a percentage where a fraction belongs is refused naming the field."""
+    cfg = load_config("tiny", [f"run.dir={tmp_path}"])
+    run = _write_contract_run(tmp_path, cfg)
+    results = json.loads((run.eval / "results.json").read_text())
+    results["gnn_scorer"] = {
+        "seen": {**_split(0.777, n_pairs=30, n_users=4), "n_skipped": 10},
+        "unseen": {**_split(0.5, n_pairs=80, n_users=2), "n_skipped": 20},
+    }
+    (run.eval / "results.json").write_text(json.dumps(results))
+    rep = json.loads(build_report(cfg, run).read_text())
+    assert rep["gnn_scorer"]["seen"]["overall"] == 0.777
+    assert rep["gnn_scorer"]["unseen"]["n_skipped"] == 20
+    table = run.report_md.read_text().split("## Reward-model accuracy")[1].split("\n## ")[0]
+    assert "| GNN only (in-graph pairs) | 77.70 | 4 / 30 | 50.00 | 2 / 80 |" in table
+    assert "10 seen / 20 unseen pairs skipped" in table
+
+    results["gnn_scorer"]["seen"]["overall"] = 77.7
+    (run.eval / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ReportError, match="gnn_scorer.seen.overall"):
+        build_report(cfg, run)
+    rep_without = _write_contract_run(
+        tmp_path / "old", load_config("tiny", [f"run.dir={tmp_path / 'old'}"])
+    )
+    assert json.loads(build_report(cfg, rep_without).read_text())["gnn_scorer"] is None

@@ -7,13 +7,16 @@ variants, the labels curve (paper Fig. 2) and expert allocation (Fig. 3).
      "adaptation": {variant: {"unseen": S}},
      "labels_curve": {"counts": [...], "accuracy": [...]},
      "expert_usage": {"seen": U, "unseen": U, "allocation": {...}},
-     "gate_health": {model: H}, "flip_test": F | null}
+     "gate_health": {model: H}, "flip_test": F | null,
+     "gnn_scorer": {"seen": S, "unseen": S}}
 
 with ``S = {overall, common, controversial, by_group, n_pairs, n_users}`` (see
 :mod:`copl_ray.eval.metrics`; null where a split does not exist) and
 ``expert_allocation.png`` / ``labels_curve.png``. ``H`` (:func:`copl_ray.eval.metrics.
 gate_health`) is the routing of the seen users by every model with a MoLE gate (copl,
-no_gnn); ``F`` (:func:`flip_test`) whether CoPL uses an unseen user's labels at all.
+no_gnn); ``F`` (:func:`flip_test`) whether CoPL uses an unseen user's labels at all;
+``gnn_scorer`` (:func:`gnn_scorer`) the GNN alone on the test pairs it can score (S plus
+``n_skipped``), the row that shows where the text model stands against the graph.
 
 Users' embeddings: seen users use their trained GNN embedding; unseen users the
 optimisation-free adapted one (``kind="adapted"``; no gradient step). ``no_gnn`` has no
@@ -229,6 +232,43 @@ def flip_test(
     return {"rate": s.pop("overall"), **s, "variant": ADAPTED_VARIANT, "seconds": seconds}
 
 
+def gnn_scorer(
+    art: GNNArtifacts,
+    data: EvalData,
+    tables: dict[str, dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """The GNN alone as a scorer, ``s_u(x) = <e_u, e_x>``, on the test pairs it can score.
+
+    Only pairs whose two responses are nodes of the graph (somebody labelled them in a
+    survey) have a GNN score: a response the graph never saw has no embedding, where a
+    reward model reads its text. ``n_pairs`` of each split counts the pairs scored; the
+    rest are ``n_skipped``. Seen users use their trained embedding, unseen users the
+    adapted one (``tables[split]``), exactly what the reward models are routed with.
+    """
+    import torch
+
+    from copl_ray.graph.bipartite import PairIndex
+    from copl_ray.graph.model import score_margin
+
+    out: dict[str, Any] = {}
+    for split, pairs in (("seen", data.seen), ("unseen", data.unseen)):
+        table = tables[split]
+        a = art.response_index(pairs["chosen"].to_numpy())
+        b = art.response_index(pairs["rejected"].to_numpy())
+        ok = (a >= 0) & (b >= 0) & pairs["user_id"].isin(set(table)).to_numpy()
+        scored = pairs[ok]
+        correct = None
+        if len(scored):
+            users = np.stack([table[u] for u in scored["user_id"]])
+            index = PairIndex(
+                torch.arange(len(scored)), torch.from_numpy(a[ok]), torch.from_numpy(b[ok])
+            )
+            margin = score_margin(torch.from_numpy(users), art.response_embeddings, index)
+            correct = (margin > 0).numpy()
+        out[split] = {**_summary(scored, correct), "n_skipped": int((~ok).sum())}
+    return out
+
+
 def collapse_warnings(health: dict[str, dict[str, Any]]) -> list[str]:
     """One console line per model whose gate sends (almost) every user to one expert."""
     return [
@@ -320,6 +360,8 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
 
     results: dict[str, Any] = {"models": models, "adaptation": {}, "notes": notes}
     results["flip_test"] = None
+    art = GNNArtifacts.load(run.gnn)
+    results["gnn_scorer"] = gnn_scorer(art, data, {"seen": seen_emb, "unseen": unseen_emb})
     if copl is not None and len(data.unseen):
         # ---- adaptation variants (stage-1 output) on unseen users
         adapt_file = run.gnn / "adaptation.parquet"
@@ -331,7 +373,6 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
                 correct = scorer.pair_correct(copl, data.unseen, user_emb=e)
                 results["adaptation"][str(variant)] = {"unseen": _summary(data.unseen, correct)}
         # ---- labels curve: re-adapt with each unseen user's first k survey labels
-        art = GNNArtifacts.load(run.gnn)
         survey = data.annotations[
             (data.annotations["split"] == "survey")
             & data.annotations["user_id"].isin(set(data.unseen["user_id"]))
