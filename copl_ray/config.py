@@ -179,6 +179,10 @@ class RewardConfig:
     # before top-k: lets the gate learn from an init whose routes cut across user groups.
     # 0 = the paper (top-k from the first step).
     gate_dense_warmup: float = 0.0
+    # what the copl gate reads: the GNN embedding as exported ("raw", the paper), or
+    # "standardized": centred on the mean seen user and scaled to unit RMS, frozen at
+    # training start (copl_ray/mole/layer.py MoLEGate.standardize_inputs)
+    gate_input: Literal["raw", "standardized"] = "raw"
     baseline_rank: int = 64
     models: list[str] = field(default_factory=lambda: ["copl", "uniform", "oracle"])
     train_on_val_pairs: bool = False  # official code trains on the GNN validation pair (B7)

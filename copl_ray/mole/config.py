@@ -32,6 +32,9 @@ class MoLEConfig:
     gate_per_module: bool = False  # official code: one gate per wrapped module
     gate_squared: bool = False  # official bug B3: expert scaled by p² instead of p
     load_balance_coef: float = 0.0  # Switch loss M·Σ f_i P_i, added via model.aux_loss
+    # gate input: "raw" e_u, or "standardized" (e_u − μ)/σ with μ, σ frozen from the seen
+    # users (MoLEGate.standardize_inputs): users that differ by little still route apart
+    gate_input: str = "raw"
     adapter_dtype: str = "float32"  # adapters/gates keep this dtype under a bf16 backbone
     prefix: str = "reward."  # how error messages name the fields (config section)
 
@@ -57,6 +60,10 @@ class MoLEConfig:
         if self.adapter_dtype not in _DTYPES:
             raise self._err(
                 "adapter_dtype", f"expected one of {list(_DTYPES)}, got {self.adapter_dtype!r}"
+            )
+        if self.gate_input not in ("raw", "standardized"):
+            raise self._err(
+                "gate_input", f"expected 'raw' or 'standardized', got {self.gate_input!r}"
             )
         if self.num_experts == 0:
             return
@@ -98,6 +105,7 @@ class MoLEConfig:
             gate_per_module=reward_cfg.gate_per_module,
             gate_squared=reward_cfg.gate_squared,
             load_balance_coef=reward_cfg.load_balance_coef,
+            gate_input=getattr(reward_cfg, "gate_input", "raw"),
             adapter_dtype=getattr(reward_cfg, "adapter_dtype", "float32"),
         )
         values.update(overrides)

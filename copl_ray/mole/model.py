@@ -93,7 +93,13 @@ class MoLEModel(nn.Module):
         if cfg.num_experts > 0:
             n_gates = len(self.module_names) if cfg.gate_per_module else 1
             dev = next(model.parameters()).device
-            self.gate = MoLEGate(cfg.user_dim, cfg.gate_hidden, cfg.num_experts, n_gates).to(dev)
+            self.gate = MoLEGate(
+                cfg.user_dim,
+                cfg.gate_hidden,
+                cfg.num_experts,
+                n_gates,
+                standardized=cfg.gate_input == "standardized",
+            ).to(dev)
         self.last_gate: GateOutput | None = None
         self._sink_hooks: dict[nn.Module, Any] = {}  # checkpointed block -> hook handle
         self.aux_loss: torch.Tensor = torch.zeros(())

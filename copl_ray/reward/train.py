@@ -185,6 +185,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
         # a copy: the table arrives read-only from Ray's object store
         user_table = torch.tensor(np.array(config["user_embeddings"], dtype=np.float32))
         user_table = user_table.to(device)
+        if model.mole.gate is not None and cfg.reward.gate_input == "standardized":
+            # every rank holds the same table, so every rank freezes the same (mu, sigma)
+            model.mole.gate.standardize_inputs(user_table)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_warm = config["warmup_steps"]

@@ -155,3 +155,27 @@ def test_two_users_export_different_adapters(make_model, tok, tmp_path):
 def test_no_mole_cannot_export(make_model, tmp_path):
     with pytest.raises(ValueError, match="no per-user LoRA form"):
         make_model("no_mole").export_user_peft(torch.zeros(USER_DIM), tmp_path)
+
+
+def test_standardized_gate_survives_save_load_and_export(make_model, tok, tmp_path):
+    """The frozen (mu, sigma) of reward.gate_input=standardized are part of the model: a
+    saved and reloaded model routes and scores the same, and each user's PEFT export
+    carries the adapter the standardized gate chose."""
+    model = make_model("copl", gate_input="standardized")
+    seen = torch.nn.functional.normalize(
+        torch.ones(6, USER_DIM)
+        + 0.01 * torch.randn(6, USER_DIM, generator=torch.Generator().manual_seed(5)),
+        dim=-1,
+    )
+    model.mole.gate.standardize_inputs(seen)
+    assert model.mole.gate.input_scale.item() > 10  # near-identical users: a large scale
+    loaded = PersonalRewardModel.load(model.save(tmp_path / "m"))
+    torch.testing.assert_close(loaded.mole.gate.input_shift, model.mole.gate.input_shift)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        for u in range(2):
+            ours = model(enc["input_ids"], enc["attention_mask"], seen[u : u + 1])
+            again = loaded(enc["input_ids"], enc["attention_mask"], seen[u : u + 1])
+            torch.testing.assert_close(again, ours)
+    torch.testing.assert_close(loaded.gate_weights(seen), model.gate_weights(seen))
+    _exported_matches(model, tok, tmp_path, "copl")
