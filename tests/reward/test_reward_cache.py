@@ -5,6 +5,7 @@ back-propagate exactly like the full forward of a model with the same adapters, 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -33,11 +34,23 @@ def minilm_tok():
     return load_tokenizer("minilm")
 
 
+_PRISTINE: dict[tuple[str, int], torch.nn.Module] = {}
+
+
+def _backbone(rc, tok) -> torch.nn.Module:
+    """A fresh copy of the backbone (loaded once per module: the shared box is slow)."""
+    key = (rc.backbone, id(tok))
+    if key not in _PRISTINE:
+        _PRISTINE[key] = build_backbone(rc, tok)
+    return copy.deepcopy(_PRISTINE[key])
+
+
 def _build(reward_cfg, backbone: str, tok, variant: str = "copl", **kw) -> PersonalRewardModel:
     """A model with trained-looking adapters (every LoRA B ~ N(0, 0.05²), seeded)."""
     if backbone == "minilm":
         kw = {"backbone": "minilm", "target_modules": ["query", "value"], **kw}
-    model = PersonalRewardModel.build(reward_cfg(**GATED, **kw), variant, USER_DIM, 5, tok)
+    rc = reward_cfg(**GATED, **kw)
+    model = PersonalRewardModel(_backbone(rc, tok), rc, variant, USER_DIM, 5, tok)
     with torch.no_grad():
         for _, layer in model.mole.mole_layers():
             layer.lora_B.normal_(std=0.05, generator=torch.Generator().manual_seed(7))
@@ -51,7 +64,7 @@ def _uncached_twin(model: PersonalRewardModel) -> PersonalRewardModel:
         model.reward_cfg, adapted_layers=None, target_modules=list(model.mole.module_names)
     )
     twin = PersonalRewardModel(
-        build_backbone(rc, model.tokenizer), rc, model.variant, USER_DIM, 5, model.tokenizer
+        _backbone(rc, model.tokenizer), rc, model.variant, USER_DIM, 5, model.tokenizer
     )
     assert twin.frozen is None and twin.mole.module_names == model.mole.module_names
     twin.load_state_dict(model.state_dict())
