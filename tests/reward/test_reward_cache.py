@@ -272,3 +272,53 @@ def test_unsupported_architecture_and_bounds_fail_in_one_line(tmp_path, monkeypa
     for bad in ("reward.adapted_layers=0", "reward.cache_max_mb=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0] + ": expected a value in"):
             load_config("tiny", [bad])
+
+
+@pytest.mark.parametrize("zero_stage,checkpointing", [(2, False), (3, True)])
+def test_ray_train_deepspeed_trains_with_the_cache(
+    ray_session, small_data_run, tmp_path, zero_stage, checkpointing
+):
+    """Unchanged Ray Train + DeepSpeed reward training (ZeRO-2, and ZeRO-3 with reentrant
+    checkpointing of the adapted layer): every worker fills its own cache, the adapters
+    of the top layer train, and the saved model reloads with adapters there only."""
+    from safetensors.torch import load_file
+
+    from copl_ray.data.ray_data import read_lookups
+    from copl_ray.reward.stage import load_user_table, train_reward_model
+
+    cfg, run, tok_dir = small_data_run(
+        tmp_path,
+        "gnn.dim=8",
+        "reward.models=[copl]",
+        "reward.adapted_layers=1",
+        f"train.zero_stage={zero_stage}",
+        f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        "train.batch_size=8",
+        "train.max_steps=3",
+        "train.ckpt_every=3",
+        "train.eval_every=3",
+        "train.lr=0.01",
+    )
+    users, _ = load_user_table(cfg, run, need_embeddings=False)
+    table = torch.randn(len(users.user_ids), 8, generator=torch.Generator().manual_seed(0))
+    metrics = train_reward_model(
+        cfg,
+        run,
+        job="copl",
+        variant="copl",
+        out_dir=run.reward("copl"),
+        users=users,
+        user_embeddings=table.numpy(),
+        tokenizer_dir=tok_dir,
+        lookups=read_lookups(run.data, users),
+    )
+    assert metrics["steps"] == 3 and metrics["val_accuracy"] is not None
+    state = load_file(str(run.reward("copl") / "model.safetensors"))
+    lora_b = [k for k in state if k.endswith("lora_B")]
+    assert lora_b and all(".layers.1." in k for k in lora_b)
+    assert all(state[k].abs().sum() > 0 for k in lora_b)  # B starts at 0: trained
+    model = PersonalRewardModel.load(run.reward("copl"))
+    assert model.frozen is not None and model.mole.module_names == [
+        "layers.1.self_attn.q_proj",
+        "layers.1.self_attn.v_proj",
+    ]
