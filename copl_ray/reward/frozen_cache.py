@@ -236,6 +236,14 @@ class FrozenLowerLayers:
                 self.cache.put(key, found[key])
         return found
 
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+        """Cache the rows' texts ahead of training (e.g. every unique text once, in
+        batches); returns how many texts are cached now."""
+        mask = attention_mask.long()
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        self._fill(input_ids, mask, pos, row_keys(input_ids, mask))
+        return len(self.cache)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``[N, T, H]`` (the backbone's ``last_hidden_state`` at every
         non-pad position; pad positions hold values no pooling reads)."""
