@@ -157,6 +157,9 @@ def test_a_cached_text_runs_no_lower_layer(reward_cfg, minilm_tok):
         assert (model.frozen.cache.hits, model.frozen.cache.misses) == (4, 4)
         model(*_batch(minilm_tok, [4, 1, 2, 4]), users)  # text 4 twice: computed once
         assert rows == [1] * 6 and model.frozen.lower_calls == 2
+        rows.clear()  # prefill (ahead of training): only the texts not cached yet
+        assert model.frozen.prefill(*_batch(minilm_tok, [0, 1, 2, 3, 4], left=True)) == 5
+        assert rows == [] and model.frozen.lower_calls == 2
 
 
 def test_cache_cap_stops_adding_and_stays_exact(reward_cfg, minilm_tok):
