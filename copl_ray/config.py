@@ -186,6 +186,10 @@ class RewardConfig:
     baseline_rank: int = 64
     models: list[str] = field(default_factory=lambda: ["copl", "uniform", "oracle"])
     train_on_val_pairs: bool = False  # official code trains on the GNN validation pair (B7)
+    # MoLE/LoRA only in the top k transformer layers, the frozen layers below computed once
+    # per text and cached (copl_ray/reward/frozen_cache.py); null = all layers, no cache
+    adapted_layers: int | None = None
+    cache_max_mb: float = 512.0  # per process; when full, texts not cached are recomputed
     backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # frozen backbone
     adapter_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # MoLE/LoRA, gate, head
     seed: int = 0  # seeded init of tiny-gemma weights, adapters, gates and head

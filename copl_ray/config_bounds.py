@@ -84,6 +84,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "reward.load_balance_coef": _NONNEG,
     "reward.gate_dense_warmup": _FRACTION,
     "reward.baseline_rank": _POS_INT,
+    "reward.adapted_layers": _POS_INT,  # None = all layers
+    "reward.cache_max_mb": _NONNEG,
     # train
     "train.num_workers": _POS_INT,
     "train.cpus_per_worker": _POS,

@@ -7,7 +7,8 @@ checked here, by :func:`run_pipeline` before anything runs:
 * :func:`preflight` (before any stage): the run directory is a writable folder; model and
   adaptation-variant names are known; the backbone exists (a local folder, ``tiny-gemma``
   or a reachable/cached hub model) and every ``reward.target_modules`` name is one of its
-  ``nn.Linear`` modules (the module list is built once, on the meta device: no weights);
+  ``nn.Linear`` modules (the module list is built once, on the meta device: no weights)
+  and ``reward.adapted_layers`` fits its layer stack;
   ``reward.models`` follows the data (``oracle`` only when the source has known groups);
   the Ray resources the config asks for fit the local machine / the address is reachable.
 * :func:`check_with_data` (right after the data stage, or up front when it is reused):
@@ -142,15 +143,21 @@ def backbone_config(cfg: Config) -> Any:
         ) from None
 
 
-def linear_module_names(model_config: Any) -> tuple[set[str], set[str]]:
-    """(leaf names, full dotted names) of the backbone's ``nn.Linear`` modules, from a
-    model built on the meta device (no memory, no weights, well under a second)."""
+def meta_backbone(model_config: Any) -> Any:
+    """The backbone built on the meta device (no memory, no weights, well under a second)."""
     import torch
-    from torch import nn
     from transformers import AutoModel
 
     with torch.device("meta"):
-        model = AutoModel.from_config(model_config)
+        return AutoModel.from_config(model_config)
+
+
+def linear_module_names(model_config: Any) -> tuple[set[str], set[str]]:
+    """(leaf names, full dotted names) of the backbone's ``nn.Linear`` modules, from a
+    model built on the meta device (:func:`meta_backbone`)."""
+    from torch import nn
+
+    model = meta_backbone(model_config)
     full = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     return {n.rsplit(".", 1)[-1] for n in full}, full
 
@@ -165,6 +172,18 @@ def check_target_modules(cfg: Config) -> None:
                 f"reward.target_modules[{i}]: {short_repr(t)} is not a linear module of "
                 f"{cfg.reward.backbone}; valid names: {', '.join(sorted(leaves))}"
             )
+
+
+def check_adapted_layers(cfg: Config) -> None:
+    """``reward.adapted_layers``: within the backbone's layer count, an architecture the
+    frozen-layer cache runs, and a target module in the top layers (the rule the model
+    applies at build: copl_ray.reward.frozen_cache.adapted_module_names)."""
+    if cfg.reward.adapted_layers is None:
+        return
+    from copl_ray.reward.frozen_cache import adapted_module_names
+
+    model = meta_backbone(backbone_config(cfg))
+    adapted_module_names(model, list(cfg.reward.target_modules), cfg.reward.adapted_layers)
 
 
 # ------------------------------------------------------------- models follow the data
@@ -342,6 +361,7 @@ def preflight(cfg: Config, stages: Sequence[str]) -> None:
     if "reward" in stages or "eval" in stages:
         models_follow_data(cfg)
         check_target_modules(cfg)
+        check_adapted_layers(cfg)
 
 
 def check_ray_request(cfg: Config, stages: Sequence[str]) -> None:

@@ -325,6 +325,7 @@ JOB_MISUSES = [
     (["--set", "=3"], "override '=3': empty key"),
     (["--set", "adapt.variants=[bogus]"], "adapt.variants[0]: unknown name 'bogus'"),
     (["--set", "reward.target_modules=[nope_proj]"], "valid names: down_proj, gate_proj"),
+    (["--set", "reward.adapted_layers=3"], "reward.adapted_layers: 3 adapted layers, but the backbone has 2"),
     (["--set", "reward.backbone=no/such-model"], "reward.backbone: 'no/such-model' is neither"),
     (["--set", "train.cpus_per_worker=64", "--set", "run.num_cpus=2"], "train.cpus_per_worker: 2 workers"),
     (["--set", "run.wandb_project=demo"], "run.wandb_project: no W&B API key"),

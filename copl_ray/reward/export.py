@@ -207,6 +207,15 @@ def _peft_tensors(
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
+def _peft_targets(model: PersonalRewardModel, lora: dict) -> list[str]:
+    """PEFT ``target_modules``: the leaf names (``["q_proj", "v_proj"]``) when MoLE wraps
+    every module of that name, else (``reward.adapted_layers``: the top layers only) the
+    full module names, which PEFT matches as suffixes in either exported skeleton."""
+    if getattr(model.reward_cfg, "adapted_layers", None) is not None:
+        return sorted(lora)
+    return sorted({n.rsplit(".", 1)[-1] for n in lora})
+
+
 @torch.no_grad()
 def export_user_peft(
     model: PersonalRewardModel,
@@ -228,7 +237,7 @@ def export_user_peft(
         r=rank,
         lora_alpha=rank * model.mole.cfg.scaling,
         lora_dropout=0.0,
-        target_modules=sorted({n.rsplit(".", 1)[-1] for n in lora}),
+        target_modules=_peft_targets(model, lora),
         modules_to_save=["score"] if seq_cls else None,
         bias="none",
         task_type="SEQ_CLS" if seq_cls else "FEATURE_EXTRACTION",

@@ -13,6 +13,11 @@ the user (copl_ray/mole). Variants
 - ``no_mole`` — ``e_u`` → Linear → one extra input token prepended (via ``inputs_embeds``),
   plus one LoRA of rank ``baseline_rank``.
 
+``reward.adapted_layers = k`` puts the adapters in the top ``k`` transformer layers only and
+runs the frozen layers below once per text, cached (copl_ray/reward/frozen_cache.py; same
+scores and gradients). ``no_mole`` feeds the user into the first layer, so it keeps the full
+forward (adapters still only in the top ``k``).
+
 Baseline LoRAs keep the scaling ``α/r`` of the MoLE (their α is ``alpha·baseline_rank/rank``).
 Batching of pairs: pass ``[chosen_1..B, rejected_1..B]`` (2B rows) with ``B`` users; the
 gate (and its training noise) is computed once per user and shared by both rows.
@@ -30,6 +35,7 @@ from torch import nn
 
 from copl_ray.mole import MoLEConfig, MoLEModel
 from copl_ray.reward.backbone import DTYPES, TINY_GEMMA, backbone_path, build_backbone
+from copl_ray.reward.frozen_cache import FrozenLowerLayers, adapted_module_names
 from copl_ray.reward.pooling import last_token_index, pool, resolve_pooling
 
 VARIANTS = ("copl", "uniform", "no_gnn", "no_mole")
@@ -70,15 +76,20 @@ class PersonalRewardModel(nn.Module):
         hidden = backbone.config.get_text_config().hidden_size
         folder = None if reward_cfg.backbone == TINY_GEMMA else backbone_path(reward_cfg.backbone)
         self.pooling = resolve_pooling(reward_cfg.pooling, backbone.config, folder)
+        k = getattr(reward_cfg, "adapted_layers", None)
+        targets = adapted_module_names(backbone, list(reward_cfg.target_modules), k)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
             torch.manual_seed(reward_cfg.seed + 1)
             if variant in ("copl", "no_gnn"):
-                mole_cfg = MoLEConfig.from_reward_config(reward_cfg, user_dim)
+                mole_cfg = MoLEConfig.from_reward_config(
+                    reward_cfg, user_dim, target_modules=targets
+                )
             else:
                 r = reward_cfg.baseline_rank
                 mole_cfg = MoLEConfig.from_reward_config(
                     reward_cfg,
                     None,
+                    target_modules=targets,
                     num_experts=0,
                     rank=r,
                     alpha=reward_cfg.alpha * r / reward_cfg.rank,
@@ -93,6 +104,11 @@ class PersonalRewardModel(nn.Module):
                 nn.init.normal_(self.user_table.weight, std=1.0 / math.sqrt(user_dim))
             if variant == "no_mole":
                 self.user_proj = nn.Linear(user_dim, hidden, dtype=adapter_dtype, device=dev)
+        # plain attribute, not a submodule: it holds the backbone by reference
+        self.frozen: FrozenLowerLayers | None = None
+        if k is not None and variant != "no_mole":
+            max_bytes = int(getattr(reward_cfg, "cache_max_mb", 512.0) * 2**20)
+            self.frozen = FrozenLowerLayers(backbone, k, max_bytes)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -112,6 +128,19 @@ class PersonalRewardModel(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return self.mole.model
+
+    def clear_cache(self) -> None:
+        """Drop the cached frozen-layer states (they derive from the backbone weights)."""
+        if getattr(self, "frozen", None) is not None:
+            self.frozen.cache.clear()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> PersonalRewardModel:
+        self.clear_cache()  # .to(device/dtype), .half(), ...: cached states would be stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.clear_cache()
+        return super().load_state_dict(*args, **kwargs)
 
     @property
     def aux_loss(self) -> torch.Tensor:
@@ -197,9 +226,12 @@ class PersonalRewardModel(nn.Module):
             kwargs["input_ids"] = input_ids
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         with self.mole.routed(route_in, n):
-            hidden = self.backbone(
-                attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
-            ).last_hidden_state
+            if self.frozen is not None:
+                hidden = self.frozen.forward(input_ids, mask, position_ids)
+            else:
+                hidden = self.backbone(
+                    attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
+                ).last_hidden_state
         pooled = pool(hidden, mask, self.pooling, n_prefix=int(self.variant == "no_mole"))
         return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
 
