@@ -15,7 +15,8 @@ each fitted to convergence, so a small gap cannot be blamed on under-training:
   embeddings (``e_a − e_b``), and the personal form ``w + δ_u`` with ``‖δ_u‖²`` shrinkage
   — the signal a text reward model can personalise;
 * unseen users: the pooled models as they are vs the personal forms fitted on the user's
-  own adaptation labels only (``p_u`` / ``δ_u``, all else frozen).
+  own adaptation labels only (``p_u`` / ``δ_u``, all else frozen; their shrinkage picked
+  on a fifth of those labels, then refitted on all).
 
 Personal forms pick their shrinkage / rank on the seen users' ``val`` labels (one per
 user); every figure is test-pair accuracy pooled over pairs, as the run report counts it.
@@ -41,8 +42,12 @@ from copl_ray.config import load_config
 from copl_ray.data.tables import format_text
 from copl_ray.data.ukp import build_ukp
 
-LAMBDAS = (1e-3, 1e-2, 1e-1)  # shrinkage of the personal parts (per-user mean square)
+# shrinkage of the personal parts (per-user mean square); the large end is ~the pooled model
+LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 RANKS = (1, 2, 4, 8)  # item BT + users: rank of p_u, q_x
+# text + users: δ_u lives in the top principal directions of the response embeddings (a
+# user's 20-100 labels cannot pin 384 free coordinates; the pooled w keeps all 384)
+PERSONAL_DIMS = 64
 STEPS = 400  # full-batch Adam steps: every fit below converges well within
 
 
@@ -93,6 +98,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.c)
 
+    def diff(self, table: torch.Tensor) -> torch.Tensor:
+        """``table[chosen] − table[rejected]`` (index_select: its backward is a fast
+        index_add, where advanced indexing's accumulate-put crawls on CPU)."""
+        return table.index_select(0, self.c) - table.index_select(0, self.r)
+
 
 def consensus(train: Split, test: Split) -> tuple[float, float]:
     """Accuracy of the other annotators' majority on the same pair, and its coverage."""
@@ -112,8 +122,8 @@ def item_bt(
     q = (0.1 * torch.randn(n_items, max(rank, 1))).requires_grad_()
 
     def margin(s: Split) -> torch.Tensor:
-        m = b[s.c] - b[s.r]
-        return m + (p[s.u] * (q[s.c] - q[s.r])).sum(1) if rank else m
+        m = b.index_select(0, s.c) - b.index_select(0, s.r)
+        return m + (p.index_select(0, s.u) * s.diff(q)).sum(1) if rank else m
 
     def penalty() -> torch.Tensor:
         reg = 1e-3 * b.square().mean()
@@ -130,7 +140,7 @@ def refit_users(train: Split, params, rank: int, lam: float, sets: dict[str, Spl
     p = torch.zeros(n, max(rank, 1), requires_grad=True)
 
     def margin(s: Split) -> torch.Tensor:
-        return b[s.c] - b[s.r] + (p[s.u] * (q[s.c] - q[s.r])).sum(1)
+        return s.diff(b) + (p.index_select(0, s.u) * s.diff(q)).sum(1)
 
     fit(lambda: margin(train), [p], lambda: lam * p.square().sum(1).mean())
     return {k: margin(s).detach() for k, s in sets.items()}
@@ -144,16 +154,19 @@ def text_model(train: Split, emb: torch.Tensor, n_users: int, lam: float | None,
 
     def x_of(s: Split) -> torch.Tensor:
         if id(s) not in diffs:
-            diffs[id(s)] = emb[s.c] - emb[s.r]
+            diffs[id(s)] = s.diff(emb)
         return diffs[id(s)]
 
     w = base.detach().clone() if base is not None else torch.zeros(emb.shape[1])
     w.requires_grad_(base is None)
-    d = torch.zeros(n_users, emb.shape[1], requires_grad=lam is not None)
+    d = torch.zeros(n_users, PERSONAL_DIMS, requires_grad=lam is not None)
+    basis = torch.linalg.svd(emb - emb.mean(0), full_matrices=False).Vh[:PERSONAL_DIMS].T
 
     def margin(s: Split) -> torch.Tensor:
         x = x_of(s)
-        return scale * (x @ w + ((x * d[s.u]).sum(1) if lam is not None else 0.0))
+        if lam is None:
+            return scale * (x @ w)
+        return scale * (x @ w + ((x @ basis) * d.index_select(0, s.u)).sum(1))
 
     def penalty() -> torch.Tensor:
         return 1e-4 * w.square().sum() + (lam or 0.0) * 100 * d.square().sum(1).mean()
@@ -172,7 +185,13 @@ def run_seed(data_path: str, seed: int, emb_cache: dict) -> dict[str, float]:
     train = Split(ann[is_seen & (ann["split"] == "survey")], user_row)
     val = Split(ann[is_seen & (ann["split"] == "val")], user_row)
     test_s = Split(ann[is_seen & (ann["split"] == "test")], user_row)
-    adapt_u = Split(ann[~is_seen & (ann["split"] == "survey")], user_row)
+    adapt_ann = ann[~is_seen & (ann["split"] == "survey")]
+    adapt_u = Split(adapt_ann, user_row)
+    # unseen users' shrinkage: picked on a fifth of their own adaptation labels, then refit
+    inner_val = adapt_ann.groupby("user_id", group_keys=False).apply(
+        lambda g: g.sample(max(1, len(g) // 5), random_state=seed)
+    )
+    inner = (Split(adapt_ann.drop(inner_val.index), user_row), Split(inner_val, user_row))
     test_u = Split(ann[~is_seen & (ann["split"] == "test")], user_row)
     n_items, n_users = int(t.responses["response_id"].max()) + 1, len(users)
     key = tuple(t.responses["text"])
@@ -198,10 +217,14 @@ def run_seed(data_path: str, seed: int, emb_cache: dict) -> dict[str, float]:
     )
     m1, p1 = item_bt(train, sets, n_items, n_users, *best)
     out["item_bt_users_seen"] = accuracy(m1["seen"])
-    out["item_bt_users_unseen"] = accuracy(
-        refit_users(adapt_u, p1, best[0], best[1], {"t": test_u})["t"]
+    lam_u = max(
+        LAMBDAS,
+        key=lambda lam_: accuracy(refit_users(inner[0], p1, best[0], lam_, {"v": inner[1]})["v"]),
     )
-    out["item_bt_users_choice"] = f"rank {best[0]}, lambda {best[1]:g}"
+    out["item_bt_users_unseen"] = accuracy(
+        refit_users(adapt_u, p1, best[0], lam_u, {"t": test_u})["t"]
+    )
+    out["item_bt_users_choice"] = f"rank {best[0]}, lambda {best[1]:g} (unseen {lam_u:g})"
     margin, w = text_model(train, emb, n_users, None)
     out["text_pooled_seen"], out["text_pooled_unseen"] = (
         accuracy(margin(test_s)),
@@ -210,8 +233,12 @@ def run_seed(data_path: str, seed: int, emb_cache: dict) -> dict[str, float]:
     lam = max(LAMBDAS, key=lambda lam_: accuracy(text_model(train, emb, n_users, lam_)[0](val)))
     margin_p, _ = text_model(train, emb, n_users, lam)
     out["text_users_seen"] = accuracy(margin_p(test_s))
-    out["text_users_unseen"] = accuracy(text_model(adapt_u, emb, n_users, lam, base=w)[0](test_u))
-    out["text_users_choice"] = f"lambda {lam:g}"
+    lam_u = max(
+        LAMBDAS,
+        key=lambda lam_: accuracy(text_model(inner[0], emb, n_users, lam_, base=w)[0](inner[1])),
+    )
+    out["text_users_unseen"] = accuracy(text_model(adapt_u, emb, n_users, lam_u, base=w)[0](test_u))
+    out["text_users_choice"] = f"lambda {lam:g} (unseen {lam_u:g})"
     return out
 
 
