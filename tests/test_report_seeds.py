@@ -9,7 +9,13 @@ import pytest
 
 from copl_ray.config import load_config
 from copl_ray.report import build_report
-from copl_ray.report_seeds import aggregate_reports, build_seeds_report, merge, stat
+from copl_ray.report_seeds import (
+    aggregate_reports,
+    build_seeds_report,
+    gap_lines,
+    merge,
+    stat,
+)
 
 
 def _rep(copl_seen, oracle_seen, copl_unseen, curve, share, top, collapsed=False):
@@ -73,6 +79,10 @@ def test_aggregate_cells_and_gap():
     assert gap["mean"] == pytest.approx(3.3) and gap["worst"] == pytest.approx(5.0)
     assert gap["sd"] == pytest.approx(stat([1.6, 5.0, 3.3])["sd"])
     assert agg["seeds"]["copl_oracle_gap"]["unseen"]["worst"] == pytest.approx(-2.0)
+    assert gap_lines(agg)[0] == (
+        "Oracle − CoPL (seen users, points): seed 0 1.60, seed 1 5.00, seed 2 3.30; "
+        "mean 3.30 ± 1.70, worst 5.00"
+    )
     assert agg["config"] == reports[0]["config"] and agg["figures"] == {"tsne": None}
     assert agg["seeds"]["seeds"] == [0, 1, 2] and agg["run_dir"] == "/runs/x"
 
