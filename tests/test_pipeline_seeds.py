@@ -74,3 +74,18 @@ def test_seeds_run_reports_mean_and_sd_of_each_seed(tmp_path):
     assert f"| CoPL | {100 * cell['mean']:.2f} ± {100 * cell['sd']:.2f} |" in md
     assert agg["seeds"]["copl_oracle_gap"] == {} and "Oracle − CoPL" not in r.stdout
     assert agg["data"]["n_users_seen"] == 40  # equal in both seeds: plain
+
+    again = _run(*args, timeout=300)  # a rerun reuses both seeds' stages (no Ray starts)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reuse = "plan: data (reuse), gnn (reuse), reward (reuse), eval (reuse)"
+    assert again.stdout.count(reuse) == 2 and "starting a local Ray" not in again.stdout
+    assert json.loads((run / "report.json").read_text())["models"] == agg["models"]
+
+
+def test_seeds_run_holds_the_run_dir_lock(tmp_path):
+    from copl_ray.pipeline import run_dir_lock
+
+    with run_dir_lock(str(tmp_path / "run")):
+        r = _run("--run-dir", str(tmp_path / "run"), "--seeds", "0,1", "--stages", "data")
+    assert r.returncode == 2 and "is in use by pid" in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "seed-0").exists()
