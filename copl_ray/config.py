@@ -550,3 +550,19 @@ def _checked(cfg: Config) -> Config:
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(cfg.to_yaml())
+
+
+def seed_paths(cfg: Config | None = None) -> list[str]:
+    """Dotted paths of every ``seed`` field (data.seed, gnn.seed, ...): what one seed of a
+    ``--seeds`` run sets, so a new stage's seed is covered without listing it twice."""
+    paths: list[str] = []
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif k == "seed":
+                paths.append(f"{prefix}{k}")
+
+    walk((cfg or Config()).to_dict(), "")
+    return paths

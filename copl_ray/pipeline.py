@@ -20,6 +20,7 @@ from whatever the run directory holds.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -615,6 +616,11 @@ def add_run_arguments(parser, default_stages: str | None = None) -> None:
         help="your own user_id,prompt,chosen,rejected[,split] file (sets data.source=own)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="rerun the named stages")
+    parser.add_argument(
+        "--seeds", metavar="S,S,...",
+        help="one complete run per seed into RUN/seed-<s>/ (every stage's seed), then "
+        "RUN/report.{json,md} with every cell as mean ± sd, e.g. --seeds 0,1,2",
+    )  # fmt: skip
 
 
 def config_from_args(args) -> Config:
@@ -641,9 +647,76 @@ def run_job(args) -> int:
     """Body of every ``jobs/*.py``: config from args, run, print report.json last."""
 
     def body() -> int:
+        if getattr(args, "seeds", None) is not None:
+            return run_seeds_job(args)
         cfg = config_from_args(args)
         report = run_pipeline(cfg, args.stages, force=args.force)
         print(report_location(cfg, report), flush=True)
         return 0
 
     return main_with_errors(body)
+
+
+# --------------------------------------------------------------------------- seeds
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``: at least two distinct integers ≥ 0 (a mean ± sd needs two)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise PipelineError(f"--seeds {text!r}: expected a comma list of integers >= 0, e.g. 0,1,2")
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise PipelineError(f"--seeds {text!r}: give at least two distinct seeds, e.g. 0,1,2")
+    return seeds
+
+
+def seed_configs(args, seeds: list[int]) -> tuple[Config, dict[int, Config]]:
+    """The run's config and one per seed (every ``seed`` field set, run dir ``RUN/seed-<s>``).
+
+    A ``--set`` of a seed field beside ``--seeds`` is refused: which seed would win is
+    ambiguous. Every config is built (and validated) before any stage runs.
+    """
+    from copl_ray.config import seed_paths
+
+    fields = set(seed_paths())
+    clash = [o for o in args.overrides if o.split("=", 1)[0].strip() in fields]
+    if clash:
+        raise PipelineError(
+            f"--set {clash[0]}: ambiguous beside --seeds, which sets {', '.join(sorted(fields))} "
+            "per seed; drop one of the two"
+        )
+    base = config_from_args(args)
+    root = base.run.dir
+    per_seed = {}
+    for seed in seeds:
+        sub = f"seed-{seed}"
+        one = argparse.Namespace(**{
+            **vars(args),
+            "overrides": [*args.overrides, *(f"{f}={seed}" for f in sorted(fields))],
+            "run_dir": fsutil.uri_join(root, sub) if fsutil.is_uri(root) else str(Path(root) / sub),
+        })  # fmt: skip
+        per_seed[seed] = config_from_args(one)
+    return base, per_seed
+
+
+def run_seeds_job(args) -> int:
+    """``--seeds``: one normal run per seed (each with its own lock, resume and report),
+    then the aggregate report (:mod:`copl_ray.report_seeds`) in the run directory, which
+    this holds locked throughout. A rerun reuses the finished seeds' stages."""
+    from copl_ray.report_seeds import build_seeds_report, gap_lines
+
+    seeds = parse_seeds(args.seeds)
+    base, configs = seed_configs(args, seeds)
+    root = base.run.dir
+    with run_dir_lock(root) as local:
+        reports = {}
+        for i, (seed, cfg) in enumerate(configs.items(), 1):
+            log(f"seed {seed} ({i}/{len(seeds)}): {cfg.run.dir}")
+            reports[seed] = run_pipeline(cfg, args.stages, force=args.force)
+        path = build_seeds_report(local, root, {s: f"seed-{s}" for s in seeds}, reports)
+        for line in gap_lines(json.loads(path.read_text())):
+            log(line)
+        log(f"seeds report written: {local / 'report.md'}")
+        if fsutil.is_uri(root):
+            fsutil.push(local, root)
+    print(report_location(base, path), flush=True)
+    return 0

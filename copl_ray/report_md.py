@@ -14,13 +14,38 @@ from typing import Any
 import yaml
 
 from copl_ray.report import MODEL_NAMES, MODEL_ORDER, STAGES
+from copl_ray.report_seeds import is_stat
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.2f}"
+def _num(v: Any, spec: str) -> str:
+    """``v`` formatted with ``spec``; a seeds-report stat as ``mean ± sd`` (both in ``spec``)."""
+    if v is None:
+        return "—"
+    if is_stat(v):
+        sd = "—" if v["sd"] is None else format(v["sd"], spec)
+        return f"{format(v['mean'], spec)} ± {sd}"
+    return format(v, spec)
+
+
+def _scaled(v: Any, k: float) -> Any:
+    """``k * v`` for a number or a stat (mean and sd scale alike)."""
+    if is_stat(v):
+        return {**v, "mean": k * v["mean"], "sd": None if v["sd"] is None else k * v["sd"]}
+    return None if v is None else k * v
+
+
+def _mean(v: Any) -> float | None:
+    """The plotted value: the number, or a stat's mean."""
+    return v["mean"] if is_stat(v) else v
+
+
+def _pct(v: float | dict | None) -> str:
+    return _num(_scaled(v, 100), ".2f")
 
 
 def _n(v: Any) -> str:
+    if is_stat(v):
+        return _num(v, ".4g")
     return "—" if v is None else str(v)
 
 
@@ -139,7 +164,7 @@ def _gnn(rep: dict) -> list[str]:
         ["best epoch / epochs", f"{_n(g['best_epoch'])} / {_n(g['epochs'])}"],
     ]
     if g.get("ari") is not None:
-        rows.append(["ARI of user clusters vs true groups", f"{g['ari']:.3f}"])
+        rows.append(["ARI of user clusters vs true groups", _num(g["ari"], ".3f")])
     out = ["## GNN (Table 5)", "", *_table(["metric", "value"], rows)]
     if rep["adaptation"]:
         rows = [
@@ -173,7 +198,7 @@ def _warnings(rep: dict) -> list[str]:
     return [
         f"> **Warning: the {_name(m)} gate collapsed** — expert {h['top_expert']} takes "
         f"{_pct(h['top_share'])} % of {h['n_users']} seen users (routing entropy "
-        f"{h['entropy']:.2f}): the model is one shared adapter, not personalised.\n"
+        f"{_num(h['entropy'], '.2f')}): the model is one shared adapter, not personalised.\n"
         for m, h in (rep.get("gate_health") or {}).items()
         if h.get("collapsed")
     ]
@@ -186,7 +211,7 @@ def _gate_and_signal(rep: dict) -> list[str]:
     out = ["## Gate health and user signal", ""]
     if health:
         rows = [
-            [_name(m), " / ".join(_pct(x) for x in h["share"]), f"{h['entropy']:.3f}",
+            [_name(m), " / ".join(_pct(x) for x in h["share"]), _num(h["entropy"], ".3f"),
              "**yes**" if h["collapsed"] else "no", _n(h.get("n_users"))]
             for m, h in ((m, health[m]) for m in _ordered(health))
         ]  # fmt: skip
@@ -203,8 +228,8 @@ def _gate_and_signal(rep: dict) -> list[str]:
         out += [
             f"Flip test (is the user signal used?): re-adapting each unseen user from their "
             f"labels flipped (chosen ↔ rejected) flips CoPL's predicted preference on "
-            f"**{_pct(flip['rate'])} %** of their test pairs ({flip['n_pairs']} pairs, "
-            f"{flip['n_users']} users; common pairs {_pct(flip.get('common'))} %, "
+            f"**{_pct(flip['rate'])} %** of their test pairs ({_n(flip['n_pairs'])} pairs, "
+            f"{_n(flip['n_users'])} users; common pairs {_pct(flip.get('common'))} %, "
             f"controversial {_pct(flip.get('controversial'))} %). For context: a model that "
             "ignores the user flips 0 %; in-context learning has been measured to flip 14 %, "
             "a test-time-training method 78 %.",
@@ -242,19 +267,19 @@ def _data(rep: dict) -> list[str]:
         return ["## Data", "", "Data stage not run.", ""]
     rows = [
         ["source", d.get("source")],
-        ["users seen / unseen", f"{d.get('n_users_seen')} / {d.get('n_users_unseen')}"],
+        ["users seen / unseen", f"{_n(d.get('n_users_seen'))} / {_n(d.get('n_users_unseen'))}"],
         ["groups", ", ".join(d.get("groups") or []) or "unknown"],
-        ["responses / pairs", f"{d.get('n_responses')} / {d.get('n_pairs')}"],
-        ["annotations by split", ", ".join(f"{k} {v}" for k, v in (d.get("n_annotations") or {}).items())],
-        ["labels per seen user", ", ".join(f"{k} {v:g}" for k, v in (d.get("labels_per_user") or {}).items())],
+        ["responses / pairs", f"{_n(d.get('n_responses'))} / {_n(d.get('n_pairs'))}"],
+        ["annotations by split", ", ".join(f"{k} {_n(v)}" for k, v in (d.get("n_annotations") or {}).items())],
+        ["labels per seen user", ", ".join(f"{k} {_num(v, 'g')}" for k, v in (d.get("labels_per_user") or {}).items())],
         ["controversial share", _pct(d.get("controversial_share")) + " %"],
         ["controversial =", d.get("controversial_definition") or "—"],
     ]  # fmt: skip
     out = ["## Data", "", *_table(["", ""], [[str(a), str(b)] for a, b in rows])]
     drops = d.get("drops") or {}
-    out += [f"Dropped rows: {d.get('n_dropped', 0)} in total.", ""]
+    out += [f"Dropped rows: {_n(d.get('n_dropped', 0))} in total.", ""]
     if drops:
-        out += _table(["reason", "count"], [[k, str(v)] for k, v in sorted(drops.items())])
+        out += _table(["reason", "count"], [[k, _n(v)] for k, v in sorted(drops.items())])
     out += [f"- note: {n}" for n in d.get("notes") or []] + ([""] if d.get("notes") else [])
     return out
 
@@ -262,11 +287,11 @@ def _data(rep: dict) -> list[str]:
 def _run_info(rep: dict) -> list[str]:
     t = rep["timings"]
     rows = [
-        [s, "—" if t.get(f"{s}_s") is None else f"{t[f'{s}_s']:.1f}",
+        [s, _num(t.get(f"{s}_s"), ".1f"),
          "this run" if s in rep["executed"] else ("reused" if t.get(f"{s}_s") else "—")]
         for s in STAGES
     ]  # fmt: skip
-    rows.append(["total", "—" if t["total_s"] is None else f"{t['total_s']:.1f}", ""])
+    rows.append(["total", _num(t["total_s"], ".1f"), ""])
     out = ["## Wall time per stage (s)", "", *_table(["stage", "seconds", ""], rows)]
     out += ["## Package versions", ""]
     out += _table(["package", "version"], [[k, _n(v)] for k, v in rep["versions"].items()])
@@ -275,6 +300,32 @@ def _run_info(rep: dict) -> list[str]:
                 json.dumps(rep["expert_usage"])[:4000], "```", ""]  # fmt: skip
     out += ["## Resolved config", "", "```yaml", yaml.safe_dump(rep["config"], sort_keys=False),
             "```", ""]  # fmt: skip
+    return out
+
+
+def _seeds(rep: dict) -> list[str]:
+    """The seeds report's header: what a ``mean ± sd`` cell is, and the gap to Oracle."""
+    info = rep.get("seeds")
+    if not info:
+        return []
+    seeds = ", ".join(str(s) for s in info["seeds"])
+    out = [
+        f"**Mean ± sample sd over {info['n']} seeds ({seeds})**: every cell is the mean ± the "
+        "sample standard deviation (n − 1) of the same cell of the per-seed reports; a cell "
+        "without ± is the same in every seed. Per-seed reports: "
+        + ", ".join(f"[seed {s}]({d}/report.md)" for s, d in info["run_dirs"].items()),
+        "",
+    ]
+    gap = info.get("copl_oracle_gap") or {}
+    if gap:
+        rows = [
+            [split, *(_num(g["per_seed"].get(str(s)), ".2f") for s in info["seeds"]),
+             _num(g["mean"], ".2f"), _num(g["sd"], ".2f"), _num(g["worst"], ".2f")]
+            for split, g in gap.items()
+        ]  # fmt: skip
+        out += ["## Oracle − CoPL per-user accuracy (points; > 0 = CoPL below Oracle)", ""]
+        out += _table(["users", *(f"seed {s}" for s in info["seeds"]), "mean", "sd", "worst"],
+                      rows)  # fmt: skip
     return out
 
 
@@ -289,7 +340,7 @@ def render_markdown(rep: dict) -> str:
     if rep.get("paper"):
         p = rep["paper"]
         head += [f"Paper figures: CoPL paper, {p['column']}, {p['backbone']}, mean of 3 seeds.", ""]
-    head += _warnings(rep)
+    head += _seeds(rep) + _warnings(rep)
     body = _table1(rep) + _table2(rep) + _gate_and_signal(rep) + _gnn(rep) + _figures(rep)
     body += _data(rep) + _run_info(rep)
     return "\n".join(head + body)
@@ -314,10 +365,10 @@ def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
         )
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for m, series in acc.items():
-            pts = [(c, a) for c, a in zip(curve["counts"], series) if a is not None]
+            pts = [(c, _mean(a)) for c, a in zip(curve["counts"], series) if a is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=_name(m))
-        uni = (rep["models"].get("uniform") or {}).get("unseen", {}).get("overall")
+        uni = _mean((rep["models"].get("uniform") or {}).get("unseen", {}).get("overall"))
         if uni is not None:
             ax.axhline(uni, ls="--", c="gray", label="Uniform (unseen)")
         ax.set(xlabel="labels per unseen user", ylabel="accuracy", xscale="log", title="Fig. 2")
@@ -333,7 +384,7 @@ def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
     if names:
         fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
         for k, split in enumerate(("seen", "unseen")):
-            vals = [rep["models"][m][split]["overall"] or 0.0 for m in names]
+            vals = [_mean(rep["models"][m][split]["overall"]) or 0.0 for m in names]
             ax.bar([i + (k - 0.5) * 0.38 for i in range(len(names))], vals, 0.38, label=split)
         ax.set_xticks(range(len(names)), names)
         ax.set(ylabel="pairwise accuracy", ylim=(0, 1), title="Accuracy by model")

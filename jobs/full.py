@@ -3,6 +3,7 @@
     python jobs/full.py                              # embedded tiny default, local Ray
     python jobs/full.py --config ukp                 # real annotators (UKPConvArg1)
     python jobs/full.py --data prefs.parquet         # your own user_id,prompt,chosen,rejected
+    python jobs/full.py --seeds 0,1,2                # a run per seed, report cells mean ± sd
     python jobs/full.py --config ufp4-gemma-7b --run-dir s3://bucket/runs/ufp4
     ray job submit --working-dir . -- python jobs/full.py --config ufp4-gemma-2b
 

@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
+from copl_ray.config import load_config
 from copl_ray.reward import PersonalRewardModel
 from copl_ray.reward.backbone import load_tokenizer
 from copl_ray.reward.export import load_user_export
@@ -20,6 +21,7 @@ TEXTS = [
     "Human: clean windows\n\nAssistant: warning : perhaps wait",
 ]
 USER_DIM = 8
+R = load_config("tiny").reward.rank  # the preset's expert rank (the export stacks r-blocks)
 
 
 # ``tok``, ``make_model``: tests/reward/conftest.py (trained-looking adapters, B != 0)
@@ -33,7 +35,7 @@ def load_exported(out):
 @pytest.mark.parametrize(
     ("variant", "kw", "rank"),
     [
-        ("copl", {}, 2 * 4),  # tiny preset: r = 4 → shared + 1 expert = rank 8
+        ("copl", {}, 2 * R),  # shared LoRA + the user's one expert
         (
             "copl",
             {
@@ -49,9 +51,9 @@ def load_exported(out):
                     "down_proj",
                 ],
             },
-            3 * 4,
+            3 * R,
         ),
-        ("no_gnn", {}, 2 * 4),
+        ("no_gnn", {}, 2 * R),
         ("uniform", {}, 16),
     ],
 )
