@@ -188,9 +188,10 @@ def run_seed(data_path: str, seed: int, emb_cache: dict) -> dict[str, float]:
     adapt_ann = ann[~is_seen & (ann["split"] == "survey")]
     adapt_u = Split(adapt_ann, user_row)
     # unseen users' shrinkage: picked on a fifth of their own adaptation labels, then refit
-    inner_val = adapt_ann.groupby("user_id", group_keys=False).apply(
-        lambda g: g.sample(max(1, len(g) // 5), random_state=seed)
-    )
+    shuffled = adapt_ann.sample(frac=1.0, random_state=seed)
+    rank_in_user = shuffled.groupby("user_id").cumcount()
+    size = shuffled.groupby("user_id")["user_id"].transform("size")
+    inner_val = shuffled[rank_in_user < (size // 5).clip(lower=1)]
     inner = (Split(adapt_ann.drop(inner_val.index), user_row), Split(inner_val, user_row))
     test_u = Split(ann[~is_seen & (ann["split"] == "test")], user_row)
     n_items, n_users = int(t.responses["response_id"].max()) + 1, len(users)

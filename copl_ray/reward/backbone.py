@@ -106,6 +106,11 @@ def build_backbone(reward_cfg: Any, tokenizer: Any | None = None) -> PreTrainedM
             torch.manual_seed(reward_cfg.seed)
             model = AutoModel.from_config(config, dtype=dtype)
     else:
+        from transformers.utils import logging as hf_logging
+
+        # transformers' per-tensor "Loading weights" bar: one per worker per model, nothing
+        # a user acts on (a failed load raises below)
+        hf_logging.disable_progress_bar()
         try:
             model = AutoModel.from_pretrained(
                 backbone_path(reward_cfg.backbone), dtype=dtype, token=hf_token()

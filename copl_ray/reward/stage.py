@@ -177,6 +177,7 @@ def train_reward_model(
     only_users: list[str] | None = None,
     interrupt_at_step: int | None = None,
     callbacks: list | None = None,
+    frozen_states: Path | None = None,
 ) -> dict[str, Any]:
     """Fit one model with a ``TorchTrainer``; copy the final model into ``out_dir``.
 
@@ -244,6 +245,7 @@ def train_reward_model(
         "shuffle_buffer": max(4 * micro, 512),
         "torch_threads": max(1, int(tc.cpus_per_worker)),
         "interrupt_at_step": interrupt_at_step,
+        "frozen_states": str(frozen_states) if frozen_states else None,
     }
     storage = (run.root / "reward" / "_ray").resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -338,6 +340,40 @@ def _train_loop(config: dict[str, Any]) -> None:
         raise
 
 
+def frozen_states_file(
+    cfg: Config, run: RunDir, tokenizer_dir: Path, texts: list[str]
+) -> Path | None:
+    """With ``reward.adapted_layers``: the frozen lower layers' states of every response
+    text, computed once for all models and workers of the stage (copl_ray/reward/
+    frozen_cache.py ``precompute_states``); reused while the data and reward config hold."""
+    if cfg.reward.adapted_layers is None:
+        return None
+    from copl_ray.data.ray_data import tokenize_texts
+    from copl_ray.reward.backbone import build_backbone, load_tokenizer
+    from copl_ray.reward.frozen_cache import FrozenLowerLayers, precompute_states
+
+    path = run.root / "reward" / f"frozen_states-{cfg.section_hash('data', 'reward')}.safetensors"
+    if path.exists():
+        return path
+    t0 = time.time()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    backbone = build_backbone(cfg.reward, tokenizer)
+    max_bytes = int(cfg.reward.cache_max_mb * 2**20)
+    frozen = FrozenLowerLayers(backbone, cfg.reward.adapted_layers, max_bytes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    n = precompute_states(
+        frozen, lambda t: tokenize_texts(tokenizer, t, cfg.reward.max_length), texts, partial
+    )
+    partial.replace(path)  # a killed stage never leaves a half file under the final name
+    print(
+        f"[reward] frozen lower layers: {n:,} of {len(texts):,} texts computed once "
+        f"({time.time() - t0:.0f}s), shared by every model",
+        flush=True,
+    )
+    return path
+
+
 # ------------------------------------------------------------------ stage
 def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
     """Train every model of ``cfg.reward.models``; return ``{model: metrics}``."""
@@ -346,6 +382,7 @@ def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
     users, table = load_user_table(cfg, run, need_gnn)
     tokenizer_dir = prepare_tokenizer(cfg, run)
     lookups = read_lookups(run.data, users)
+    states = frozen_states_file(cfg, run, tokenizer_dir, list(lookups[0]))
     out: dict[str, Any] = {"models": {}}
     for job, variant, sub, only in model_jobs(cfg, users):
         model_name = job.split("-", 1)[0] if sub is not None else job
@@ -362,6 +399,7 @@ def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
             tokenizer_dir=tokenizer_dir,
             lookups=lookups,
             only_users=only,
+            frozen_states=states,
         )
         out["models"][job] = {k: m[k] for k in ("val_accuracy", "steps", "seconds", "train_pairs")}
     if "oracle" in cfg.reward.models:

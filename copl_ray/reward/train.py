@@ -201,6 +201,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     )
     if user_table is not None and tc.bf16:
         user_table = user_table.to(torch.bfloat16)
+    if config.get("frozen_states") and model.frozen is not None:
+        from copl_ray.reward.frozen_cache import load_states
+
+        # after deepspeed.initialize: moving the model (.to) clears the cache
+        load_states(model.frozen, config["frozen_states"])  # computed once by the stage
 
     # ------------------------------------------------------------------ resume
     step, history, val_curve, resumed_from = 0, [], [], None

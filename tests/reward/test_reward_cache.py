@@ -282,12 +282,14 @@ def test_ray_train_deepspeed_trains_with_the_cache(
     ray_session, small_data_run, tmp_path, zero_stage, checkpointing
 ):
     """Unchanged Ray Train + DeepSpeed reward training (ZeRO-2, and ZeRO-3 with reentrant
-    checkpointing of the adapted layer): every worker fills its own cache, the adapters
-    of the top layer train, and the saved model reloads with adapters there only."""
+    checkpointing of the adapted layer): the adapters of the top layer train and the saved
+    model reloads with adapters there only. ZeRO-2 reads the stage's states computed once
+    (frozen_states_file, every response text); ZeRO-3 lets each worker fill its cache."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from copl_ray.data.ray_data import read_lookups
-    from copl_ray.reward.stage import load_user_table, train_reward_model
+    from copl_ray.reward.stage import frozen_states_file, load_user_table, train_reward_model
 
     cfg, run, tok_dir = small_data_run(
         tmp_path,
@@ -304,6 +306,14 @@ def test_ray_train_deepspeed_trains_with_the_cache(
     )
     users, _ = load_user_table(cfg, run, need_embeddings=False)
     table = torch.randn(len(users.user_ids), 8, generator=torch.Generator().manual_seed(0))
+    lookups = read_lookups(run.data, users)
+    states = None
+    if zero_stage == 2:
+        states = frozen_states_file(cfg, run, tok_dir, list(lookups[0]))
+        assert states is not None and states.exists()
+        assert frozen_states_file(cfg, run, tok_dir, []) == states  # reused, not recomputed
+        with safe_open(str(states), framework="pt") as f:
+            assert sum(k.startswith("ids.") for k in f.keys()) == len(set(lookups[0]))
     metrics = train_reward_model(
         cfg,
         run,
@@ -313,7 +323,8 @@ def test_ray_train_deepspeed_trains_with_the_cache(
         users=users,
         user_embeddings=table.numpy(),
         tokenizer_dir=tok_dir,
-        lookups=read_lookups(run.data, users),
+        lookups=lookups,
+        frozen_states=states,
     )
     assert metrics["steps"] == 3 and metrics["val_accuracy"] is not None
     state = load_file(str(run.reward("copl") / "model.safetensors"))
@@ -325,3 +336,26 @@ def test_ray_train_deepspeed_trains_with_the_cache(
         "layers.1.self_attn.q_proj",
         "layers.1.self_attn.v_proj",
     ]
+
+
+def test_states_computed_once_load_into_another_model_exactly(reward_cfg, minilm_tok, tmp_path):
+    """precompute_states writes every text's frozen states once (int32 batches, as the Ray
+    Data shards carry them); a fresh model (another worker) loads them and then scores and
+    back-propagates with zero lower-layer calls, exactly like its uncached twin."""
+    from copl_ray.data.ray_data import tokenize_texts
+    from copl_ray.reward.frozen_cache import load_states, precompute_states
+
+    writer = _build(reward_cfg, "minilm", minilm_tok, adapted_layers=1)
+    encode = lambda t: tokenize_texts(minilm_tok, t, 64)  # noqa: E731
+    path = tmp_path / "states.safetensors"
+    assert precompute_states(writer.frozen, encode, TEXTS, path, batch=2) == len(TEXTS)
+    reader = _build(reward_cfg, "minilm", minilm_tok, adapted_layers=1)
+    assert load_states(reader.frozen, path) == len(TEXTS)
+    assert load_states(reader.frozen, path) == len(TEXTS)  # loading twice adds nothing
+    ids, mask = (torch.as_tensor(x).long() for x in encode([TEXTS[i] for i in (0, 1, 3, 4)]))
+    users = torch.randn(2, USER_DIM, generator=torch.Generator().manual_seed(2))
+    _assert_same(reader, _uncached_twin(reader), ids, mask, users)
+    assert reader.frozen.lower_calls == 0
+
+    capped = _build(reward_cfg, "minilm", minilm_tok, adapted_layers=1, cache_max_mb=0.05)
+    assert precompute_states(capped.frozen, encode, TEXTS, tmp_path / "c.st", batch=1) < len(TEXTS)
