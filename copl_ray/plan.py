@@ -81,6 +81,7 @@ class RunPlan:
     max_steps: int
     step_s: dict[str, float] = field(default_factory=dict)  # per variant, Ray-calibrated
     gnn_s: float | None = None  # GNN stage incl. overhead
+    fill_s: float = 0.0  # reward.adapted_layers: frozen lower layers of every text, once
     eta_s: float | None = None  # training ETA before the budget
     budget_eta_s: float | None = None  # after the budget
     budget_min: float | None = None
@@ -106,6 +107,8 @@ class RunPlan:
             out.append(f"ETA: not measured ({self.note}); train.time_budget_min does not apply")
             return out
         per = ", ".join(f"{v} {s:.3f} s/step" for v, s in self.step_s.items())
+        if self.fill_s:
+            per += f"; frozen lower layers once ~{_min(self.fill_s)}"
         out += [
             f"warm-up: {per} (timed in this process); GNN ~{_min(self.gnn_s)}",
             f"ETA of the training: {_min(self.eta_s)} (GNN {_min(self.gnn_s)} + reward "
@@ -209,6 +212,29 @@ def measure_reward_step_s(cfg: Config, variant: str, micro: int, n_users: int) -
     return min(times[1:]) * tc.grad_accum * RAY_STEP_FACTOR * share
 
 
+def measure_fill_s(cfg: Config, n_texts: int) -> float:
+    """Seconds the reward stage spends computing every text's frozen lower layers once
+    (``reward.adapted_layers``; copl_ray/reward/stage.py ``frozen_states_file``): 8 rows of
+    ``max_length`` tokens timed in this process, x ``n_texts`` / 8. 0 without the field."""
+    if cfg.reward.adapted_layers is None or n_texts == 0:
+        return 0.0
+    import torch
+
+    from copl_ray.reward.backbone import build_backbone
+    from copl_ray.reward.frozen_cache import FrozenLowerLayers
+
+    frozen = FrozenLowerLayers(build_backbone(cfg.reward), cfg.reward.adapted_layers, 0)
+    ids = torch.randint(4, max(cfg.reward.tokenizer_vocab, 5), (8, cfg.reward.max_length))
+    mask = torch.ones_like(ids)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    times = []
+    for _ in range(2):  # the first warms up
+        t0 = time.process_time()
+        frozen.lower_states(ids, mask, pos)
+        times.append((time.process_time() - t0) / torch.get_num_threads())
+    return times[-1] * n_texts / 8
+
+
 def measure_gnn_s(cfg: Config, run: RunDir) -> float | None:
     """Seconds of the GNN stage: 2 timed steps on the real graph x all steps + overhead."""
     import torch
@@ -241,8 +267,9 @@ def measure_gnn_s(cfg: Config, run: RunDir) -> float | None:
 
 
 # --------------------------------------------------------------------------- planning
-def _jobs(cfg: Config, run: RunDir) -> tuple[list[JobPlan], dict[str, int], int]:
-    """Every reward job's pairs and steps (uncapped); micro batch per variant; seen users."""
+def _jobs(cfg: Config, run: RunDir) -> tuple[list[JobPlan], dict[str, int], int, int]:
+    """Every reward job's pairs and steps (uncapped); micro batch per variant; seen users;
+    distinct response texts."""
     from copl_ray.data.ray_data import read_lookups
     from copl_ray.reward.stage import load_user_table, model_jobs, training_schedule
 
@@ -254,21 +281,28 @@ def _jobs(cfg: Config, run: RunDir) -> tuple[list[JobPlan], dict[str, int], int]
         sched = training_schedule(cfg, run, job, members, texts)
         jobs.append(JobPlan(job, variant, sched["rows"], sched["total"], sched["total"]))
         micro[variant] = max(micro.get(variant, 0), sched["micro"])
-    return jobs, micro, len(users.user_ids)
+    return jobs, micro, len(users.user_ids), len(set(texts))
 
 
 def _no_eta_reason(cfg: Config) -> str | None:
+    """Why no ETA is claimed, or None: CPU runs of the config-built backbone, a named one
+    (installed package) or a local folder are timed; a hub model is not fetched to time."""
+    from pathlib import Path
+
+    from copl_ray.reward.backbone import NAMED_BACKBONES
+
     if cfg.train.use_gpu or cfg.gnn.use_gpu:
         return "GPU training is not timed on this machine's CPU"
-    if cfg.reward.backbone != "tiny-gemma":
-        return f"reward.backbone {cfg.reward.backbone!r} is not timed before training"
+    name = cfg.reward.backbone
+    if name != "tiny-gemma" and name not in NAMED_BACKBONES and not Path(name).is_dir():
+        return f"reward.backbone {name!r} (a hub model) is not fetched to be timed"
     return None
 
 
 def make_plan(cfg: Config, run: RunDir) -> RunPlan:
     """Count, time and budget the training (see the module docstring)."""
     summary = json.loads((run.data / "summary.json").read_text())
-    jobs, micro, n_seen = _jobs(cfg, run)
+    jobs, micro, n_seen, n_texts = _jobs(cfg, run)
     tc = cfg.train
     plan = RunPlan(
         key=plan_key(cfg),
@@ -286,7 +320,8 @@ def make_plan(cfg: Config, run: RunDir) -> RunPlan:
         return plan
     plan.step_s = {v: measure_reward_step_s(cfg, v, m, n_seen) for v, m in micro.items()}
     plan.gnn_s = measure_gnn_s(cfg, run) or GNN_OVERHEAD_S
-    fixed = plan.gnn_s + REWARD_JOB_OVERHEAD_S * len(jobs)
+    plan.fill_s = measure_fill_s(cfg, n_texts)
+    fixed = plan.gnn_s + plan.fill_s + REWARD_JOB_OVERHEAD_S * len(jobs)
     rates = [plan.step_s[j.variant] for j in jobs]
     plan.eta_s = fixed + sum(j.steps * r for j, r in zip(jobs, rates))
     if tc.time_budget_min is not None:

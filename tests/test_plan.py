@@ -158,3 +158,20 @@ def test_reward_stage_trains_the_budgeted_steps(tmp_path: Path, ray_session) -> 
     run_reward_stage(cfg, run)
     m = json.loads((run.reward("uniform") / "metrics.json").read_text())
     assert m["total_steps"] == m["steps"] == MIN_STEPS
+
+
+def test_named_and_local_backbones_are_timed_hub_models_are_not(tmp_path: Path) -> None:
+    """minilm (installed package) and a local folder get an ETA; a hub name is not fetched
+    to be timed. With reward.adapted_layers the stage's one pass over every text's frozen
+    layers is timed too, in proportion to the number of texts."""
+    from copl_ray.plan import _no_eta_reason, measure_fill_s
+
+    minilm = ["reward.backbone=minilm", "reward.target_modules=[query,value]"]
+    assert _no_eta_reason(load_config("tiny", minilm)) is None
+    assert _no_eta_reason(load_config("tiny", [f"reward.backbone={tmp_path}"])) is None
+    hub = _no_eta_reason(load_config("tiny", ["reward.backbone=some-org/some-model"]))
+    assert hub is not None and "hub model" in hub
+    cached = load_config("tiny", [*minilm, "reward.adapted_layers=1", "reward.max_length=32"])
+    assert measure_fill_s(load_config("tiny", minilm), 1000) == 0.0  # no cache, no pass
+    one, many = measure_fill_s(cached, 80), measure_fill_s(cached, 8000)
+    assert 0 < one and 20 * one < many  # ~100x the texts: noisy timing, a loose bound
