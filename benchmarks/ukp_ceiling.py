@@ -112,6 +112,25 @@ def consensus(train: Split, test: Split) -> tuple[float, float]:
     return float(((share[ok] > 0.5) == test.a_first[ok]).mean()), float(ok.mean())
 
 
+def agreement(ann: pd.DataFrame) -> dict[str, float]:
+    """How often a worker sides with the majority of the OTHER workers on the same pair
+    (non-test labels; pairs where the others are absent or tied are left out)."""
+    a = ann[ann["split"] != "test"]
+    a_first = (a["chosen"] < a["rejected"]).astype(int)
+    votes = a_first.groupby(a["pair_id"]).agg(["sum", "count"]).reindex(a["pair_id"])
+    others, n = votes["sum"].to_numpy() - a_first.to_numpy(), votes["count"].to_numpy() - 1
+    ok = (n > 0) & (2 * others != n)
+    agree = pd.Series(((2 * others > n) == a_first.to_numpy().astype(bool))[ok])
+    per_worker = agree.groupby(a["user_id"].to_numpy()[ok]).mean()
+    return {
+        "agree_overall": float(agree.mean()),
+        "agree_median_worker": float(per_worker.median()),
+        "agree_p05_worker": float(per_worker.quantile(0.05)),
+        "workers_below_half": int((per_worker < 0.5).sum()),
+        "workers": int(len(per_worker)),
+    }
+
+
 def item_bt(
     train: Split, sets: dict[str, Split], n_items: int, n_users: int, rank: int, lam: float
 ):
@@ -209,6 +228,7 @@ def run_seed(data_path: str, seed: int, emb_cache: dict) -> dict[str, float]:
         "n_test_unseen": len(test_u),
     }
     out["consensus_seen"], out["consensus_coverage"] = consensus(train, test_s)
+    out.update(agreement(ann))
     sets = {"val": val, "seen": test_s, "unseen": test_u}
     m0, p0 = item_bt(train, sets, n_items, n_users, 0, 0.0)
     out["item_bt_seen"], out["item_bt_unseen"] = accuracy(m0["seen"]), accuracy(m0["unseen"])
@@ -280,6 +300,12 @@ def main() -> None:
         ("text_users", "text LR + per-user δ_u (personal)"),
     ):
         print(f"| {label} | {cell(name + '_seen')} | {cell(name + '_unseen')} |")
+    print(
+        f"\nworkers agreeing with the others' majority: {100 * frame['agree_overall'].mean():.1f} % "
+        f"of labels; per worker median {100 * frame['agree_median_worker'].mean():.1f} %, "
+        f"5th percentile {100 * frame['agree_p05_worker'].mean():.1f} %; "
+        f"{frame['workers_below_half'].mean():.0f} of {frame['workers'].mean():.0f} below 50 %"
+    )
     for kind in ("item_bt", "text"):
         pooled = "item_bt" if kind == "item_bt" else "text_pooled"
         personal = "item_bt_users" if kind == "item_bt" else "text_users"
