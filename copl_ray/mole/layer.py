@@ -111,10 +111,7 @@ class MoLEGate(nn.Module):
             user_emb = user_emb.to(dt)
             if self.input_shift is not None:
                 user_emb = (user_emb - self.input_shift.to(dt)) * self.input_scale.to(dt)
-            h = (
-                torch.einsum("bd,gdh->gbh", user_emb, self.w1.to(dt))
-                + self.b1.to(dt)[:, None]
-            )
+            h = torch.einsum("bd,gdh->gbh", user_emb, self.w1.to(dt)) + self.b1.to(dt)[:, None]
             z = torch.einsum("gbh,ghm->gbm", torch.relu(h), self.w2.to(dt))
             return z + self.b2.to(dt)[:, None]
 
