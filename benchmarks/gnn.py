@@ -2,7 +2,8 @@
 
 Schedules compared (every one propagates the whole graph once per optimisation step):
 
-- ``official``: minibatches of 1024 pairs, lr 1e-4, edge dropout 0.1 (REFERENCE.md §1.3):
+- ``official``: minibatches of 1024 pairs, lr 1e-4, edge dropout 0.1 (the official code's
+  schedule, docs/reference-code.md B11):
   an epoch costs ``ceil(N/1024)`` full propagations (157 at UF-P-4 scale);
 - ``fast`` (``--fast``, default ``FAST``): one full-graph step per epoch
   (``gnn.schedule=full``: an epoch costs one propagation), **spectral init**

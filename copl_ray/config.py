@@ -199,7 +199,8 @@ class RewardConfig:
 class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # STACK.md: 1.0 deadlocks Ray Data + Train on 2 CPUs
+    # 1.0 deadlocks Ray Data + Train on 2 CPUs (docs/stack-notes.md S6)
+    cpus_per_worker: float = 0.5
     zero_stage: int = 2
     offload: bool = False
     bf16: bool = False

@@ -41,7 +41,7 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
   reward models' users and embeddings; pairs with an unseen response are skipped)
 - ``paper``: null unless ``data.source == "ufp"``; then {``column``: e.g. "UF-P-2-ALL",
   ``backbone``, ``seen``: {model: acc}, ``unseen``: {model: acc}, ``common``: {model: acc},
-  ``controversial``: {model: acc}} (METHOD.md §6, converted from % to fractions)
+  ``controversial``: {model: acc}} (the paper's, docs/method.md §6, converted from % to fractions)
 - ``timings``: {``<stage>_s``: float|null for data, gnn, reward, eval; ``total_s``}
   (wall seconds of the run that produced each artifact)
 - ``executed``: [stages executed by the invocation that wrote this report]
@@ -81,7 +81,8 @@ MODEL_NAMES = {
 PACKAGES = ("copl-ray", "ray", "torch", "torch-geometric", "transformers", "peft",
             "deepspeed", "datasets", "pyarrow", "numpy", "scikit-learn")  # fmt: skip
 
-# METHOD.md §6 (accuracy %, gemma-2b-it, mean of 3 seeds); columns UF-P-{2,4}-{ALL,AVG}.
+# The paper's results (docs/method.md §6): accuracy %, gemma-2b-it, mean of 3 seeds;
+# columns UF-P-{2,4}-{ALL,AVG}.
 _COLS = ("UF-P-2-ALL", "UF-P-2-AVG", "UF-P-4-ALL", "UF-P-4-AVG")
 PAPER_SEEN = {
     "oracle": (64.53, 64.53, 61.52, 61.52),

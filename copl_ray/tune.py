@@ -6,7 +6,7 @@ trials through the object store (``tune.with_parameters``). A trial only trains 
 model (``space.model``, default ``copl``) with its sampled config and reports validation
 accuracy as it trains; ASHA stops the weak trials early.
 
-Train V2 cannot be wrapped by a ``Tuner`` (STACK.md §5), so each trial is a *function*
+Train V2 cannot be wrapped by a ``Tuner`` (docs/stack-notes.md S7), so each trial is a *function*
 trainable that builds and fits a ``TorchTrainer`` (``copl_ray.reward.stage.
 train_reward_model``) whose ``RunConfig`` carries a ``TuneReportCallback`` forwarding every
 validation report (``train.eval_every``) to Tune, so ASHA decides at its rungs while the
@@ -45,7 +45,7 @@ from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError, config_from_dict, load_config
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
-DATA_CPU_RESERVE = 1.0  # Ray Data read/tokenise tasks need one free CPU (STACK.md §4)
+DATA_CPU_RESERVE = 1.0  # Ray Data read/tokenise tasks need one free CPU (docs/stack-notes.md S6)
 
 
 @dataclass
@@ -220,7 +220,7 @@ def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
         base_root=str(run.root.resolve()),
         trials=str(trials), shared=shared,
     )  # fmt: skip
-    return tune.with_resources(fn, {"cpu": 0.1})  # STACK.md §5: 0 is rejected
+    return tune.with_resources(fn, {"cpu": 0.1})  # 0 is rejected (docs/stack-notes.md S7)
 
 
 # -------------------------------------------------------------------------- sweep

@@ -6,8 +6,8 @@ Start it on a finished run directory (OpenAPI docs at ``/docs``)::
     serve deploy serve_app/config.yaml                            # on a running cluster
 
 Requests from different users are batched together by ``@serve.batch``: one forward,
-one user embedding per row (ANCHORS.md C). Never ``@serve.multiplexed`` on the user —
-Serve splits batches by model id, which would destroy cross-user batching (A3).
+one user embedding per row. Never ``@serve.multiplexed`` on the user —
+Serve splits batches by model id, which would destroy cross-user batching (docs/stack-notes.md S8).
 Users created over HTTP live in a shared folder (:mod:`copl_ray.serving.store`), so
 every replica sees them at once and they survive restarts and redeploys.
 """

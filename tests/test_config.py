@@ -24,8 +24,9 @@ def test_presets_listed():
 
 
 def test_paper_hyperparameters_in_gemma_presets():
-    # METHOD.md §2/§3: d=512, L=4, 300 epochs, lr 1e-4; M=8, n=8, tau=1, lr 5e-5, warm-up 0.03,
-    # batch 32/GPU (2b) and 16/GPU (7b); UF-P-2 n=8 over 2 groups, UF-P-4 n=16 over 4 groups.
+    # docs/method.md §2/§3: d=512, L=4, 300 epochs, lr 1e-4; M=8, n=8, tau=1, lr 5e-5,
+    # warm-up 0.03, batch 32/GPU (2b) and 16/GPU (7b); UF-P-2 n=8 over 2 groups, UF-P-4 n=16
+    # over 4 groups.
     c2, c4, c7 = (load_config(p) for p in ("ufp2-gemma-2b", "ufp4-gemma-2b", "ufp4-gemma-7b"))
     for c in (c2, c4, c7):
         assert (c.gnn.dim, c.gnn.layers, c.gnn.epochs, c.gnn.lr) == (512, 4, 300, 1e-4)

@@ -24,7 +24,8 @@ def _split(overall, common=None, controversial=None, by_group=None, n_pairs=10, 
 
 
 def _write_contract_run(root, cfg, *, copl_seen=0.8):
-    """Artifacts exactly in the formats of CONTEXT.md's contracts (data, gnn, reward, eval)."""
+    """Artifacts exactly in the formats the stages write (data, gnn, reward, eval; the layout
+    of copl_ray/artifacts.py)."""
     run = RunDir(root)
     for d in (run.data, run.gnn, run.eval, run.reward("copl"), run.reward("uniform")):
         d.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,7 @@ def build_synthetic(cfg: DataConfig) -> PreferenceTables:
         keep = np.ones(len(a), dtype=bool)
         summary.notes.append(f"{int(tie.sum())} tied (pair, group) labels broken by a coin")
     controversial = (diff != diff[:, :1]).any(axis=1)  # the user groups disagree
-    # Survey-pool filter, as UF-P builds it (REFERENCE §1.2): the pair is controversial
+    # Survey-pool filter, as UF-P builds it (docs/reference-code.md B6): the pair is controversial
     # across ALL latent attributes, so with 2 groups the pool still holds pairs on which
     # the two groups agree (the attributes stay identifiable one by one), unless
     # data.ufp2_require_disagreement keeps only the pairs the groups disagree on.

@@ -58,7 +58,7 @@ PAIRS_BASE_COLUMNS = (
 
 
 def format_text(prompt: str, response: str) -> str:
-    """Model input for one response, the UF-P convention (REFERENCE.md §1.2)."""
+    """Model input for one response, the UF-P convention."""
     return f"Human: {prompt}\n\nAssistant: {response}"
 
 

@@ -1,4 +1,4 @@
-"""UltraFeedback-P (UF-P) from the real sources (METHOD.md §5, REFERENCE.md §1.2, §2).
+"""UltraFeedback-P (UF-P) from the real sources (docs/method.md §5; docs/reference-code.md "Data").
 
 Sources (``split="train"``), by HF name through ``datasets`` or from local files:
 

@@ -22,7 +22,9 @@ def _acc(x: pd.Series) -> float | None:
 
 
 def accuracy_summary(frame: pd.DataFrame) -> dict[str, Any]:
-    """``S`` of CONTEXT.md §5 from a frame with ``correct:bool, user_id, group, controversial``.
+    """Accuracy summary of one split from a frame with ``correct:bool, user_id, group,
+    controversial``: ``{overall, common, controversial, by_group, n_pairs, n_users}``,
+    accuracies as fractions, None where the subset has no pair.
 
     ``controversial`` is 1/0 (or True/False), -1/NaN where unknown; ``group`` "" / None
     where unknown (then ``by_group`` is empty).

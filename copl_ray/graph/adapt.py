@@ -1,4 +1,4 @@
-"""Optimization-free adaptation of unseen users (METHOD.md §4), vectorised over users.
+"""Optimization-free adaptation of unseen users (docs/method.md §4), vectorised over users.
 
 For a new user ``u*`` with labels ``D_u* = {(a ≻ b)}``:
 
@@ -17,11 +17,11 @@ For a new user ``u*`` with labels ``D_u* = {(a ≻ b)}``:
        w_v = softmax_{v∈N(k)}(γ_v / κ),     e_u* = Σ_v w_v e_v
 
    with ``e_v`` the seen users' embeddings **at the export scale** (what the reward model
-   sees; REFERENCE.md B5) and ``e_a, e_b`` the trained response embeddings.
+   sees; docs/reference-code.md B5) and ``e_a, e_b`` the trained response embeddings.
    ``variant="naive"``: uniform ``w_v = 1/|N(k)|``. ``variant="user_opt"``: a free
    embedding (started at the mean seen user) optimised with Adam on
    ``Σ −log σ(<e, e_a − e_b>)`` for ``adapt.user_opt_steps`` steps (the only variant
-   that takes gradient steps; METHOD Table 4's "User Opt").
+   that takes gradient steps; the paper's Table 4 "User Opt").
 3. **Scale**: with normalised exports and ``adapt.renormalize`` the result is re-normalised
    to unit length like every seen user's (the official code leaves it shorter).
 
@@ -29,7 +29,7 @@ Labels on responses without a node are accepted and counted (``n_unknown`` = lab
 at least one unknown response); a known chosen/rejected response still yields its edge,
 but only pairs with both responses known enter ``γ``/User-Opt.
 
-**Fallback** (never a zero vector; REFERENCE.md B12): no neighbour by the configured rule
+**Fallback** (never a zero vector; docs/reference-code.md B12): no neighbour by the configured rule
 → every seen user sharing a labelled response with either sign (``fallback_kind=
 "any_sign"``; see :func:`neighbour_masks` for why more hops alone cannot help) → the mean
 seen user (``"mean_user"``). ``fallback=True`` marks both (User-Opt: no pair with both

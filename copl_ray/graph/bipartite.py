@@ -1,7 +1,7 @@
-"""The signed user–response bipartite graph of CoPL (METHOD.md §2).
+"""The signed user–response bipartite graph of CoPL (docs/method.md §2).
 
 Nodes: every **seen** user (also those without a survey label, so every seen user gets
-an embedding — REFERENCE.md B2) and every response that occurs in a ``survey``
+an embedding — docs/reference-code.md B2) and every response that occurs in a ``survey``
 annotation. Edges: for each survey annotation ``(u, chosen ≻ rejected)`` a positive
 edge ``u–chosen`` and a negative edge ``u–rejected``. ``val`` and ``test`` annotations
 never enter the graph.

@@ -1,4 +1,4 @@
-"""One signed bipartite layer of CoPL (METHOD.md §2), in aggregated form.
+"""One signed bipartite layer of CoPL (docs/method.md §2), in aggregated form.
 
 ``message="paper"`` (default), for a user ``u`` (responses are symmetric with their own
 ``Ŵ1..Ŵ4, Ŵ_self``)::
@@ -11,7 +11,7 @@ which equals the per-edge sum ``Σ α (W1 e_r + W2 (e_r ⊙ e_u))`` because ``W2
 and ``e_u`` is constant inside the sum: one sparse aggregation per sign, then dense
 per-node products — never a ``d×d`` product per edge. No biases (the formula has none).
 
-``message="reference"`` reproduces the official code (REFERENCE.md §1.3, B4): the first
+``message="reference"`` reproduces the official code (docs/reference-code.md B4): the first
 term is unweighted, negative messages are subtracted, ``W_pos, W_neg, W_self`` (with
 bias) are shared by both sides::
 

@@ -11,7 +11,7 @@ Accuracies (share of pairs with ``s_ua > s_ub``; ``None`` where a set is empty):
 - ``test_accuracy_in_graph``: their ``test`` pairs whose two responses have nodes (the
   synthetic/UF-P test pairs come from held-out prompts, so usually none: counted in
   ``n_test_skipped``);
-- ``heldout_accuracy``: val ∪ test-in-graph (METHOD Table 5's metric);
+- ``heldout_accuracy``: val ∪ test-in-graph (the paper's Table 5 metric);
 - ``truth_accuracy`` (groups known): up to ``gnn.truth_pairs_per_user`` survey-pool pairs
   per user (drawn with replacement, never one the user labelled, both responses in the
   graph), labelled by the user's true group — a large held-out set of exactly the

@@ -1,7 +1,7 @@
-"""``CoPLGNN``: learnable node embeddings + ``L`` signed bipartite layers (METHOD.md §2).
+"""``CoPLGNN``: learnable node embeddings + ``L`` signed bipartite layers (docs/method.md §2).
 
 Score ``s_ur = <e_u^(L), e_r^(L)>`` on the last layer (no layer mean). Loss on annotated
-pairs ``(u, a ≻ b)`` (BPR; REFERENCE.md §1.3 for the L2 form)::
+pairs ``(u, a ≻ b)`` (BPR; the L2 form of the official code, docs/reference-code.md)::
 
     L = mean_B −log σ(s_ua − s_ub) + λ Σ_B (‖e_u‖² + ‖e_a‖² + ‖e_b‖²)
 

@@ -1,6 +1,6 @@
 """Spectral initialisation of the GNN's embedding tables (``gnn.init=spectral``).
 
-The paper starts ``e^(0)`` at random (METHOD.md §2; the official code: Xavier) and trains
+The paper starts ``e^(0)`` at random (docs/method.md §2; the official code: Xavier) and trains
 it. From there a full-graph step first fits what all users share (every user alike: held-out
 0.60 on the planted UF-P-4 graph) and spends ~50 steps on that plateau before the groups
 separate. The groups are already in the data's low-rank structure, so this switch starts

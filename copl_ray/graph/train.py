@@ -4,7 +4,7 @@ The graph is propagated **once per optimisation step** and the loss takes every 
 the step from that one propagation:
 
 - ``schedule="minibatch"``: ``ceil(N / batch_size)`` steps an epoch over shuffled pairs,
-  each re-propagating the whole graph (the official schedule, REFERENCE.md §1.3);
+  each re-propagating the whole graph (the official schedule, docs/reference-code.md B11);
 - ``schedule="full"``: one step an epoch over all survey pairs (one propagation an
   epoch — the cost of an epoch drops by the number of minibatches).
 

@@ -1,6 +1,6 @@
 """MoLE building blocks: the gate, the route context and the wrapped linear layer.
 
-Stacked-dense batching (ANCHORS.md §C.1). All ``E = M + 1`` LoRA blocks of one layer live
+Stacked-dense batching. All ``E = M + 1`` LoRA blocks of one layer live
 in one ``A ∈ R^{E·r × d_in}`` (block 0 = shared) and one ``B ∈ R^{d_out × E·r}``. For a batch
 whose row ``b`` belongs to a user with gate ``w_b ∈ R^M``::
 
@@ -49,7 +49,8 @@ class MoLEGate(nn.Module):
 
     The ``G`` gates (one global gate, or one per wrapped module as in the official code)
     are stacked into ``[G, ...]`` parameters and evaluated with two einsums. Everything is
-    at least fp32 (autocast off): a bf16 softmax flips near-tied top-1 choices (REFERENCE.md B3).
+    at least fp32 (autocast off): a bf16 softmax flips near-tied top-1 choices
+    (docs/reference-code.md B3).
 
     ``forward`` returns the logits TENSOR ``[G, B, M]`` and :meth:`route` turns it into a
     :class:`GateOutput`. DeepSpeed ZeRO-3 gathers a module's partitioned parameters around

@@ -9,7 +9,8 @@ Routing. The gate runs once per forward on the ``B`` user embeddings; for an inp
 ``N = k·B`` rows the per-user scales are tiled ``k`` times (row ``j`` uses user
 ``j mod B``), so chosen and rejected of a pair laid out as ``[chosen_1..B, rejected_1..B]``
 share one gate evaluation — and therefore one noise draw (the official code draws the noise
-per row, so a pair's two responses could be routed apart; REFERENCE.md §1.6).
+per row, so a pair's two responses could be routed apart; docs/reference-code.md,
+"Reward-model routing").
 """
 
 from __future__ import annotations

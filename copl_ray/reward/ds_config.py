@@ -1,6 +1,6 @@
 """DeepSpeed config built from the typed :class:`~copl_ray.config.TrainConfig`.
 
-CPU and GPU differ only in values, not code paths (STACK.md §2):
+CPU and GPU differ only in values, not code paths (docs/stack-notes.md S5):
 
 - CPU: gloo backend, fp32, ``torch_adam`` (no compiled optimizer op to build);
 - GPU: NCCL, ``bf16`` when ``train.bf16``;

@@ -11,7 +11,8 @@ Saved folder (``save``)::
 
 Per-user export (``export_user_peft``): for a fixed user the gated MoLE is an ordinary LoRA,
 ``ΔW = (α/r)(B_s A_s + Σ_{i∈top-k} w_i B_i A_i) = (α/r)·[B_s, w B_e][A_s; A_e]`` of rank
-``(1+k)·r`` — exact (ANCHORS.md §A7.2). Written as a standard PEFT folder::
+``(1+k)·r`` — exact (the gated blocks stack into one wider A/B pair). Written as a standard
+PEFT folder::
 
     adapter_config.json, adapter_model.safetensors   (LoRA [+ ``score``])
     copl_reward_head.json, score.safetensors          (pooling and the score head)

@@ -5,7 +5,7 @@
 ``pool`` is ``reward.pooling`` (copl_ray/reward/pooling.py: the last non-pad token for
 decoders, ``[CLS]`` or the masked mean for encoders) and ``ΔW_u`` the MoLE update gated by
 the user (copl_ray/mole). Variants
-(METHOD.md §3, §7, Table 3):
+(docs/method.md §3):
 
 - ``copl``    — MoLE (M experts of rank r + shared) gated by the frozen GNN embedding ``e_u``;
 - ``uniform`` — one LoRA of rank ``baseline_rank``, no user input (Oracle = one per group);
@@ -156,10 +156,10 @@ class PersonalRewardModel(nn.Module):
     def gradient_checkpointing_enable(self, use_reentrant: bool = True) -> None:
         """Checkpoint the backbone layers. The frozen backbone needs its input to require
         grad for reentrant checkpointing: ``enable_input_require_grads`` does that with a
-        hook (the official code made the whole embedding matrix trainable, REFERENCE.md B8).
-        Recomputation reuses the forward's route (same gates, same noise) and never re-runs
-        the gate; the route detects reentrant checkpointing itself, so calling HF's method
-        directly works too (RouteContext)."""
+        hook (the official code made the whole embedding matrix trainable: bug B8 of
+        docs/reference-code.md). Recomputation reuses the forward's route (same gates, same
+        noise) and never re-runs the gate; the route detects reentrant checkpointing itself,
+        so calling HF's method directly works too (RouteContext)."""
         self.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
         )

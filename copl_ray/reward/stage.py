@@ -14,7 +14,7 @@ no_mole       GNN embedding projected to one extra input token + one LoRA (basel
 ============  =========================================================================
 
 Training set: survey pairs of seen users (+ their val pair when
-``reward.train_on_val_pairs``, the official code's choice, REFERENCE.md B7). Validation
+``reward.train_on_val_pairs``, the official code's choice, docs/reference-code.md B7). Validation
 during training: the val split, or a ``train.val_fraction`` slice of the survey split
 held out of training when the data has no val split.
 
@@ -328,7 +328,7 @@ def train_reward_model(
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    # Imported lazily so that the driver never imports deepspeed (ANCHORS B7).
+    # Imported lazily so that the driver never imports deepspeed (docs/stack-notes.md S1).
     from copl_ray.raylog import quiet_train_worker
     from copl_ray.reward.train import train_loop_per_worker
 

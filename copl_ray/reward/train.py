@@ -16,7 +16,7 @@ parameters gathered, so the reward head and gates are never lost) and
 resumes from ``ray.train.get_checkpoint()``: DeepSpeed restores parameters, optimizer and
 scheduler; the data position is restored by skipping the batches already consumed.
 
-``deepspeed`` is imported here, inside the worker, never on the driver (ANCHORS B7).
+``deepspeed`` is imported here, inside the worker, never on the driver (docs/stack-notes.md S1).
 """
 
 from __future__ import annotations
@@ -91,15 +91,15 @@ def enable_gradient_checkpointing(model) -> None:
     """Activation checkpointing of the backbone's layers, safe with ZeRO-3 + frozen weights.
 
     ``use_reentrant=True``: the non-reentrant variant recomputes with frozen ZeRO-3 params
-    re-partitioned to shape [0] and fails with ``CheckpointError`` (ANCHORS B3; TRL forces
-    the same). Reentrant checkpointing only back-propagates into a segment whose input
-    requires grad, so the embedding output is made to require grad
+    re-partitioned to shape [0] and fails with ``CheckpointError`` (docs/stack-notes.md S3;
+    TRL forces the same). Reentrant checkpointing only back-propagates into a segment whose
+    input requires grad, so the embedding output is made to require grad
     (``enable_input_require_grads``; the official code's ``requires_grad_()`` on the whole
-    embedding matrix is bug B8). The MoLE route stays set after the forward, so the
-    recomputation reads the same gate (same noise) — as a detached copy whose gradient is
-    handed back to the gate outside the recomputed blocks, so the gate, the no_gnn user
-    table and every other trainable parameter get exactly one gradient hook per step, as
-    ZeRO-2/3 require (copl_ray/mole/layer.py RouteContext).
+    embedding matrix is bug B8 of docs/reference-code.md). The MoLE route stays set after
+    the forward, so the recomputation reads the same gate (same noise) — as a detached copy
+    whose gradient is handed back to the gate outside the recomputed blocks, so the gate,
+    the no_gnn user table and every other trainable parameter get exactly one gradient hook
+    per step, as ZeRO-2/3 require (copl_ray/mole/layer.py RouteContext).
     """
     backbone = model.backbone
     backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
@@ -111,7 +111,7 @@ def save_model(engine, model, out_dir: Path, zero_stage: int, rank: int) -> None
 
     Under ZeRO-3 each rank holds a 1/N shard of every parameter (``p.numel() == 0``
     locally); saving without gathering writes empty tensors — the lost-reward-head bug
-    (ANCHORS B1). ``GatheredParameters`` is collective: all ranks enter it.
+    (docs/stack-notes.md S2). ``GatheredParameters`` is collective: all ranks enter it.
     """
     import deepspeed
 
@@ -133,7 +133,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
     cfg = config_from_dict(config["cfg"])
     tc = cfg.train
     if not tc.use_gpu:
-        os.environ["DS_ACCELERATOR"] = "cpu"  # before deepspeed is imported (STACK.md §3)
+        # before deepspeed is imported (docs/stack-notes.md S5)
+        os.environ["DS_ACCELERATOR"] = "cpu"
     import deepspeed
     import ray.train
     import ray.train.torch
@@ -163,7 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
 
     # Under ZeRO-3 the HF config object must exist BEFORE the backbone is built, so that
     # transformers constructs it inside zero.Init and no rank ever holds a full copy in host
-    # RAM (ANCHORS B5).
+    # RAM (docs/stack-notes.md S4).
     hf_ds = None
     if tc.zero_stage == 3:
         from transformers.integrations import HfDeepSpeedConfig

@@ -4,7 +4,7 @@ Labels arrive as texts ``{prompt, chosen, rejected}``. Each text is mapped to a
 response id of the run by an exact ``(prompt, text)`` match against
 ``data/responses.parquet``; a text that matches nothing is counted (``n_unknown``) and
 gets a fresh negative id, so it reaches no neighbour in the graph — the adaptation
-contract accepts and counts unknown ids. The embedding is then (METHOD.md §4)::
+contract accepts and counts unknown ids. The embedding is then (docs/method.md §4)::
 
     e_u* = Σ_{u ∈ N^+_u*(k)} w_{u,u*} e_u,   w = softmax_u(γ_{u,u*} / κ),
     γ_{u,u*} = Σ_{(a≻b) ∈ D_u*} log σ(s_ua − s_ub)

@@ -1,8 +1,8 @@
 """Score responses for users from a finished run directory, batched across users.
 
 One forward scores rows from many requests at once; each row carries its own user
-embedding ``e_u``, which gates the MoLE per sample (ANCHORS.md C: batch across users,
-never split a batch per user)::
+embedding ``e_u``, which gates the MoLE per sample (batch across users,
+never split a batch per user: docs/stack-notes.md S8)::
 
     rows   = concat_r [format_text(prompt_r, response_{r,j})]_j       (tokenised once)
     E      = concat_r repeat(e_{u_r}, n_r)                            [N, D]

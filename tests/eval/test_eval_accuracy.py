@@ -1,4 +1,4 @@
-"""Accuracy of the tiny end-to-end run (synthetic default, fixed seed; METHOD.md §5-§6).
+"""Accuracy of the tiny end-to-end run (synthetic default, fixed seed; docs/method.md §5-§6).
 
 The data have a known truth: a user of group g prefers the response with more markers of
 attribute g, with no label noise (``data.synthetic.label_noise=0``), so the Bayes accuracy

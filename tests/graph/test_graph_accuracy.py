@@ -16,8 +16,8 @@ Thresholds and why they are right:
 - **Groups recovered**: k-means (k = number of groups) on the exported embeddings vs the
   true groups, adjusted Rand index ≥ 0.8 (the issue's bar).
 - **Unseen users** (adapted from their 8 or 16 survey labels, no gradient step): the
-  weighted rule within 5 points of the seen users, and ≥ the naive average (METHOD
-  Table 4 ordering).
+  weighted rule within 5 points of the seen users, and ≥ the naive average (the
+  paper's Table 4 ordering).
 """
 
 from __future__ import annotations

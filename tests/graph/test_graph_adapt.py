@@ -1,4 +1,4 @@
-"""Unseen-user adaptation (METHOD.md §4) on hand-made artifacts whose answers we know."""
+"""Unseen-user adaptation (docs/method.md §4) on hand-made artifacts whose answers we know."""
 
 from __future__ import annotations
 

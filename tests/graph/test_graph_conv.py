@@ -1,4 +1,5 @@
-"""The signed layer against the per-edge formulas of METHOD.md §2 and REFERENCE.md §1.3."""
+"""The signed layer against the per-edge formulas of docs/method.md §2 and the official code's
+(docs/reference-code.md B4)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_paper_layer_equals_the_per_edge_formula_on_both_sides():
 
 def test_paper_layer_has_its_own_five_matrices_per_side_and_reference_shares_three():
     paper = SignedBipartiteConv(4, "paper")
-    assert sum(p.numel() for p in paper.parameters()) == 10 * 16  # no bias in METHOD §2
+    assert sum(p.numel() for p in paper.parameters()) == 10 * 16  # no bias (docs/method.md §2)
     assert set(paper.user) == set(paper.resp) == {"self", "w1", "w2", "w3", "w4"}
     assert paper.user["w1"].weight is not paper.resp["w1"].weight
     ref = SignedBipartiteConv(4, "reference")

@@ -62,7 +62,8 @@ def test_cosine_schedule_with_warmup():
     [("ufp2-gemma-2b", 32, 2), ("ufp4-gemma-2b", 32, 2), ("ufp4-gemma-7b", 16, 3)],
 )
 def test_gemma_presets_follow_method(preset, batch, zero):
-    """METHOD.md §3: M=8, n=8, τ=1, lr 5e-5, cosine warm-up 0.03, 32 pairs/GPU (2b), 16 (7b)."""
+    """docs/method.md §3: M=8, n=8, τ=1, lr 5e-5, cosine warm-up 0.03, 32 pairs/GPU (2b),
+    16 (7b)."""
     cfg = load_config(preset)
     r, t = cfg.reward, cfg.train
     assert (r.num_experts, r.rank, r.temperature, r.top_k, r.gate_hidden) == (8, 8, 1.0, 1, 256)
