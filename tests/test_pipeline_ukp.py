@@ -41,7 +41,8 @@ def test_ukp_preset_runs_end_to_end_on_a_mini_folder(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     console = proc.stdout + proc.stderr
-    assert "Traceback" not in console and "Loading weights" not in console
+    # (the console's noise contract is tests/test_pipeline_tiny.py's; here only what MiniLM adds)
+    assert "Loading weights" not in console
     assert "frozen lower layers: 6 of 6 texts computed once" in console
 
     # the states file holds every argument once; the models read text with MiniLM
