@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 # where torch JIT-builds extensions (DeepSpeed's CPU ops): one place, not the user's global cache
@@ -39,6 +40,7 @@ def setup_env() -> dict[str, str]:
         os.environ.setdefault(k, v)
         env[k] = os.environ[k]
     clear_stale_build_locks()
+    threading.excepthook = _thread_error_unless_ray_data_shutdown
     return env
 
 
@@ -56,6 +58,7 @@ def ray_worker_setup() -> None:
     quiet_expected_failure_warning()
     quiet_ray_data_loggers()
     sys.unraisablehook = _unraisable_unless_exit
+    threading.excepthook = _thread_error_unless_ray_data_shutdown
 
 
 def _unraisable_unless_exit(unraisable) -> None:
@@ -67,6 +70,27 @@ def _unraisable_unless_exit(unraisable) -> None:
     if isinstance(unraisable.exc_value, SystemExit):
         return
     sys.__unraisablehook__(unraisable)
+
+
+RAY_DATA_SIGNALER_THREAD = "completion-signaler"  # ray/data/_internal/dynamic_work_queue.py
+
+
+def _thread_error_unless_ray_data_shutdown(args) -> None:
+    """Ray Data's dynamic work queue (file listing of a dataset, in the driver and in
+    workers) shuts its pool down when the consumer is done; its "completion-signaler"
+    thread, still blocked putting the end marker, then gets the queue's own
+    ``InterruptedError`` (its interruption protocol) and Python prints "Exception in thread
+    completion-signaler" with a traceback, though nothing failed (seen under load at the
+    end of a reward model's data pipeline). Exactly that is dropped; every other thread
+    error is printed as usual."""
+    thread = getattr(args, "thread", None)
+    if (
+        issubclass(args.exc_type, InterruptedError)
+        and thread is not None
+        and thread.name == RAY_DATA_SIGNALER_THREAD
+    ):
+        return
+    threading.__excepthook__(args)
 
 
 def pin_ray_address() -> None:

@@ -31,3 +31,30 @@ def test_worker_finaliser_exit_is_silent_but_real_errors_print():
     assert r.returncode == 0, r.stderr
     assert "SystemExit" not in r.stderr
     assert "ValueError: a real bug in a finaliser" in r.stderr and "Traceback" in r.stderr
+
+
+def test_ray_data_signaler_interrupt_is_dropped_other_thread_errors_print(capfd):
+    """Ray Data's "completion-signaler" thread ending in its queue's InterruptedError at
+    pool shutdown prints nothing; the same error in another thread, or another error in
+    that thread, still prints its traceback."""
+    import threading
+
+    from copl_ray.env import RAY_DATA_SIGNALER_THREAD, _thread_error_unless_ray_data_shutdown
+
+    def run(name: str, exc: type[BaseException]) -> str:
+        def boom() -> None:
+            raise exc()
+
+        saved = threading.excepthook
+        threading.excepthook = _thread_error_unless_ray_data_shutdown
+        try:
+            t = threading.Thread(target=boom, name=name)
+            t.start()
+            t.join()
+        finally:
+            threading.excepthook = saved
+        return capfd.readouterr().err
+
+    assert run(RAY_DATA_SIGNALER_THREAD, InterruptedError) == ""
+    assert "InterruptedError" in run("other-thread", InterruptedError)
+    assert "ValueError" in run(RAY_DATA_SIGNALER_THREAD, ValueError)
