@@ -163,6 +163,11 @@ class HiddenCache:
         self.nbytes = 0
 
 
+def cache_bytes(reward_cfg: Any) -> int:
+    """``reward.cache_max_mb`` in bytes: the cap of one process's cache."""
+    return int(getattr(reward_cfg, "cache_max_mb", 512.0) * 2**20)
+
+
 def row_keys(input_ids: torch.Tensor, mask: torch.Tensor) -> list[bytes]:
     """One key per row: its non-pad token ids as int64 (so left/right padding and int32 or
     int64 batches share a key)."""
@@ -284,26 +289,20 @@ def precompute_states(
     from safetensors.torch import save_file
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    tensors: dict[str, torch.Tensor] = {}
-    nbytes, seen = 0, set()
     for start in range(0, len(order), batch):
-        chunk = [texts[i] for i in order[start : start + batch]]
-        ids, mask = (torch.as_tensor(x).long() for x in encode(chunk))
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        keys = row_keys(ids, mask)
-        h = frozen.lower_states(ids, mask, pos)
-        for j, key in enumerate(keys):
-            if key in seen:  # two texts that tokenise alike (e.g. cut at max_length)
-                continue
-            seen.add(key)
-            n = len(tensors) // 2
-            tensors[f"ids.{n}"] = torch.frombuffer(bytearray(key), dtype=torch.int64)
-            tensors[f"states.{n}"] = state = h[j][mask[j].bool()].contiguous()
-            nbytes += state.numel() * state.element_size() + len(key)
-        if nbytes >= frozen.cache.max_bytes:  # no worker could hold more (reward.cache_max_mb)
-            break
+        ids, mask = (
+            torch.as_tensor(x).long()
+            for x in encode([texts[i] for i in order[start : start + batch]])
+        )
+        frozen.prefill(ids, mask)  # the cache's own path: each distinct text once, capped
+        if any(frozen.cache.get(k) is None for k in row_keys(ids, mask)):
+            break  # the cap is reached: no worker could hold more (reward.cache_max_mb)
+    tensors: dict[str, torch.Tensor] = {}
+    for n, (key, state) in enumerate(frozen.cache.store.items()):
+        tensors[f"ids.{n}"] = torch.frombuffer(bytearray(key), dtype=torch.int64)
+        tensors[f"states.{n}"] = state.contiguous()
     save_file(tensors, str(path))
-    return len(tensors) // 2
+    return len(frozen.cache)
 
 
 def load_states(frozen: FrozenLowerLayers, path) -> int:

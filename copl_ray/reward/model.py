@@ -35,7 +35,7 @@ from torch import nn
 
 from copl_ray.mole import MoLEConfig, MoLEModel
 from copl_ray.reward.backbone import DTYPES, TINY_GEMMA, backbone_path, build_backbone
-from copl_ray.reward.frozen_cache import FrozenLowerLayers, adapted_module_names
+from copl_ray.reward.frozen_cache import FrozenLowerLayers, adapted_module_names, cache_bytes
 from copl_ray.reward.pooling import last_token_index, pool, resolve_pooling
 
 VARIANTS = ("copl", "uniform", "no_gnn", "no_mole")
@@ -107,7 +107,7 @@ class PersonalRewardModel(nn.Module):
         # plain attribute, not a submodule: it holds the backbone by reference
         self.frozen: FrozenLowerLayers | None = None
         if k is not None and variant != "no_mole":
-            max_bytes = int(getattr(reward_cfg, "cache_max_mb", 512.0) * 2**20)
+            max_bytes = cache_bytes(reward_cfg)
             self.frozen = FrozenLowerLayers(backbone, k, max_bytes)
 
     # ----------------------------------------------------------------- building

@@ -350,7 +350,7 @@ def frozen_states_file(
         return None
     from copl_ray.data.ray_data import tokenize_texts
     from copl_ray.reward.backbone import build_backbone, load_tokenizer
-    from copl_ray.reward.frozen_cache import FrozenLowerLayers, precompute_states
+    from copl_ray.reward.frozen_cache import FrozenLowerLayers, cache_bytes, precompute_states
 
     path = run.root / "reward" / f"frozen_states-{cfg.section_hash('data', 'reward')}.safetensors"
     if path.exists():
@@ -358,8 +358,7 @@ def frozen_states_file(
     t0 = time.time()
     tokenizer = load_tokenizer(tokenizer_dir)
     backbone = build_backbone(cfg.reward, tokenizer)
-    max_bytes = int(cfg.reward.cache_max_mb * 2**20)
-    frozen = FrozenLowerLayers(backbone, cfg.reward.adapted_layers, max_bytes)
+    frozen = FrozenLowerLayers(backbone, cfg.reward.adapted_layers, cache_bytes(cfg.reward))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     n = precompute_states(
