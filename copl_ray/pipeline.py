@@ -39,6 +39,7 @@ from typing import Any
 from copl_ray import fsutil
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, save_config
+from copl_ray.console import log
 from copl_ray.env import RAY_WORKER_SETUP_HOOK, setup_env
 from copl_ray.preflight import (
     check_cluster_resources,
@@ -64,10 +65,6 @@ _STAGE_FUNCS: dict[str, tuple[str, str]] = {
 
 class PipelineError(RuntimeError):
     """The pipeline cannot proceed for a reason the user can fix; the message says how."""
-
-
-def log(msg: str) -> None:
-    print(f"[copl-ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def load_stage(name: str) -> Callable[[Config, RunDir], dict]:

@@ -43,10 +43,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from copl_ray.artifacts import STAGE_SECTIONS, RunDir
+from copl_ray.artifacts import RunDir
+from copl_ray.budget import PLAN_FILE, plan_key, planned_steps  # noqa: F401 - the plan file's reader
 from copl_ray.config import Config
 
-PLAN_FILE = "plan.json"
 # Measured on the tiny run (2 CPUs, 2 workers x 0.5 CPU, ZeRO-2): a reward model costs
 # ~40 s besides its steps (Ray Train start, DeepSpeed init, data pipeline, checkpoints;
 # uniform 129 steps 55.7 s, oracle groups 63 steps 45.8 / 50.1 s), and a Ray Train step
@@ -135,10 +135,6 @@ def _min(seconds: float | None) -> str:
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
 
 
-def plan_key(cfg: Config) -> str:
-    return cfg.section_hash(*STAGE_SECTIONS["reward"])
-
-
 # --------------------------------------------------------------------------- budget
 def budget_steps(
     steps: list[int], step_s: list[float], fixed_s: float, budget_s: float
@@ -155,24 +151,6 @@ def budget_steps(
         return list(steps)
     f = max(0.0, (budget_s - fixed_s) / variable)
     return [min(n, max(min(n, MIN_STEPS), math.floor(f * n))) for n in steps]
-
-
-def planned_steps(cfg: Config, run: RunDir, job: str) -> int | None:
-    """The budgeted steps of ``job`` from ``run_dir/plan.json``; None when not capped.
-
-    Read by the reward stage; a plan.json of another config (key mismatch) is ignored.
-    """
-    path = run.root / PLAN_FILE
-    try:
-        plan = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return None  # damaged by hand: plan_run (before this stage) rewrites it
-    if plan.get("key") != plan_key(cfg):
-        return None
-    for j in plan.get("jobs", []):
-        if j["job"] == job and j["budget_steps"] < j["steps"]:
-            return int(j["budget_steps"])
-    return None
 
 
 # --------------------------------------------------------------------------- measuring

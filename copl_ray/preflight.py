@@ -35,7 +35,7 @@ TINY_GEMMA = "tiny-gemma"  # copl_ray.reward.backbone.TINY_GEMMA (kept import-li
 
 
 def _note(msg: str) -> None:
-    from copl_ray.pipeline import log
+    from copl_ray.console import log
 
     log(msg)
 

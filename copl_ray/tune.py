@@ -236,7 +236,8 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from copl_ray.pipeline import ensure_ray, log, run_pipeline
+    from copl_ray.console import log
+    from copl_ray.pipeline import ensure_ray, run_pipeline
 
     if space.model not in ("copl", "uniform", "no_gnn", "no_mole"):
         raise ConfigError(f"space model: {space.model!r} cannot be swept (one model per trial)")

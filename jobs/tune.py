@@ -13,7 +13,8 @@ import argparse
 import sys
 
 from copl_ray.config import load_config, resolve_paths
-from copl_ray.pipeline import log, main_with_errors
+from copl_ray.console import log
+from copl_ray.pipeline import main_with_errors
 from copl_ray.preflight import check_run_dir
 from copl_ray.tune import load_space, run_sweep
 

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from copl_ray.artifacts import RunDir
+from copl_ray.budget import planned_steps
 from copl_ray.config import ConfigError, load_config
-from copl_ray.plan import MIN_STEPS, budget_steps, plan_run, planned_steps
+from copl_ray.plan import MIN_STEPS, budget_steps, plan_run
 
 REPO = Path(__file__).resolve().parents[1]
 

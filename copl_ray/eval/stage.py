@@ -455,7 +455,7 @@ def run_eval_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
         results = evaluate(cfg, run)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2))
     tracking.log_eval(cfg, run.root, results)
-    from copl_ray.pipeline import log
+    from copl_ray.console import log
 
     for line in collapse_warnings(results["gate_health"]):
         log(line)

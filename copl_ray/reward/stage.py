@@ -188,8 +188,8 @@ def train_reward_model(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from copl_ray import tracking
+    from copl_ray.budget import planned_steps
     from copl_ray.env import setup_env
-    from copl_ray.plan import planned_steps
 
     tc = cfg.train
     world = tc.num_workers
