@@ -83,7 +83,7 @@ RENAMES=(
 # must not rewrite tests.reward.test_reward_model_export) in every tracked text file.
 replace_all() {
   local old=$1 new=$2
-  git grep -lIF -e "$old" -- . ':!scripts/mirror_tests.sh' | while IFS= read -r f; do
+  { git grep -lIF -e "$old" -- . ':!scripts/mirror_tests.sh' || true; } | while IFS= read -r f; do
     OLD="$old" NEW="$new" perl -pi -e \
       'BEGIN { $o = quotemeta $ENV{OLD}; $o .= "(?!\\w)" if $ENV{OLD} =~ /\w$/ } s/$o/$ENV{NEW}/g' "$f"
   done
