@@ -19,7 +19,8 @@
 # package prefix.
 #
 # Every reference to a moved file in tracked text files (README, docs, benchmarks, code
-# comments, other tests) is rewritten in both spellings: tests/a/test_b.py and tests.a.test_b.
+# comments, other tests) is rewritten in all spellings: tests/a/test_b.py, tests.a.test_b, and
+# the bare test_b.py.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 
@@ -105,11 +106,12 @@ for pair in "${RENAMES[@]}"; do
   replace_all "$old" "$new"                                 # tests/a/test_b.py
   old_mod=${old%.py} new_mod=${new%.py}
   replace_all "${old_mod//\//.}" "${new_mod//\//.}"         # tests.a.test_b
+  replace_all "$(basename "$old")" "$(basename "$new")"     # test_b.py named alone
 done
 replace_all "tests/serve/" "tests/serving/"
 replace_all "from test_jobs_submit import" "from tests.test_jobs_submit import"
 
-# Mentions of an old file name without its folder are left to a reader: list them.
+# Nothing should name an old file any more: list what still does (for a reader to fix).
 left=0
 for pair in "${RENAMES[@]}"; do
   read -r old _ <<<"$pair"
