@@ -125,3 +125,67 @@ def tiny_job(tmp_path_factory) -> TinyJob:
 def tiny_run(tiny_job) -> RunDir:
     """The run directory of README command (1) (``tiny_job``)."""
     return tiny_job.run
+
+
+def _test_labels(data_dir: Path, seen: bool):
+    """The run's test labels of seen (or unseen) users, with the user's group and the
+    pair's controversial flag: the rows an accuracy record of that split counts."""
+    import pandas as pd
+
+    ann = pd.read_parquet(data_dir / "annotations.parquet")
+    users = pd.read_parquet(data_dir / "users.parquet")
+    pairs = pd.read_parquet(data_dir / "pairs.parquet", columns=["pair_id", "controversial"])
+    test = ann[ann["split"] == "test"].merge(users, on="user_id").merge(pairs, on="pair_id")
+    return test[test["seen"] == seen]
+
+
+def check_accuracy_record(record: dict, data_dir: Path, seen: bool, what: object = "") -> None:
+    """An accuracy record (``eval.metrics.accuracy_summary``) is backed by the run's data.
+
+    Its ``n_pairs`` / ``n_users`` are the split's test labels / users in ``data_dir``, and
+    each accuracy is a count of correct pairs over them: ``overall * n_pairs`` is a whole
+    number ``c``, and the per-group and common/controversial accuracies, weighted by their
+    pair counts read from the data, add up to the same ``c``. A value outside [0, 1], a
+    mean over users instead of pairs, or a subset mixed up fails one of these. ``what``
+    names the record in a failure.
+    """
+    test = _test_labels(data_dir, seen)
+    n = len(test)
+    counts = (n, test["user_id"].nunique())
+    assert (record["n_pairs"], record["n_users"]) == counts, (what, record)
+    correct = record["overall"] * n
+    assert correct == pytest.approx(round(correct), abs=1e-6), (what, record)
+    by_group = test["group"].value_counts()  # empty where the source has no groups
+    assert set(record["by_group"]) == set(by_group.index), (what, record)
+    by_group_correct = sum(record["by_group"][g] * k for g, k in by_group.items())
+    assert not len(by_group) or by_group_correct == pytest.approx(correct), (what, record)
+    split = test["controversial"].astype(bool).value_counts()
+    parts = [(record["common"], split.get(False, 0)), (record["controversial"], split.get(True, 0))]
+    assert sum(a * k for a, k in parts if k) == pytest.approx(correct), (what, record)
+
+
+def check_gnn_heldout(run_root: Path, n_val_labels: int) -> None:
+    """The GNN's held-out accuracy in ``report.json`` is its metrics.json value, over the val
+    labels whose responses are graph nodes (the others counted as skipped): ``acc * n`` is a
+    whole number (float32 accuracy: 1e-3 absolute on a few hundred pairs)."""
+    import json
+
+    run = RunDir(run_root)
+    rep = json.loads(run.report_json.read_text())["gnn"]
+    m = json.loads((run.gnn / "metrics.json").read_text())
+    assert rep["heldout_accuracy"] == m["heldout_accuracy"] == m["val_accuracy"]
+    assert m["n_heldout_pairs"] == m["n_val_pairs"] == n_val_labels - m["n_val_skipped"]
+    correct = m["heldout_accuracy"] * m["n_heldout_pairs"]
+    assert correct == pytest.approx(round(correct), abs=1e-3), m
+
+
+@pytest.fixture(scope="session")
+def accuracy_record_check():
+    """:func:`check_accuracy_record` (a fixture so that tests in any folder reach it)."""
+    return check_accuracy_record
+
+
+@pytest.fixture(scope="session")
+def gnn_heldout_check():
+    """:func:`check_gnn_heldout` (a fixture so that tests in any folder reach it)."""
+    return check_gnn_heldout

@@ -189,6 +189,40 @@ def simulated_annotations(
     return labelled_annotations(pairs, ids, user_idx, pair_row, split, np.sign(mixed))
 
 
+def _kept_with_scores(
+    responses: pd.DataFrame,
+    pairs: pd.DataFrame,
+    ann: pd.DataFrame,
+    z: np.ndarray,
+    weights: np.ndarray,
+    models: list[str],
+    cfg: DataConfig,
+    summary: DataSummary,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Keep the annotated responses/pairs, split off their standardised scores (the
+    ``response_scores`` side table) and flag the kept pairs ``controversial`` by the
+    simulated population (over the kept pairs only: the candidates x users matrix would
+    not fit in memory). Returns ``(responses, pairs, annotations, response_scores)``."""
+    score_cols = [f"z_{m}" for m in models]
+    responses[score_cols] = z  # travel with the responses through the renumbering
+    responses, pairs, ann = keep_annotated(responses, pairs, ann)
+    response_scores = responses[["response_id", *score_cols]].rename(
+        columns=dict(zip(score_cols, models))
+    )
+    pairs["controversial"] = population_controversial(
+        response_scores[models].to_numpy(),
+        weights,
+        pairs["response_a"].to_numpy(),
+        pairs["response_b"].to_numpy(),
+        cfg.controversial_min_share,
+    )
+    summary.controversial_definition = (
+        f"the simulated population's minority side >= {cfg.controversial_min_share:g} of its "
+        "users (data.controversial_min_share; known truth: every user's mixed score)"
+    )
+    return responses.drop(columns=score_cols), pairs, ann, response_scores
+
+
 def build_personalllm(cfg: DataConfig) -> PreferenceTables:
     summary = DataSummary(source="personalllm")
     models = _models(cfg)
@@ -204,9 +238,18 @@ def build_personalllm(cfg: DataConfig) -> PreferenceTables:
     heldout = heldout_prompts(len(prompts), cfg.heldout_prompt_frac, rng)[p_id]
     labels = np.sign(z[a] - z[b]).astype(np.int8)
     pairs, survey_mask, test_mask = select_group_pairs(
-        models, p_id, a, b, labels, np.zeros(len(a), bool), np.ones(len(a), bool),
-        heldout, cfg, summary, "not_in_pool",
-    )  # fmt: skip
+        models,
+        p_id,
+        a,
+        b,
+        labels,
+        np.zeros(len(a), bool),
+        np.ones(len(a), bool),
+        heldout,
+        cfg,
+        summary,
+        "not_in_pool",
+    )
     ids = np.concatenate([user_ids("user", cfg.n_users), user_ids("unseen", cfg.n_unseen_users)])
     ann = simulated_annotations(pairs, survey_mask, test_mask, z, weights, ids, cfg, rng, summary)
     users = pd.DataFrame(
@@ -216,21 +259,8 @@ def build_personalllm(cfg: DataConfig) -> PreferenceTables:
             "group": np.array(models, dtype=object)[weights.argmax(axis=1)],
         }
     )
-    score_cols = [f"z_{m}" for m in models]
-    responses[score_cols] = z  # travel with the responses through the renumbering
-    responses, pairs, ann = keep_annotated(responses, pairs, ann)
-    response_scores = responses[["response_id", *score_cols]].rename(
-        columns=dict(zip(score_cols, models))
-    )
-    responses = responses.drop(columns=score_cols)
-    # over the kept pairs only: the candidates x users matrix would not fit in memory
-    pairs["controversial"] = population_controversial(
-        response_scores[models].to_numpy(), weights, pairs["response_a"].to_numpy(),
-        pairs["response_b"].to_numpy(), cfg.controversial_min_share,
-    )  # fmt: skip
-    summary.controversial_definition = (
-        f"the simulated population's minority side >= {cfg.controversial_min_share:g} of its "
-        "users (data.controversial_min_share; known truth: every user's mixed score)"
+    responses, pairs, ann, response_scores = _kept_with_scores(
+        responses, pairs, ann, z, weights, models, cfg, summary
     )
     summary.groups = sorted(set(users["group"]))
     summary.notes.append(

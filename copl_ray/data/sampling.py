@@ -166,6 +166,28 @@ def select_group_pairs(
     return pairs, in_pool[sel], in_test[sel]
 
 
+def _draw_seen_survey(
+    pool_size: int, cfg: DataConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seen users' survey draws: ``(user, pool position, split code)``, row-major.
+
+    ALL: ``k = n`` per user; AVG: ``k ~ U{1, ..., 2n-1}`` (drawn first). With ``val_pair``
+    the last draw of each user is their val pair (ALL: everyone; AVG: when ``k >= n``).
+    """
+    n = cfg.labels_per_user
+    if cfg.sampling == "all":
+        k = np.full(cfg.n_users, n, dtype=np.int64)
+    else:
+        k = rng.integers(1, 2 * n, size=cfg.n_users)
+    s_user, s_pos = distinct_draws(rng, pool_size, k)
+    s_split = np.zeros(len(s_user), dtype=np.int64)
+    if cfg.val_pair and len(s_user):
+        last = np.r_[s_user[1:] != s_user[:-1], True]
+        has_val = k[s_user] >= n
+        s_split[last & has_val] = 1
+    return s_user, s_pos, s_split
+
+
 def draw_user_pairs(
     survey_mask: np.ndarray,
     test_mask: np.ndarray,
@@ -196,17 +218,7 @@ def draw_user_pairs(
 
     # ---- seen users
     n_seen, n_unseen = cfg.n_users, cfg.n_unseen_users
-    if cfg.sampling == "all":
-        k = np.full(n_seen, n, dtype=np.int64)
-    else:
-        k = rng.integers(1, 2 * n, size=n_seen)
-    s_user, s_pos = distinct_draws(rng, len(survey_pool), k)
-    s_split = np.zeros(len(s_user), dtype=np.int64)
-    if cfg.val_pair and len(s_user):
-        # the last draw of each user is their val pair (ALL: everyone; AVG: when k >= n)
-        last = np.r_[s_user[1:] != s_user[:-1], True]
-        has_val = k[s_user] >= n
-        s_split[last & has_val] = 1
+    s_user, s_pos, s_split = _draw_seen_survey(len(survey_pool), cfg, rng)
     t_counts = _capped(
         np.full(n_seen, cfg.test_pairs_seen, np.int64), len(test_pool), "test_pairs_seen", summary
     )
@@ -333,6 +345,100 @@ def _drop_users_without_survey(
     return ann[~gone].reset_index(drop=True), keep_users, unseen - set(lost)
 
 
+def _drop_small_users(
+    ann: pd.DataFrame, preset_split: pd.Series | None, min_labels: int, summary: DataSummary
+) -> tuple[pd.DataFrame, pd.Series | None, np.ndarray]:
+    """Drop users with fewer than ``min_labels`` labels (counted); returns the kept rows,
+    their given splits and the kept user ids, sorted. No user left is a one-line error."""
+    counts = ann.groupby("user_id", sort=True).size()
+    small = counts[counts < min_labels]
+    if len(small):
+        summary.drop("user_below_min_labels", len(small))
+        summary.drop("annotation_of_dropped_user", int(small.sum()))
+        keep = ~ann["user_id"].isin(small.index)
+        ann = ann[keep].reset_index(drop=True)
+        if preset_split is not None:
+            preset_split = preset_split.reset_index(drop=True)[keep.to_numpy()].reset_index(
+                drop=True
+            )
+        counts = counts[counts >= min_labels]
+    if len(counts) == 0:
+        raise DataError(
+            f"no user has >= {min_labels} usable labels (see the config field that sets the "
+            "minimum: data.ukp_min_labels / data.own_min_labels / data.min_user_labels)"
+        )
+    return ann, preset_split, np.array(counts.index, dtype=object)
+
+
+def _pick_unseen(
+    users_sorted: np.ndarray,
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    summary: DataSummary,
+    user_group: pd.Series | None,
+) -> set:
+    """The held-out (unseen) users: ``min(n_unseen_users, n // 2)`` of them, so most users
+    stay seen; drawn uniformly, or evenly over ``user_group``'s groups (each group keeps at
+    least one seen member)."""
+    n_unseen = min(cfg.n_unseen_users, len(users_sorted) // 2)
+    if n_unseen < cfg.n_unseen_users:
+        summary.notes.append(
+            f"data.n_unseen_users={cfg.n_unseen_users} but only {len(users_sorted)} users; "
+            f"held out {n_unseen}"
+        )
+    if user_group is None:
+        return set(rng.choice(users_sorted, size=n_unseen, replace=False).tolist())
+    grp = user_group.reindex(users_sorted)
+    names = sorted(grp.dropna().unique())
+    unseen: set = set()
+    for name, k in zip(names, even_split(n_unseen, max(len(names), 1))):
+        members = np.array(grp.index[grp == name], dtype=object)
+        k = min(int(k), max(len(members) - 1, 0))
+        unseen |= set(rng.choice(members, size=k, replace=False).tolist())
+    return unseen
+
+
+def _auto_split(
+    ann: pd.DataFrame, given: np.ndarray, is_unseen: np.ndarray, cfg: DataConfig, test_frac: float
+) -> np.ndarray:
+    """Split codes of the (already shuffled) rows by their rank within the user.
+
+    Only rows without a given split (``~given``) are ranked, so a user with any such row
+    keeps a survey label whatever the given rows say. With ``m`` such rows, ranks
+    ``< n_test = min(max(1, round(test_frac * m)), cap, m - 1)`` are ``test`` (``cap`` =
+    ``test_pairs_seen`` / ``test_pairs_unseen``); rank ``n_test`` of a seen user is ``val``
+    when ``val_pair`` and ``m - n_test >= 2``; the rest ``survey``.
+    """
+    auto_users = ann.loc[~given, "user_id"]
+    rank = np.zeros(len(ann), dtype=np.int64)
+    rank[~given] = auto_users.groupby(auto_users, sort=False).cumcount().to_numpy()
+    m = ann["user_id"].map(auto_users.value_counts()).fillna(0).astype(np.int64).to_numpy()
+    cap = np.where(is_unseen, cfg.test_pairs_unseen, cfg.test_pairs_seen)
+    n_test = np.minimum(np.maximum(1, np.round(test_frac * m).astype(np.int64)), cap)
+    n_test = np.minimum(n_test, m - 1)  # keep at least one non-test label per user
+    split = np.where(rank < n_test, 2, 0)
+    if cfg.val_pair:
+        split = np.where((rank == n_test) & ~is_unseen & (m - n_test >= 2), 1, split)
+    return split
+
+
+def _users_frame(
+    users_sorted: np.ndarray, unseen: set, user_group: pd.Series | None
+) -> pd.DataFrame:
+    """The ``users`` table: id, seen flag, group (null when the source has no groups)."""
+    return pd.DataFrame(
+        {
+            "user_id": users_sorted,
+            "seen": [u not in unseen for u in users_sorted],
+            "group": (
+                pd.Series([None] * len(users_sorted), dtype=object)
+                if user_group is None
+                else user_group.reindex(users_sorted).astype(object).to_numpy()
+            ),
+        }
+    )
+
+
 def split_user_annotations(
     ann: pd.DataFrame,
     cfg: DataConfig,
@@ -356,65 +462,22 @@ def split_user_annotations(
     ``user_group`` (user_id -> group) makes the unseen users even over groups and fills
     ``users.group``; without it ``users.group`` is null. A user whom the given splits
     leave without a ``survey`` label is dropped (counted, see
-    :func:`_drop_users_without_survey`).
+    :func:`_drop_users_without_survey`). Random draws, in order: the unseen users, then
+    one permutation of the rows.
     """
-    ann = ann.reset_index(drop=True)
-    counts = ann.groupby("user_id", sort=True).size()
-    small = counts[counts < min_labels]
-    if len(small):
-        summary.drop("user_below_min_labels", len(small))
-        summary.drop("annotation_of_dropped_user", int(small.sum()))
-        keep = ~ann["user_id"].isin(small.index)
-        ann = ann[keep].reset_index(drop=True)
-        if preset_split is not None:
-            preset_split = preset_split.reset_index(drop=True)[keep.to_numpy()].reset_index(
-                drop=True
-            )
-        counts = counts[counts >= min_labels]
-    if len(counts) == 0:
-        raise DataError(
-            f"no user has >= {min_labels} usable labels (see the config field that sets the "
-            "minimum: data.ukp_min_labels / data.own_min_labels / data.min_user_labels)"
-        )
-    users_sorted = np.array(counts.index, dtype=object)
-    n_unseen = min(cfg.n_unseen_users, len(users_sorted) // 2)  # keep most users seen
-    if n_unseen < cfg.n_unseen_users:
-        summary.notes.append(
-            f"data.n_unseen_users={cfg.n_unseen_users} but only {len(users_sorted)} users; "
-            f"held out {n_unseen}"
-        )
-    if user_group is None:
-        unseen = set(rng.choice(users_sorted, size=n_unseen, replace=False).tolist())
-    else:
-        grp = user_group.reindex(users_sorted)
-        names = sorted(grp.dropna().unique())
-        unseen = set()
-        for name, k in zip(names, even_split(n_unseen, max(len(names), 1))):
-            members = np.array(grp.index[grp == name], dtype=object)
-            k = min(int(k), max(len(members) - 1, 0))
-            unseen |= set(rng.choice(members, size=k, replace=False).tolist())
-    # shuffle rows, then rank within user
-    perm = rng.permutation(len(ann))
+    ann, preset_split, users_sorted = _drop_small_users(
+        ann.reset_index(drop=True), preset_split, min_labels, summary
+    )
+    unseen = _pick_unseen(users_sorted, cfg, rng, summary, user_group)
+    perm = rng.permutation(len(ann))  # shuffle rows; the split ranks within a user
     ann = ann.iloc[perm].reset_index(drop=True)
     if preset_split is not None:
         preset_split = preset_split.iloc[perm].reset_index(drop=True)
-    # the automatic split ranks only the rows without a given split, so a user with any
-    # such row keeps a survey label whatever the given rows say
     given = (
         preset_split.notna().to_numpy() if preset_split is not None else np.zeros(len(ann), bool)
     )
-    auto_users = ann.loc[~given, "user_id"]
-    rank = np.zeros(len(ann), dtype=np.int64)
-    rank[~given] = auto_users.groupby(auto_users, sort=False).cumcount().to_numpy()
-    m = ann["user_id"].map(auto_users.value_counts()).fillna(0).astype(np.int64).to_numpy()
     is_unseen = ann["user_id"].isin(unseen).to_numpy()
-    cap = np.where(is_unseen, cfg.test_pairs_unseen, cfg.test_pairs_seen)
-    n_test = np.minimum(np.maximum(1, np.round(test_frac * m).astype(np.int64)), cap)
-    n_test = np.minimum(n_test, m - 1)  # keep at least one non-test label per user
-    split = np.where(rank < n_test, 2, 0)
-    if cfg.val_pair:
-        split = np.where((rank == n_test) & ~is_unseen & (m - n_test >= 2), 1, split)
-    split_names = SPLIT_CODES[split]
+    split_names = SPLIT_CODES[_auto_split(ann, given, is_unseen, cfg, test_frac)]
     if preset_split is not None:
         split_names = np.where(given, preset_split.to_numpy(dtype=object), split_names)
     ann["split"] = split_names
@@ -426,15 +489,5 @@ def split_user_annotations(
         )
     )
     ann = ann.iloc[order].reset_index(drop=True)
-    users = pd.DataFrame(
-        {
-            "user_id": users_sorted,
-            "seen": [u not in unseen for u in users_sorted],
-            "group": (
-                pd.Series([None] * len(users_sorted), dtype=object)
-                if user_group is None
-                else user_group.reindex(users_sorted).astype(object).to_numpy()
-            ),
-        }
-    )
+    users = _users_frame(users_sorted, unseen, user_group)
     return ann[["user_id", "pair_id", "chosen", "rejected", "split"]], users

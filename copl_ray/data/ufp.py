@@ -192,13 +192,12 @@ def token_lengths(texts: list[str], tokenizer_name: str | None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- build
-def build_ufp(cfg: DataConfig) -> PreferenceTables:
-    if cfg.n_groups not in GROUPS:
-        raise DataError(f"data.n_groups: UF-P has 2 or 4 groups, got {cfg.n_groups}")
-    groups = GROUPS[cfg.n_groups]
-    gidx = [ATTRIBUTES.index(g) for g in groups]
-    rng = np.random.default_rng(cfg.seed)
-    summary = DataSummary(source=f"ufp{cfg.n_groups}", groups=list(groups))
+def _joined_pairs(cfg: DataConfig, summary: DataSummary) -> pd.DataFrame:
+    """The binarized pairs joined to their UltraFeedback ratings, duplicates dropped.
+
+    Columns ``prompt, a, b, ra, rb`` (``ra``/``rb``: the four ratings of each side); a
+    pair of the same two responses of one prompt, in either order, counts once.
+    """
     r_label, r_rows = _source(cfg, cfg.ufp_ratings, "data.ufp_ratings")
     index = index_ratings(r_rows, r_label)
     p_label, p_rows = _source(cfg, cfg.ufp_pairs, "data.ufp_pairs")
@@ -209,11 +208,25 @@ def build_ufp(cfg: DataConfig) -> PreferenceTables:
             f"{p_label}: no pair could be joined to {r_label} (see drops {summary.drops})"
         )
     df = pd.DataFrame(joined, columns=["prompt", "a", "b", "ra", "rb"])
-    # duplicates (the same two responses of the same prompt, either order)
     dup = duplicated_unordered(df, "a", "b", by=("prompt",))
     summary.drop("duplicate_pair", int(dup.sum()))
-    df = df[~dup].reset_index(drop=True)
-    # orientation per attribute: +1 when response a is rated higher
+    return df[~dup].reset_index(drop=True)
+
+
+def _oriented_labels(
+    df: pd.DataFrame,
+    gidx: list[int],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    summary: DataSummary,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair, per-attribute labels ``sign(rating_a - rating_b)`` and the kept-pair mask.
+
+    A coin (one draw per (pair, attribute), taken from ``rng`` whatever the policy) breaks
+    ties; with ``tie_policy=drop`` a pair tied on any used group is dropped instead (the
+    unused attributes' ties stay coin-flipped: they only feed the pool flag). Pairs with
+    either side over ``data.max_tokens`` tokens are dropped too.
+    """
     diff = np.sign(np.array(df["ra"].tolist()) - np.array(df["rb"].tolist()))
     tie = diff == 0
     coin = rng.choice(np.array([-1, 1]), size=diff.shape)
@@ -223,18 +236,23 @@ def build_ufp(cfg: DataConfig) -> PreferenceTables:
         summary.drop("tie", int((~keep).sum()))
     else:
         summary.notes.append(f"{int(tie[:, gidx].sum())} tied (pair, group) labels coin-flipped")
-    diff = np.where(tie, coin, diff)  # unused attributes' ties: coin (only for the pool flag)
-    # token-length filter on both sides
+    diff = np.where(tie, coin, diff)
     texts_a = [format_text(p, a) for p, a in zip(df["prompt"], df["a"])]
     texts_b = [format_text(p, b) for p, b in zip(df["prompt"], df["b"])]
     lens = token_lengths(texts_a + texts_b, cfg.length_tokenizer)
     too_long = keep & ((lens[: len(df)] > cfg.max_tokens) | (lens[len(df) :] > cfg.max_tokens))
     summary.drop("too_long", int(too_long.sum()))
-    keep &= ~too_long
-    df, diff = df[keep].reset_index(drop=True), diff[keep]
-    if len(df) == 0:
-        raise DataError(f"no UF-P pair left after filtering (drops: {summary.drops})")
-    # tables
+    return diff, keep & ~too_long
+
+
+def _response_table(
+    df: pd.DataFrame,
+) -> tuple[pd.DataFrame, np.ndarray, int, np.ndarray, np.ndarray]:
+    """The ``responses`` table (one row per distinct (prompt, text)) of the kept pairs.
+
+    Returns ``(responses, prompt_codes, n_prompts, response_id_a, response_id_b)``; prompt
+    codes and response ids number first appearances in pair order (a side before b side).
+    """
     prompt_codes, prompt_uniques = pd.factorize(df["prompt"])
     resp = pd.DataFrame(
         {
@@ -247,13 +265,36 @@ def build_ufp(cfg: DataConfig) -> PreferenceTables:
     resp_codes, _ = pd.factorize(key)
     responses = resp.drop_duplicates(["prompt_id", "text"]).reset_index(drop=True)
     responses.insert(0, "response_id", np.arange(len(responses), dtype=np.int64))
-    ra_id, rb_id = resp_codes[: len(df)], resp_codes[len(df) :]
+    return (
+        responses,
+        prompt_codes,
+        len(prompt_uniques),
+        resp_codes[: len(df)],
+        resp_codes[len(df) :],
+    )
+
+
+def build_ufp(cfg: DataConfig) -> PreferenceTables:
+    """The UF-P tables (construction in the module doc). Random draws, in order: the tie
+    coins, the held-out prompts, then the users (:func:`sample_group_users`)."""
+    if cfg.n_groups not in GROUPS:
+        raise DataError(f"data.n_groups: UF-P has 2 or 4 groups, got {cfg.n_groups}")
+    groups = GROUPS[cfg.n_groups]
+    gidx = [ATTRIBUTES.index(g) for g in groups]
+    rng = np.random.default_rng(cfg.seed)
+    summary = DataSummary(source=f"ufp{cfg.n_groups}", groups=list(groups))
+    df = _joined_pairs(cfg, summary)
+    diff, keep = _oriented_labels(df, gidx, cfg, rng, summary)
+    df, diff = df[keep].reset_index(drop=True), diff[keep]
+    if len(df) == 0:
+        raise DataError(f"no UF-P pair left after filtering (drops: {summary.drops})")
+    responses, prompt_codes, n_prompts, ra_id, rb_id = _response_table(df)
     labels = diff[:, gidx]
     controversial = (labels != labels[:, :1]).any(axis=1)
     pool_ok = (diff != diff[:, :1]).any(axis=1)  # the four attributes do not all agree
     if cfg.n_groups == 2 and cfg.ufp2_require_disagreement:
         pool_ok &= controversial
-    held = heldout_prompts(len(prompt_uniques), cfg.heldout_prompt_frac, rng)[prompt_codes]
+    held = heldout_prompts(n_prompts, cfg.heldout_prompt_frac, rng)[prompt_codes]
     pairs, survey_mask, test_mask = select_group_pairs(
         groups,
         prompt_codes,
@@ -269,7 +310,7 @@ def build_ufp(cfg: DataConfig) -> PreferenceTables:
     )
     responses, pairs, _ = drop_unreferenced_responses(responses, pairs)
     summary.notes.append(
-        f"joined {len(df)} pairs over {len(prompt_uniques)} prompts; survey pool "
+        f"joined {len(df)} pairs over {n_prompts} prompts; survey pool "
         f"{summary.n_pool_pairs} (paper UF-P-4 survey set: {PAPER_POOL}); "
         f"held-out test candidates {int(test_mask.sum())}"
     )

@@ -11,6 +11,30 @@ import numpy as np
 MIN_TSNE_POINTS = 4
 
 
+def _tsne_2d(
+    x: np.ndarray, seen: np.ndarray, grp: np.ndarray, max_points: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-d t-SNE of at most ``max_points`` users (all unseen first, then a random subset of
+    the seen); returns the points with their ``seen`` and group labels.
+
+    perplexity = clip((n - 1) / 3, 2, 30): sklearn needs perplexity < n.
+    """
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    if len(x) > max_points:
+        rng = np.random.default_rng(seed)
+        unseen_idx = np.flatnonzero(~seen)[:max_points]
+        seen_idx = np.flatnonzero(seen)
+        take = rng.choice(seen_idx, size=max(0, max_points - len(unseen_idx)), replace=False)
+        keep = np.concatenate([unseen_idx, take])
+        x, seen, grp = x[keep], seen[keep], grp[keep]
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=400, random_state=seed)
+    with threadpool_limits(1):  # OpenMP threads on a shared 2-core box only oversubscribe
+        return tsne.fit_transform(x), seen, grp
+
+
 def plot_user_tsne(
     embeddings: np.ndarray,
     groups: list[str | None],
@@ -33,23 +57,11 @@ def plot_user_tsne(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
 
     x = np.asarray(embeddings, dtype=np.float32)
     seen = np.asarray(seen, dtype=bool)
     grp = np.array([g if g is not None and g == g else "unknown" for g in groups], dtype=object)
-    rng = np.random.default_rng(seed)
-    if len(x) > max_points:
-        unseen_idx = np.flatnonzero(~seen)[:max_points]
-        seen_idx = np.flatnonzero(seen)
-        take = rng.choice(seen_idx, size=max(0, max_points - len(unseen_idx)), replace=False)
-        keep = np.concatenate([unseen_idx, take])
-        x, seen, grp = x[keep], seen[keep], grp[keep]
-    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=400, random_state=seed)
-    with threadpool_limits(1):  # OpenMP threads on a shared 2-core box only oversubscribe
-        xy = tsne.fit_transform(x)
+    xy, seen, grp = _tsne_2d(x, seen, grp, max_points, seed)
 
     fig, ax = plt.subplots(figsize=(7, 6))
     cmap = plt.get_cmap("tab10")

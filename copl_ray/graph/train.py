@@ -85,7 +85,37 @@ class GNNTrainer:
             edge_dropout=cfg.edge_dropout,
         )
         self.model = CoPLGNN(self.shape)
-        # the init's seconds count as training (time-to-accuracy); ``init`` goes to metrics
+        self._init_embeddings(graph)
+        self.model.to(self.device)
+        self.adj = graph.adjacency().to(self.device)
+        self.train_pairs = train_pairs.to(self.device)
+        self.val_pairs = val_pairs.to(self.device)
+        n = len(train_pairs)
+        self.batch_size = n if cfg.schedule == "full" else max(1, min(cfg.batch_size, n))
+        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        # λ is summed over a step's pairs (official); with gnn.l2_reference_batch = N it is
+        # rescaled to N/B so a full-graph step (B = all pairs) is not regularised B/N times
+        # harder than an official 1024-pair batch (at UF-P scale: 156×, and training stalls
+        # at loss log 2 — measured on GPU, benchmarks/gnn.py)
+        ref = cfg.l2_reference_batch
+        self.l2 = cfg.l2 * ref / self.batch_size if ref > 0 else cfg.l2
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.optimizer, self.scheduler = self._optimizer()
+        self.epoch = 0  # epochs completed
+        self.best_val: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.loss_curve: list[float] = []
+        self.val_curve: list[float | None] = []
+        self.epoch_seconds: list[float] = []
+
+    def _init_embeddings(self, graph: BipartiteGraph) -> None:
+        """``gnn.init``: keep the random tables, or overwrite them with the spectral init.
+
+        The init's seconds count as training (time-to-accuracy); ``self.init`` (the rule,
+        its seconds, and for spectral ``k`` and the singular values) goes to the metrics.
+        """
+        cfg = self.cfg
         self.init_seconds, self.init = 0.0, {"init": cfg.init}
         if cfg.init == "spectral":
             t0 = time.perf_counter()
@@ -108,39 +138,24 @@ class GNNTrainer:
         elif cfg.init != "random":
             raise ValueError(f"gnn.init: expected 'random' or 'spectral', got {cfg.init!r}")
         self.init["seconds"] = self.init_seconds
-        self.model.to(self.device)
-        self.adj = graph.adjacency().to(self.device)
-        self.train_pairs = train_pairs.to(self.device)
-        self.val_pairs = val_pairs.to(self.device)
-        n = len(train_pairs)
-        self.batch_size = n if cfg.schedule == "full" else max(1, min(cfg.batch_size, n))
-        self.steps_per_epoch = math.ceil(n / self.batch_size)
-        # λ is summed over a step's pairs (official); with gnn.l2_reference_batch = N it is
-        # rescaled to N/B so a full-graph step (B = all pairs) is not regularised B/N times
-        # harder than an official 1024-pair batch (at UF-P scale: 156×, and training stalls
-        # at loss log 2 — measured on GPU, benchmarks/gnn.py)
-        ref = cfg.l2_reference_batch
-        self.l2 = cfg.l2 * ref / self.batch_size if ref > 0 else cfg.l2
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW with the embedding tables at ``gnn.lr`` and the layer weights at
+        ``lr * weight_lr_scale``, under the warm-up + cosine schedule over all steps."""
+        cfg = self.cfg
         tables = [self.model.user_emb, self.model.resp_emb]
         weights = [p for p in self.model.parameters() if all(p is not t for t in tables)]
-        self.optimizer = torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             [
                 {"params": tables, "lr": cfg.lr},
                 {"params": weights, "lr": cfg.lr * cfg.weight_lr_scale},
             ],
             weight_decay=cfg.weight_decay,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(self.total_steps, cfg.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.total_steps, cfg.warmup_ratio)
         )
-        self.epoch = 0  # epochs completed
-        self.best_val: float | None = None
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.loss_curve: list[float] = []
-        self.val_curve: list[float | None] = []
-        self.epoch_seconds: list[float] = []
+        return optimizer, scheduler
 
     # ------------------------------------------------------------------ steps
     def train_epoch(self) -> float:

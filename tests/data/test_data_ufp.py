@@ -112,6 +112,34 @@ def _bin_row(prompt: str, chosen: str, rejected: str) -> dict:
     }
 
 
+def joinable_pairs(folder: Path, fmt: str = "parquet") -> list[tuple[dict, dict, str, str]]:
+    """The fixture's pairs that survive the join, read back from its two files: both
+    responses rated (no ``N/A``) under the pair's prompt, not empty, not a repeated pair;
+    ``(ratings_a, ratings_b, text_a, text_b)`` each. The counted drops of
+    :func:`make_ufp_files` are exactly the other rows."""
+    read = (
+        (lambda p: pq.read_table(p).to_pylist())
+        if fmt == "parquet"
+        else (lambda p: [json.loads(x) for x in p.read_text().splitlines()])
+    )
+    rating = {
+        (r["instruction"], c["response"]): {a: c["annotations"][a]["Rating"] for a in ATTRIBUTES}
+        for r in read(folder / f"{UF}.{fmt}")
+        for c in r["completions"]
+    }
+    out, seen = [], set()
+    for r in read(folder / f"{BIN}.{fmt}"):
+        a, b = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
+        ra, rb = rating.get((r["prompt"], a)), rating.get((r["prompt"], b))
+        key = (r["prompt"], frozenset((a, b)))
+        if not (a and b and ra and rb) or "N/A" in {*ra.values(), *rb.values()} or key in seen:
+            continue
+        seen.add(key)
+        to_int = lambda d: {k: int(v) for k, v in d.items()}  # noqa: E731
+        out.append((to_int(ra), to_int(rb), a, b))
+    return out
+
+
 def _write(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
@@ -153,9 +181,12 @@ def test_ufp4_builds_with_counted_drops(tmp_path: Path, fmt: str) -> None:
     assert (
         not a.loc[a.split != "test", "heldout"].any() and a.loc[a.split == "test", "heldout"].all()
     )
-    assert t.summary.n_pool_pairs > 0 and any(
-        "25993" in n or "25,993" in n for n in t.summary.notes
-    )
+    # every joinable pair is kept (test_pool=pool: held out too) or dropped as groups_agree
+    d = t.summary.drops
+    n_agree = d.get("groups_agree", 0) + d.get("groups_agree_heldout", 0)
+    assert len(t.pairs) + n_agree == len(joinable_pairs(tmp_path, fmt))
+    assert t.summary.n_pool_pairs == int((~t.pairs["heldout"]).sum())
+    assert any("25993" in n or "25,993" in n for n in t.summary.notes)
 
 
 def test_ufp_labels_match_ratings(tmp_path: Path) -> None:
@@ -173,7 +204,9 @@ def test_ufp_labels_match_ratings(tmp_path: Path) -> None:
         ra, rb = rating[text[p.response_a]], rating[text[p.response_b]]
         for g in ATTRIBUTES:
             assert p[f"label_{g}"] == np.sign(ra[g] - rb[g])  # no ties under drop
-    assert t.summary.drops.get("tie", 0) > 0
+    # tie_policy=drop: a pair tied on any of the four attributes is dropped, counted once
+    tied = [p for p in joinable_pairs(tmp_path) if any(p[0][g] == p[1][g] for g in ATTRIBUTES)]
+    assert t.summary.drops["tie"] == len(tied)
 
 
 def test_ufp2_disagreement_switch(tmp_path: Path) -> None:
@@ -193,7 +226,10 @@ def test_length_filter_whitespace_and_trained_tokenizer(tmp_path: Path) -> None:
     # "Human: Question number i about topic k?\n\nAssistant: Answer j to question i: word*j"
     # = 7 + 6 + j whitespace words; max_tokens=14 drops every pair with a j >= 2 side
     t = build_tables(_cfg(tmp_path, "data.max_tokens=14"))
-    assert t.summary.drops.get("too_long", 0) > 0
+    long_pairs = sum(
+        max(p[2].count("word"), p[3].count("word")) >= 2 for p in joinable_pairs(tmp_path)
+    )
+    assert t.summary.drops["too_long"] == long_pairs
     assert t.responses["text"].map(lambda s: s.count("word")).max() <= 1
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -215,7 +251,7 @@ def test_length_filter_whitespace_and_trained_tokenizer(tmp_path: Path) -> None:
     t2 = build_tables(
         _cfg(tmp_path, "data.max_tokens=18", f"data.length_tokenizer={tmp_path / 'tok'}")
     )
-    assert t2.summary.drops["too_long"] > 0
+    assert t2.summary.drops["too_long"] == long_pairs
     assert t2.responses["text"].map(lambda s: s.count("word")).max() <= 1
 
 

@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from copl_ray.config import load_config
@@ -104,7 +105,13 @@ def test_ukp_real(ukp_path: Path) -> None:
     s = t.summary
     # README: 84,445 judgments of which 19,105 are ties; 444 workers have >= 20 non-tie
     assert s.drops["tie"] == 84_445 - 65_340
-    assert 400 <= s.n_users_seen + s.n_users_unseen <= 444
+    raw = pd.read_json(ukp_path / "judgments.jsonl.gz", lines=True)
+    non_tie = raw[raw["label"] != "equal"].groupby("worker_id").size()
+    kept = set(non_tie.index[non_tie >= cfg.data.ukp_min_labels])
+    assert len(kept) == 444 and set(t.users["user_id"]) == kept
+    assert s.n_users_seen + s.n_users_unseen == 444
     assert s.n_users_unseen == cfg.data.n_unseen_users
     assert s.labels_per_user["min"] >= cfg.data.ukp_min_labels - cfg.data.test_pairs_seen
-    assert 0.2 < s.controversial_share < 0.9
+    # the share is the pairs table's: controversial among pairs with >= 2 annotators
+    known = t.pairs["controversial"].dropna().astype(bool)
+    assert s.controversial_share == round(float(known.mean()), 4)
