@@ -104,7 +104,8 @@ class UserEmbeddings:
     """The table in memory: ids in file order, one ``[U, d]`` float32 matrix, metadata.
 
     ``get`` answers one user (serving), ``matrix_for`` a batch of ids (reward / eval),
-    ``select`` a subset (e.g. the seen users) as a new table.
+    ``select`` / ``seen`` / ``trained`` / ``adapted_unseen`` a subset and ``take`` given ids
+    in order as a new table; ``concat`` joins tables (the GNN export: trained + adapted).
     """
 
     def __init__(self, frame: pd.DataFrame, source: str = "user embeddings") -> None:
@@ -210,10 +211,6 @@ class UserEmbeddings:
     def take(self, user_ids: Sequence[str], what: str = "users") -> UserEmbeddings:
         """The rows of ``user_ids`` in that order, as a new table; a missing id fails naming it."""
         return UserEmbeddings(self.frame().iloc[self._positions(user_ids, what)], self.source)
-
-    def records(self) -> list[UserEmbedding]:
-        """Every row as a record, in file order."""
-        return [self.get(u) for u in self.ids]
 
     def select(self, mask: np.ndarray | pd.Series) -> UserEmbeddings:
         """The rows where ``mask`` (over file order) holds, as a new table."""
