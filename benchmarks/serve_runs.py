@@ -16,9 +16,10 @@ import numpy as np
 def ensure_run(run_dir: Path) -> None:
     from copl_ray.config import load_config
     from copl_ray.pipeline import run_pipeline
+    from copl_ray.variants import COPL
 
-    if (run_dir / "reward" / "copl" / "_SUCCESS").exists() or (
-        run_dir / "reward" / "copl" / "reward_config.json"
+    if (run_dir / "reward" / COPL / "_SUCCESS").exists() or (
+        run_dir / "reward" / COPL / "reward_config.json"
     ).exists():
         return
     print(f"[bench] no trained run at {run_dir}: running the tiny pipeline (data, gnn, reward)")
@@ -36,7 +37,8 @@ def build_large_gnn_run(src: Path, dst: Path, n_users: int, labels: int, seed: i
     import torch
 
     from copl_ray.data.tables import PreferenceTables
-    from copl_ray.graph.artifacts import GNNArtifacts, write_user_table
+    from copl_ray.graph.artifacts import GNNArtifacts
+    from copl_ray.graph.users import TRAINED, UserEmbedding, UserEmbeddings
 
     if dst.exists():
         shutil.rmtree(dst)
@@ -63,16 +65,6 @@ def build_large_gnn_run(src: Path, dst: Path, n_users: int, labels: int, seed: i
     GNNArtifacts(
         ids, emb, real.response_ids, real.response_embeddings, pos, neg, real.normalized
     ).save(dst / "gnn")
-    write_user_table(
-        pd.DataFrame(
-            {
-                "user_id": ids,
-                "embedding": list(emb.numpy()),
-                "seen": True,
-                "kind": "trained",
-                "n_neighbors": 0,
-                "fallback": False,
-            }
-        ),
-        dst / "gnn" / "user_embeddings.parquet",
-    )
+    UserEmbeddings.from_records(
+        UserEmbedding(u, e, seen=True, kind=TRAINED) for u, e in zip(ids, emb.numpy())
+    ).write(dst / "gnn")

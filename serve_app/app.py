@@ -18,7 +18,7 @@ import hmac
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,13 @@ from fastapi.security import HTTPBearer
 from ray import serve
 
 from copl_ray.config import ConfigError
+from copl_ray.graph.users import UserEmbedding
 from copl_ray.serving import timing
 from copl_ray.serving.ingress import use_direct_ingress
 from copl_ray.serving.scorer import RunDirIncomplete, check_run_dir
 from copl_ray.serving.settings import ServeArgsError, ServeSettings, resolve_settings
 from copl_ray.serving.store import (
-    AdaptedUser,
+    StoredUser,
     StoreError,
     UserStore,
     now,
@@ -222,33 +223,16 @@ class RewardServer:
         self._started = time.time()
 
     # ------------------------------------------------------------------ helpers
-    def _user(self, user_id: str) -> tuple[np.ndarray, dict[str, Any]]:
-        row = self.scorer.users.get(user_id)
-        if row is not None:
-            info = {
-                "user_id": user_id,
-                "kind": row.kind,
-                "seen": row.seen,
-                "n_neighbors": row.n_neighbors,
-                "fallback": row.fallback,
-            }
-            return row.embedding, info
-        created = self.store.get(user_id)
-        if created is None:
+    def _user(self, user_id: str) -> tuple[UserEmbedding, StoredUser | None]:
+        """The user's record — a user of the run (trained or adapted offline), else one
+        created through ``POST /v1/users`` (then with its store entry) — or 404."""
+        known = self.scorer.users.get(user_id)
+        if known is not None:
+            return known, None
+        stored = self.store.get(user_id)
+        if stored is None:
             raise _not_found(user_id)
-        info = {
-            "user_id": user_id,
-            "kind": "created",
-            "seen": False,
-            "n_neighbors": created.n_neighbors,
-            "fallback": created.fallback,
-            "n_annotations": len(created.annotations),
-            "n_unknown": created.n_unknown,
-            "version": created.version,
-            "created_at": created.created_at,
-            "updated_at": created.updated_at,
-        }
-        return created.embedding, info
+        return stored.user, stored
 
     def _authorize(self, authorization: str | None) -> None:
         """Bearer token check for user-creating endpoints (constant-time; never logged).
@@ -299,8 +283,8 @@ class RewardServer:
     @api.post("/v1/score", response_model=ScoreResponse)
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         """One score per response for this user (higher = preferred by the user)."""
-        emb, _ = self._user(req.user_id)
-        scores = await self._score(emb, req.prompt, req.responses)
+        user, _ = self._user(req.user_id)
+        scores = await self._score(user.embedding, req.prompt, req.responses)
         return ScoreResponse(
             user_id=req.user_id, scores=[float(x) for x in scores], model=self.settings.model
         )
@@ -308,8 +292,8 @@ class RewardServer:
     @api.post("/v1/compare", response_model=CompareResponse)
     async def compare(self, req: CompareRequest) -> CompareResponse:
         """p(a ≻ b | user) = σ(f(a) − f(b)); a and b are tokenised once, scored in one forward."""
-        emb, _ = self._user(req.user_id)
-        sa, sb = (float(x) for x in await self._score(emb, req.prompt, [req.a, req.b]))
+        user, _ = self._user(req.user_id)
+        sa, sb = (float(x) for x in await self._score(user.embedding, req.prompt, [req.a, req.b]))
         p = float(1.0 / (1.0 + np.exp(-(sa - sb))))
         return CompareResponse(
             user_id=req.user_id, p_a_over_b=p, score_a=sa, score_b=sb, model=self.settings.model
@@ -321,23 +305,13 @@ class RewardServer:
     async def create_user(self, req: AnnotationsRequest) -> UserCreated:
         """A new user from a few labelled pairs (optimisation-free adaptation, no gradient)."""
         anns = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
-        res = await asyncio.to_thread(self.adapter.adapt, anns)
+        adapted = await asyncio.to_thread(self.adapter.adapt, anns)
 
-        def make(user_id: str) -> AdaptedUser:
+        def make(user_id: str) -> StoredUser:
             t = now()
-            return AdaptedUser(
-                user_id, res.embedding, res.n_neighbors, res.fallback, res.n_unknown, anns, t, t
-            )
+            return StoredUser(replace(adapted, user_id=user_id), anns, t, t)
 
-        user = self.store.create(make)
-        return UserCreated(
-            user_id=user.user_id,
-            n_neighbors=user.n_neighbors,
-            fallback=user.fallback,
-            n_annotations=len(anns),
-            n_unknown=user.n_unknown,
-            version=user.version,
-        )
+        return UserCreated.of(self.store.create(make))
 
     @api.post(
         "/v1/users/{user_id}/annotations",
@@ -355,17 +329,9 @@ class RewardServer:
         if self.store.get(user_id) is None:
             raise _not_found(user_id)
         new = self.adapter.resolve([(a.prompt, a.chosen, a.rejected) for a in req.annotations])
-        user = await asyncio.to_thread(self._refine, user_id, new)
-        return UserCreated(
-            user_id=user_id,
-            n_neighbors=user.n_neighbors,
-            fallback=user.fallback,
-            n_annotations=len(user.annotations),
-            n_unknown=user.n_unknown,
-            version=user.version,
-        )
+        return UserCreated.of(await asyncio.to_thread(self._refine, user_id, new))
 
-    def _refine(self, user_id: str, new: list) -> AdaptedUser:
+    def _refine(self, user_id: str, new: list) -> StoredUser:
         """Read-modify-write of one created user under the store's cross-replica lock."""
         with self.store.locked(user_id):
             user = self.store.get(user_id)
@@ -374,17 +340,8 @@ class RewardServer:
             anns = user.annotations + new
             if len(anns) > self.settings.max_annotations:
                 raise _too_many(len(anns), self.settings.max_annotations)
-            res = self.adapter.adapt(anns)
-            refined = AdaptedUser(
-                user_id,
-                res.embedding,
-                res.n_neighbors,
-                res.fallback,
-                res.n_unknown,
-                anns,
-                user.created_at,
-                now(),
-                user.version + 1,
+            refined = StoredUser(
+                self.adapter.adapt(anns, user_id), anns, user.created_at, now(), user.version + 1
             )
             self.store.put(refined)
         return refined
@@ -394,11 +351,7 @@ class RewardServer:
         self, user_id: str, include_embedding: bool = Query(default=False)
     ) -> UserInfo:
         """What the server knows about a user (trained, adapted offline, or created here)."""
-        emb, info = self._user(user_id)
-        info["embedding_dim"] = int(emb.shape[0])
-        if include_embedding:
-            info["embedding"] = [float(x) for x in emb]
-        return UserInfo(**info)
+        return UserInfo.of(*self._user(user_id), include_embedding=include_embedding)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -14,9 +14,13 @@ import math
 import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from copl_ray.graph.users import UserEmbedding
+    from copl_ray.serving.store import StoredUser
 
 QUOTE_CHARS = 80  # the most of a client's input an error message quotes
 _REPR = reprlib.Repr()
@@ -139,13 +143,33 @@ class AnnotationsRequest(_Strict):
     ]
 
 
+N_UNKNOWN = (
+    "labels (annotations) with at least one response that is no node of the run's graph — "
+    "a text the run does not contain, or a response nobody labelled in training; a label "
+    "counts once even when both its texts are unknown (the count offline adaptation makes)"
+)
+
+
 class UserCreated(BaseModel):
     user_id: str
     n_neighbors: int = Field(description="seen users reached by positive edges (k hops)")
     fallback: bool = Field(description="no neighbour was reached: the fallback embedding is used")
     n_annotations: int
-    n_unknown: int = Field(description="annotation texts that are not responses of the run")
+    n_unknown: int = Field(description=N_UNKNOWN)
     version: int
+
+    @classmethod
+    def of(cls, stored: StoredUser) -> UserCreated:
+        """The answer to a create / refine: the stored user's record and its store entry."""
+        user = stored.user
+        return cls(
+            user_id=user.user_id,
+            n_neighbors=user.n_neighbors,
+            fallback=user.fallback,
+            n_annotations=len(stored.annotations),
+            n_unknown=user.n_unknown,
+            version=stored.version,
+        )
 
 
 class UserInfo(BaseModel):
@@ -155,12 +179,39 @@ class UserInfo(BaseModel):
     n_neighbors: int
     fallback: bool
     n_annotations: int | None = None
-    n_unknown: int | None = None
+    n_unknown: int | None = Field(default=None, description=f"created users: {N_UNKNOWN}")
     version: int | None = None
     created_at: float | None = None
     updated_at: float | None = None
     embedding_dim: int
     embedding: list[float] | None = None
+
+    @classmethod
+    def of(
+        cls, user: UserEmbedding, stored: StoredUser | None, include_embedding: bool = False
+    ) -> UserInfo:
+        """What the server knows about ``user``; ``stored``: its store entry when it was
+        created through the API (labels, version, timestamps), None for a run's user."""
+        emb = user.embedding
+        extra: dict[str, Any] = {}
+        if stored is not None:
+            extra = {
+                "n_annotations": len(stored.annotations),
+                "n_unknown": user.n_unknown,
+                "version": stored.version,
+                "created_at": stored.created_at,
+                "updated_at": stored.updated_at,
+            }
+        return cls(
+            user_id=user.user_id,
+            kind=user.kind,
+            seen=user.seen,
+            n_neighbors=user.n_neighbors,
+            fallback=user.fallback,
+            embedding_dim=int(emb.shape[0]),
+            embedding=[float(x) for x in emb] if include_embedding else None,
+            **extra,
+        )
 
 
 def _quote_text(text: str, limit: int = QUOTE_CHARS) -> str:

@@ -34,11 +34,12 @@ but only pairs with both responses known enter ``γ``/User-Opt.
 "any_sign"``; see :func:`neighbour_masks` for why more hops alone cannot help) → the mean
 seen user (``"mean_user"``). ``fallback=True`` marks both (User-Opt: no pair with both
 responses known). Pure torch, no Ray.
+
+Every adapted user is a :class:`~copl_ray.graph.users.UserEmbedding` (``seen=False``,
+``kind="adapted"``): the record the GNN stage writes and serving stores.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -47,9 +48,9 @@ import torch.nn.functional as F
 
 from copl_ray.config import AdaptConfig, ConfigError
 from copl_ray.graph.artifacts import GNNArtifacts
+from copl_ray.graph.users import ADAPTED, UserEmbedding, UserEmbeddings
 
 VARIANTS = ("weighted", "naive", "user_opt")
-OUTPUT_COLUMNS = ["user_id", "embedding", "n_neighbors", "fallback", "n_unknown", "fallback_kind"]
 METHODS = ("auto", "dense", "sparse")
 # method="auto": batches of at most this many new users take the per-user sparse path. It
 # reads only the adjacency rows of the responses a user labelled and scores only their
@@ -216,8 +217,10 @@ def adapt_unseen_users(
     method: str = "auto",
 ) -> pd.DataFrame:
     """One embedding per distinct ``user_id`` of ``annotations`` (columns: user_id, chosen,
-    rejected — response ids). Returns ``user_id, embedding (np.float32 [d]), n_neighbors,
-    fallback, n_unknown, fallback_kind`` in first-appearance order of the users.
+    rejected — response ids). Returns one row per user in first-appearance order, with the
+    columns of :class:`~copl_ray.graph.users.UserEmbedding` (``user_id``, ``embedding``
+    np.float32 ``[d]``, ``seen``, ``kind``, ``n_neighbors``, ``fallback``,
+    ``fallback_kind``, ``n_unknown``).
 
     ``method``: ``"dense"`` (one pass of matrix products for the whole batch), ``"sparse"``
     (per user, only the rows it reaches; :func:`adapt_one_user`) or ``"auto"`` (sparse up
@@ -254,17 +257,27 @@ def adapt_unseen_users(
         emb = _neighbour_average(art, mask, gamma, cfg.kappa)
         n_neighbors = mask.sum(1).numpy()
         emb[torch.from_numpy(n_neighbors == 0)] = art.mean_user()
-    emb = _export_scale(art, emb, cfg)
-    return pd.DataFrame(
-        {
-            "user_id": user_ids,
-            "embedding": list(emb.numpy().astype(np.float32)),
-            "n_neighbors": n_neighbors.astype(np.int32),
-            "fallback": how != "",
-            "n_unknown": n_unknown.astype(np.int32),
-            "fallback_kind": how.astype(str),
-        },
-        columns=OUTPUT_COLUMNS,
+    emb = _export_scale(art, emb, cfg).numpy().astype(np.float32)
+    records = [
+        _record(str(u), emb[m], int(n_neighbors[m]), str(how[m]), int(n_unknown[m]))
+        for m, u in enumerate(user_ids)
+    ]
+    return UserEmbeddings.from_records(records, "adaptation").frame()
+
+
+def _record(
+    user_id: str, embedding: np.ndarray, n_neighbors: int, how: str, n_unknown: int
+) -> UserEmbedding:
+    """An unseen user's adapted record (``how``: the fallback kind, ``""`` for none)."""
+    return UserEmbedding(
+        user_id=user_id,
+        embedding=embedding,
+        seen=False,
+        kind=ADAPTED,
+        n_neighbors=n_neighbors,
+        fallback=how != "",
+        fallback_kind=how,
+        n_unknown=n_unknown,
     )
 
 
@@ -273,26 +286,17 @@ def _export_scale(art: GNNArtifacts, emb: torch.Tensor, cfg: AdaptConfig) -> tor
 
 
 # ------------------------------------------------------------- per-user sparse path
-@dataclass
-class UserAdaptation:
-    """One adapted user (the fast path's answer; one row of :func:`adapt_unseen_users`)."""
-
-    embedding: np.ndarray  # [d] float32, export scale
-    n_neighbors: int
-    fallback: bool
-    fallback_kind: str  # "" | "any_sign" | "mean_user"
-    n_unknown: int  # labels with at least one response that has no node
-
-
 def adapt_one_user(
     art: GNNArtifacts,
     chosen: np.ndarray,
     rejected: np.ndarray,
     cfg: AdaptConfig,
     variant: str = "weighted",
-) -> UserAdaptation:
+    user_id: str = "",
+) -> UserEmbedding:
     """One new user from response ids ``chosen[i] ≻ rejected[i]``, without pandas: the call
-    a server makes per request. Same result as ``adapt_unseen_users`` on those rows."""
+    a server makes per request. Same record as ``adapt_unseen_users`` on those rows
+    (``n_unknown``: labels with at least one response that has no node)."""
     _check_params(cfg, variant)
     chosen = np.asarray(chosen, dtype=np.int64)
     rejected = np.asarray(rejected, dtype=np.int64)
@@ -310,13 +314,8 @@ def adapt_one_user(
         )
     a, b = art.response_index(chosen), art.response_index(rejected)
     emb, n_neighbors, how = _adapt_one(art, a, b, cfg, variant)
-    return UserAdaptation(
-        embedding=_export_scale(art, emb, cfg).numpy().astype(np.float32),
-        n_neighbors=n_neighbors,
-        fallback=how != "",
-        fallback_kind=how,
-        n_unknown=int(((a < 0) | (b < 0)).sum()),
-    )
+    embedding = _export_scale(art, emb, cfg).numpy().astype(np.float32)
+    return _record(user_id, embedding, n_neighbors, how, int(((a < 0) | (b < 0)).sum()))
 
 
 def _gather(lists: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:

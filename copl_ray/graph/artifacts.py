@@ -7,11 +7,13 @@ Files (all safetensors/parquet/JSON, never pickle)::
     graph.safetensors                 pos_edge_index, neg_edge_index  [2, E] (user, response) node ids
     graph.json                        user_ids (node order), n_users, n_responses, normalized
     response_embeddings.safetensors   response_ids [R] int64, embeddings [R, d] float32
-    user_embeddings.parquet           every user: user_id, embedding, seen, kind, n_neighbors, fallback
+    <users.FILE_NAME>                 every user's UserEmbedding record (copl_ray.graph.users)
 
 ``GNNArtifacts`` is the graph (:class:`~copl_ray.graph.bipartite.BipartiteGraph`: node
 ids and signed edge lists) plus the **trained** (seen) users in graph node order at the
 export scale (L2-normalised when ``normalized``) and the raw last-layer response embeddings.
+The seen users are read from the user-embedding file through
+:class:`~copl_ray.graph.users.UserEmbeddings` (its one reader).
 """
 
 from __future__ import annotations
@@ -21,24 +23,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
 from copl_ray.graph.bipartite import BipartiteGraph, coo_to_csr, csr_with_values
-
-USER_EMBEDDINGS_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("embedding", pa.list_(pa.float32())),
-        ("seen", pa.bool_()),
-        ("kind", pa.string()),
-        ("n_neighbors", pa.int32()),
-        ("fallback", pa.bool_()),
-    ]
-)
+from copl_ray.graph.users import UserEmbeddings, path_in
 
 
 class GNNArtifacts(BipartiteGraph):
@@ -112,7 +101,8 @@ class GNNArtifacts(BipartiteGraph):
 
     # ------------------------------------------------------------------ io
     def save(self, gnn_dir: str | Path) -> None:
-        """Graph, response embeddings and graph.json (user embeddings: ``write_user_table``)."""
+        """Graph, response embeddings and graph.json (user embeddings:
+        :meth:`~copl_ray.graph.users.UserEmbeddings.write`)."""
         d = Path(gnn_dir)
         d.mkdir(parents=True, exist_ok=True)
         save_file(
@@ -142,27 +132,21 @@ class GNNArtifacts(BipartiteGraph):
 
     @classmethod
     def load(cls, gnn_dir: str | Path) -> GNNArtifacts:
+        """The graph of ``gnn_dir`` and its seen users' trained embeddings in node order."""
         d = Path(gnn_dir)
-        for name in (
-            "graph.json",
-            "graph.safetensors",
-            "response_embeddings.safetensors",
-            "user_embeddings.parquet",
+        for path in (
+            d / "graph.json",
+            d / "graph.safetensors",
+            d / "response_embeddings.safetensors",
+            path_in(d),
         ):
-            if not (d / name).exists():
-                raise FileNotFoundError(f"GNN artifacts: {d / name} is missing (run the gnn stage)")
+            if not path.exists():
+                raise FileNotFoundError(f"GNN artifacts: {path} is missing (run the gnn stage)")
         meta = json.loads((d / "graph.json").read_text())
         graph = load_file(str(d / "graph.safetensors"))
         resp = load_file(str(d / "response_embeddings.safetensors"))
-        table = pq.read_table(d / "user_embeddings.parquet").to_pandas()
-        trained = table[table["kind"] == "trained"].set_index("user_id")
-        missing = [u for u in meta["user_ids"] if u not in trained.index]
-        if missing:
-            raise ValueError(
-                f"{d / 'user_embeddings.parquet'}: {len(missing)} graph users have no trained "
-                f"embedding (first: {missing[0]!r})"
-            )
-        emb = np.stack(trained.loc[meta["user_ids"], "embedding"].to_numpy()).astype(np.float32)
+        trained = UserEmbeddings.read(d).trained()
+        emb = trained.matrix_for(meta["user_ids"], "graph (trained)")
         return cls(
             user_ids=list(meta["user_ids"]),
             user_embeddings=torch.from_numpy(emb),
@@ -172,17 +156,3 @@ class GNNArtifacts(BipartiteGraph):
             neg_edge_index=graph["neg_edge_index"],
             normalized=bool(meta["normalized"]),
         )
-
-
-def write_user_table(rows: pd.DataFrame, path: str | Path) -> None:
-    """Write ``user_embeddings.parquet`` in the contract schema (embedding as list<float32>)."""
-    df = rows[[f.name for f in USER_EMBEDDINGS_SCHEMA]].copy()
-    df["embedding"] = [np.asarray(e, dtype=np.float32) for e in df["embedding"]]
-    df["n_neighbors"] = df["n_neighbors"].astype(np.int32)
-    pq.write_table(
-        pa.Table.from_pandas(df, schema=USER_EMBEDDINGS_SCHEMA, preserve_index=False), path
-    )
-
-
-def read_user_table(path: str | Path) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()

@@ -1,7 +1,8 @@
 """From tables to a trained, evaluated, exported GNN — the pure-torch path (no Ray).
 
 ``prepare_inputs`` builds the graph and pair indices; ``export_gnn`` writes every file of
-``run.gnn`` (see :mod:`copl_ray.graph.artifacts`) and returns ``metrics.json``;
+``run.gnn`` (see :mod:`copl_ray.graph.artifacts`; every user's embedding through
+:class:`~copl_ray.graph.users.UserEmbeddings`) and returns ``metrics.json``;
 ``train_gnn_local`` chains both around :class:`~copl_ray.graph.train.GNNTrainer` (used by
 the accuracy tests and the benchmark; the Ray stage trains in a worker instead).
 
@@ -33,9 +34,11 @@ from safetensors.torch import save_file
 from copl_ray.config import Config
 from copl_ray.data.tables import PreferenceTables, label_column
 from copl_ray.graph.adapt import adapt_unseen_users
-from copl_ray.graph.artifacts import GNNArtifacts, write_user_table
+from copl_ray.graph.artifacts import GNNArtifacts
 from copl_ray.graph.bipartite import BipartiteGraph, PairIndex, build_graph, pair_index
 from copl_ray.graph.model import CoPLGNN, GNNShape, export_user_embeddings, pair_accuracy
+from copl_ray.graph.users import ADAPTED, TRAINED, UserEmbedding, UserEmbeddings, path_in
+from copl_ray.graph.users import COLUMNS as USER_COLUMNS
 
 
 @dataclass
@@ -129,6 +132,12 @@ def _kmeans_ari(x: np.ndarray, groups: np.ndarray, seed: int) -> float | None:
     return float(adjusted_rand_score(groups[known], pred))
 
 
+# The adaptation whose unseen users the user-embedding file holds (what the reward model,
+# eval and serving read); the other configured variants go to adaptation.parquet only.
+FILE_VARIANT = "weighted"
+ADAPTATION_FILE = "adaptation.parquet"
+
+
 def export_gnn(
     cfg: Config,
     tables: PreferenceTables,
@@ -138,12 +147,44 @@ def export_gnn(
     train_meta: dict,
     out_dir: str | Path,
 ) -> dict:
-    """Write model, graph, embeddings of every user, adaptation, metrics and t-SNE."""
+    """Write model, graph, embeddings of every user, adaptation, metrics and t-SNE.
+
+    Steps in this order (each seeded draw — truth pairs, k-means, t-SNE — in the order of
+    the single function this was): weights and graph, the unseen users' adaptations, the
+    user-embedding file and adaptation table, then the metrics of seen and adapted users.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    graph = inputs.graph
-    e_user, e_resp = final_embeddings(graph, shape, best_state)
+    e_user, e_resp = final_embeddings(inputs.graph, shape, best_state)
+    art = save_model_and_graph(cfg, inputs.graph, shape, best_state, e_user, e_resp, out)
+    unseen_ids = unseen_user_ids(tables)
+    adapted = adapt_every_variant(cfg, tables, art, unseen_ids)
+    write_user_files(art, adapted, cfg.adapt.variants, out)
+    metrics = seen_metrics(cfg, tables, inputs, e_user, e_resp, art, train_meta, len(unseen_ids))
+    if adapted:
+        metrics["adaptation"] = adaptation_metrics(cfg, tables, art, unseen_ids, adapted)
+    if cfg.gnn.tsne:
+        skipped = user_tsne(tables, art, unseen_ids, adapted, out / "tsne.png", cfg.gnn.seed)
+        if skipped is not None:
+            metrics["tsne_skipped"] = skipped
+            print(f"gnn: t-SNE skipped: {skipped}", flush=True)
+    metrics["export_seconds"] = time.perf_counter() - t0
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def save_model_and_graph(
+    cfg: Config,
+    graph: BipartiteGraph,
+    shape: GNNShape,
+    best_state: dict[str, torch.Tensor],
+    e_user: torch.Tensor,
+    e_resp: torch.Tensor,
+    out: Path,
+) -> GNNArtifacts:
+    """Weights, ``gnn_config.json`` and the graph files; returns the artifacts (seen users at
+    the export scale) that adaptation and serving read back."""
     e_export = export_user_embeddings(e_user, cfg.gnn.normalize_embeddings)
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in best_state.items()},
@@ -162,71 +203,84 @@ def export_gnn(
         cfg.gnn.normalize_embeddings,
     )
     art.save(out)
+    return art
 
-    users = tables.users.copy()
-    users["user_id"] = users["user_id"].astype(str)
-    unseen_ids = users.loc[~users["seen"].astype(bool), "user_id"].tolist()
+
+def unseen_user_ids(tables: PreferenceTables) -> list[str]:
+    users = tables.users
+    return users.loc[~users["seen"].astype(bool), "user_id"].astype(str).tolist()
+
+
+def user_groups(tables: PreferenceTables, user_ids: list[str]) -> np.ndarray:
+    """Each user's known group (NaN where none), in the order of ``user_ids``."""
+    users = tables.users.assign(user_id=tables.users["user_id"].astype(str))
+    return users.set_index("user_id").reindex(user_ids)["group"].to_numpy()
+
+
+def adapt_every_variant(
+    cfg: Config, tables: PreferenceTables, art: GNNArtifacts, unseen_ids: list[str]
+) -> dict[str, UserEmbeddings]:
+    """Per adaptation variant (:data:`FILE_VARIANT` first, then ``adapt.variants``), every
+    unseen user's record in ``unseen_ids`` order, adapted from their survey labels; a user
+    without a label gets the mean seen user, flagged (``fallback_kind="mean_user"``)."""
     ann = tables.annotations
     unseen_ann = ann[(ann["split"] == "survey") & ann["user_id"].astype(str).isin(unseen_ids)]
-    adapted: dict[str, pd.DataFrame] = {}
-    variants = list(dict.fromkeys(["weighted", *cfg.adapt.variants]))
-    for variant in variants if unseen_ids else []:
-        df = adapt_unseen_users(art, unseen_ann, cfg.adapt, variant) if len(unseen_ann) else None
-        missing = [u for u in unseen_ids if df is None or u not in set(df["user_id"])]
-        if missing:  # an unseen user without a label: the mean seen user, flagged
+    adapted: dict[str, UserEmbeddings] = {}
+    for variant in list(dict.fromkeys([FILE_VARIANT, *cfg.adapt.variants])) if unseen_ids else []:
+        parts = []
+        if len(unseen_ann):
+            frame = adapt_unseen_users(art, unseen_ann, cfg.adapt, variant)
+            parts.append(UserEmbeddings(frame, f"adaptation/{variant}"))
+        missing = [u for u in unseen_ids if not any(u in t for t in parts)]
+        if missing:
             mean = art.mean_user().numpy().astype(np.float32)
-            extra = pd.DataFrame(
-                {
-                    "user_id": missing,
-                    "embedding": [mean] * len(missing),
-                    "n_neighbors": 0,
-                    "fallback": True,
-                    "n_unknown": 0,
-                    "fallback_kind": "mean_user",
-                }
-            )
-            df = extra if df is None else pd.concat([df, extra], ignore_index=True)
-        adapted[variant] = df.set_index("user_id").loc[unseen_ids].reset_index()
+            parts.append(UserEmbeddings.from_records(_mean_user(u, mean) for u in missing))
+        adapted[variant] = UserEmbeddings.concat(*parts).take(unseen_ids, "unseen")
+    return adapted
 
-    seen_rows = pd.DataFrame(
-        {
-            "user_id": graph.user_ids,
-            "embedding": list(e_export.numpy()),
-            "seen": True,
-            "kind": "trained",
-            "n_neighbors": 0,
-            "fallback": False,
-        }
+
+def _mean_user(user_id: str, mean: np.ndarray) -> UserEmbedding:
+    return UserEmbedding(
+        user_id, mean, seen=False, kind=ADAPTED, fallback=True, fallback_kind="mean_user"
     )
-    parts = [seen_rows]
-    if unseen_ids:
-        w = adapted["weighted"]
-        parts.append(w.assign(seen=False, kind="adapted")[seen_rows.columns])
-    write_user_table(pd.concat(parts, ignore_index=True), out / "user_embeddings.parquet")
-    if adapted:
-        rows = [df.assign(variant=v) for v, df in adapted.items() if v in cfg.adapt.variants]
-        table = pd.concat(rows, ignore_index=True)[
-            [
-                "variant",
-                "user_id",
-                "embedding",
-                "n_neighbors",
-                "fallback",
-                "n_unknown",
-                "fallback_kind",
-            ]
-        ]
-        table["embedding"] = [np.asarray(e, np.float32) for e in table["embedding"]]
-        table.to_parquet(out / "adaptation.parquet", index=False)
 
-    # ------------------------------------------------------------- metrics
-    seed = cfg.gnn.seed
+
+def write_user_files(
+    art: GNNArtifacts, adapted: dict[str, UserEmbeddings], variants: list[str], out: Path
+) -> None:
+    """The user-embedding file (every seen user's trained row, then every unseen user's
+    :data:`FILE_VARIANT` adaptation) and ``adaptation.parquet`` (``variant`` + the record's
+    columns, one block per configured variant)."""
+    trained = UserEmbeddings.from_records(
+        UserEmbedding(u, e, seen=True, kind=TRAINED)
+        for u, e in zip(art.user_ids, art.user_embeddings.numpy())
+    )
+    parts = [trained, adapted[FILE_VARIANT]] if adapted else [trained]
+    UserEmbeddings.concat(*parts).write(path_in(out))
+    if adapted:
+        blocks = [t.frame().assign(variant=v) for v, t in adapted.items() if v in variants]
+        table = pd.concat(blocks, ignore_index=True)[["variant", *USER_COLUMNS]]
+        table.to_parquet(out / ADAPTATION_FILE, index=False)
+
+
+def seen_metrics(
+    cfg: Config,
+    tables: PreferenceTables,
+    inputs: GNNInputs,
+    e_user: torch.Tensor,
+    e_resp: torch.Tensor,
+    art: GNNArtifacts,
+    train_meta: dict,
+    n_unseen: int,
+) -> dict:
+    """``metrics.json`` of the seen users (accuracies, training record, graph size, ARI);
+    ``adaptation`` is left empty for :func:`adaptation_metrics`."""
+    seed, graph = cfg.gnn.seed, inputs.graph
     heldout = concat_pairs(inputs.val, inputs.test)
     rows, ta, tb = truth_pairs(
         tables, graph.user_ids, graph.response_index, cfg.gnn.truth_pairs_per_user, seed
     )
-    groups = users.set_index("user_id").reindex(graph.user_ids)["group"].to_numpy()
-    metrics = {
+    return {
         "heldout_accuracy": pair_accuracy(e_user, e_resp, heldout),
         "val_accuracy": pair_accuracy(e_user, e_resp, inputs.val),
         "test_accuracy_in_graph": pair_accuracy(e_user, e_resp, inputs.test),
@@ -245,55 +299,75 @@ def export_gnn(
         "resumed_from_epoch": train_meta.get("resumed_from_epoch", 0),
         "init": train_meta.get("init", {"init": "random"}),
         "n_users_seen": graph.n_users,
-        "n_users_unseen": len(unseen_ids),
+        "n_users_unseen": n_unseen,
         "n_responses_in_graph": graph.n_responses,
         "n_edges": {
             "pos": int(graph.pos_edge_index.shape[1]),
             "neg": int(graph.neg_edge_index.shape[1]),
         },
-        "ari": _kmeans_ari(e_export.numpy(), groups, seed),
+        "ari": _kmeans_ari(art.user_embeddings.numpy(), user_groups(tables, graph.user_ids), seed),
         "adaptation": {},
     }
-    if adapted:
-        uann = ann[(ann["split"] == "test") & ann["user_id"].astype(str).isin(unseen_ids)]
-        u_rows = pd.Index(unseen_ids).get_indexer(uann["user_id"].astype(str))
-        ua, ub = (
-            graph.response_index(uann["chosen"].to_numpy()),
-            graph.response_index(uann["rejected"].to_numpy()),
-        )  # noqa: E501
-        ok = (ua >= 0) & (ub >= 0)
-        trows, tra, trb = truth_pairs(
-            tables, unseen_ids, graph.response_index, cfg.gnn.truth_pairs_per_user, seed
-        )
-        for v, df in adapted.items():
-            emb = torch.from_numpy(np.stack(df["embedding"].to_numpy()).astype(np.float32))
-            metrics["adaptation"][v] = {
-                "gnn_accuracy": truth_accuracy(emb, e_resp, u_rows[ok], ua[ok], ub[ok]),
-                "truth_accuracy": truth_accuracy(emb, e_resp, trows, tra, trb),
-                "n_test_pairs_in_graph": int(ok.sum()),
-                "n_test_skipped": int((~ok).sum()),
-                "n_users": len(df),
-                "n_fallback": int(df["fallback"].sum()),
-                "mean_neighbors": float(df["n_neighbors"].mean()),
-                "n_unknown_labels": int(df["n_unknown"].sum()),
-            }
-    if cfg.gnn.tsne:
-        from copl_ray.graph.plots import plot_user_tsne
 
-        emb_all = [e_export.numpy()]
-        seen_flags = [np.ones(graph.n_users, bool)]
-        grp = list(groups)
-        if "weighted" in adapted:
-            emb_all.append(np.stack(adapted["weighted"]["embedding"].to_numpy()))
-            seen_flags.append(np.zeros(len(unseen_ids), bool))
-            grp += list(users.set_index("user_id").reindex(unseen_ids)["group"].to_numpy())
-        points, flags = np.concatenate(emb_all), np.concatenate(seen_flags)
-        if plot_user_tsne(points, grp, flags, out / "tsne.png", seed=seed) is None:
-            metrics["tsne_skipped"] = f"{len(points)} user(s): too few points for a t-SNE"
-            print(f"gnn: t-SNE skipped: {metrics['tsne_skipped']}", flush=True)
-    metrics["export_seconds"] = time.perf_counter() - t0
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+
+def adaptation_metrics(
+    cfg: Config,
+    tables: PreferenceTables,
+    art: GNNArtifacts,
+    unseen_ids: list[str],
+    adapted: dict[str, UserEmbeddings],
+) -> dict[str, dict]:
+    """Per adaptation variant: accuracy of the adapted unseen users on their in-graph test
+    pairs and on truth pairs, and how they were adapted (fallbacks, neighbours, unknowns)."""
+    ann = tables.annotations
+    uann = ann[(ann["split"] == "test") & ann["user_id"].astype(str).isin(unseen_ids)]
+    u_rows = pd.Index(unseen_ids).get_indexer(uann["user_id"].astype(str))
+    ua = art.response_index(uann["chosen"].to_numpy())
+    ub = art.response_index(uann["rejected"].to_numpy())
+    ok = (ua >= 0) & (ub >= 0)
+    trows, tra, trb = truth_pairs(
+        tables, unseen_ids, art.response_index, cfg.gnn.truth_pairs_per_user, cfg.gnn.seed
+    )
+    e_resp = art.response_embeddings
+    out = {}
+    for v, table in adapted.items():
+        emb = torch.from_numpy(table.matrix)
+        out[v] = {
+            "gnn_accuracy": truth_accuracy(emb, e_resp, u_rows[ok], ua[ok], ub[ok]),
+            "truth_accuracy": truth_accuracy(emb, e_resp, trows, tra, trb),
+            "n_test_pairs_in_graph": int(ok.sum()),
+            "n_test_skipped": int((~ok).sum()),
+            "n_users": len(table),
+            "n_fallback": int(table.meta["fallback"].sum()),
+            "mean_neighbors": float(table.meta["n_neighbors"].mean()),
+            "n_unknown_labels": int(table.meta["n_unknown"].sum()),
+        }
+    return out
+
+
+def user_tsne(
+    tables: PreferenceTables,
+    art: GNNArtifacts,
+    unseen_ids: list[str],
+    adapted: dict[str, UserEmbeddings],
+    path: Path,
+    seed: int,
+) -> str | None:
+    """The t-SNE of the seen users and the :data:`FILE_VARIANT` adapted unseen users, by
+    group; returns why it was skipped (too few points), else None."""
+    from copl_ray.graph.plots import plot_user_tsne
+
+    emb_all = [art.user_embeddings.numpy()]
+    seen_flags = [np.ones(art.n_users, bool)]
+    grp = list(user_groups(tables, art.user_ids))
+    if FILE_VARIANT in adapted:
+        emb_all.append(adapted[FILE_VARIANT].matrix)
+        seen_flags.append(np.zeros(len(unseen_ids), bool))
+        grp += list(user_groups(tables, unseen_ids))
+    points, flags = np.concatenate(emb_all), np.concatenate(seen_flags)
+    if plot_user_tsne(points, grp, flags, path, seed=seed) is None:
+        return f"{len(points)} user(s): too few points for a t-SNE"
+    return None
 
 
 def train_gnn_local(cfg: Config, tables: PreferenceTables, out_dir: str | Path, log=None) -> dict:

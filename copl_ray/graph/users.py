@@ -13,6 +13,7 @@ Columns (parquet, never pickle)::
                                 (L2-normalised when gnn.normalize_embeddings)
     seen          bool          the user's labels trained the GNN
     kind          string        "trained" (a seen user's GNN row) | "adapted" (from labels)
+                                (serving's users created at request time: "created")
     n_neighbors   int32         seen users the adaptation averaged (0 for trained rows)
     fallback      bool          no positive-edge neighbour: a fallback embedding was used
     fallback_kind string        "" | "any_sign" | "mean_user"
@@ -33,7 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILE_NAME = "user_embeddings.parquet"
-TRAINED, ADAPTED = "trained", "adapted"
+# How a user's embedding was obtained. CREATED never reaches the file: the server adapts
+# such a user at request time and keeps the record in its own store (copl_ray.serving.store).
+TRAINED, ADAPTED, CREATED = "trained", "adapted", "created"
 
 SCHEMA = pa.schema(
     [
@@ -72,6 +75,25 @@ class UserEmbedding:
     def __post_init__(self) -> None:
         self.embedding = np.asarray(self.embedding, dtype=np.float32)
 
+    def to_dict(self) -> dict:
+        """JSON-ready fields (the embedding as a list of floats: float32 round-trips exactly
+        through JSON doubles)."""
+        return {
+            "user_id": str(self.user_id),
+            "embedding": [float(x) for x in self.embedding],
+            "seen": bool(self.seen),
+            "kind": str(self.kind),
+            "n_neighbors": int(self.n_neighbors),
+            "fallback": bool(self.fallback),
+            "fallback_kind": str(self.fallback_kind),
+            "n_unknown": int(self.n_unknown),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UserEmbedding:
+        """Inverse of :meth:`to_dict`; fields it lacks take the record's defaults."""
+        return cls(**{c: d[c] for c in COLUMNS if c in d})
+
 
 def path_in(gnn_dir: str | Path) -> Path:
     """Where the GNN stage keeps the file inside its output folder."""
@@ -82,7 +104,8 @@ class UserEmbeddings:
     """The table in memory: ids in file order, one ``[U, d]`` float32 matrix, metadata.
 
     ``get`` answers one user (serving), ``matrix_for`` a batch of ids (reward / eval),
-    ``select`` a subset (e.g. the seen users) as a new table.
+    ``select`` / ``seen`` / ``trained`` / ``adapted_unseen`` a subset and ``take`` given ids
+    in order as a new table; ``concat`` joins tables (the GNN export: trained + adapted).
     """
 
     def __init__(self, frame: pd.DataFrame, source: str = "user embeddings") -> None:
@@ -114,6 +137,11 @@ class UserEmbeddings:
             {c: [getattr(r, c) for r in recs] for c in COLUMNS}, columns=list(COLUMNS)
         )
         return cls(frame, source)
+
+    @classmethod
+    def concat(cls, *tables: UserEmbeddings, source: str = "users") -> UserEmbeddings:
+        """One table with the rows of ``tables`` in order (a user twice fails)."""
+        return cls(pd.concat([t.frame() for t in tables], ignore_index=True), source)
 
     @classmethod
     def read(cls, path: str | Path) -> UserEmbeddings:
@@ -168,13 +196,21 @@ class UserEmbeddings:
             n_unknown=int(row["n_unknown"]),
         )
 
-    def matrix_for(self, user_ids: Sequence[str], what: str = "users") -> np.ndarray:
-        """``[len(user_ids), d]`` rows in the order asked; a missing id fails naming it."""
+    def _positions(self, user_ids: Sequence[str], what: str) -> list[int]:
         idx = [self.index.get(str(u), -1) for u in user_ids]
         if any(i < 0 for i in idx):
             first = next(u for u, i in zip(user_ids, idx) if i < 0)
             raise UserEmbeddingsError(f"{self.source}: no embedding for {what} user {first!r}")
+        return idx
+
+    def matrix_for(self, user_ids: Sequence[str], what: str = "users") -> np.ndarray:
+        """``[len(user_ids), d]`` rows in the order asked; a missing id fails naming it."""
+        idx = self._positions(user_ids, what)
         return self.matrix[np.asarray(idx, dtype=np.int64)] if idx else self.matrix[:0]
+
+    def take(self, user_ids: Sequence[str], what: str = "users") -> UserEmbeddings:
+        """The rows of ``user_ids`` in that order, as a new table; a missing id fails naming it."""
+        return UserEmbeddings(self.frame().iloc[self._positions(user_ids, what)], self.source)
 
     def select(self, mask: np.ndarray | pd.Series) -> UserEmbeddings:
         """The rows where ``mask`` (over file order) holds, as a new table."""
@@ -184,6 +220,11 @@ class UserEmbeddings:
 
     def seen(self) -> UserEmbeddings:
         return self.select(self.meta["seen"].to_numpy())
+
+    def trained(self) -> UserEmbeddings:
+        """The seen users' GNN rows (what :class:`~copl_ray.graph.artifacts.GNNArtifacts`
+        adapts from)."""
+        return self.select((self.meta["kind"] == TRAINED).to_numpy())
 
     def adapted_unseen(self) -> UserEmbeddings:
         return self.select(((~self.meta["seen"]) & (self.meta["kind"] == ADAPTED)).to_numpy())

@@ -2,42 +2,38 @@
 
 Labels arrive as texts ``{prompt, chosen, rejected}``. Each text is mapped to a
 response id of the run by an exact ``(prompt, text)`` match against
-``data/responses.parquet``; a text that matches nothing is counted (``n_unknown``) and
-gets a fresh negative id, so it reaches no neighbour in the graph — the adaptation
-contract accepts and counts unknown ids. The embedding is then (docs/method.md §4)::
+``data/responses.parquet``; a text that matches nothing gets a fresh negative id, so it
+reaches no neighbour in the graph — the adaptation contract accepts unknown ids and
+counts the *labels* with one (``n_unknown``, exactly as offline adaptation counts them:
+a label whose two texts are both unknown counts once). The embedding is then
+(docs/method.md §4)::
 
     e_u* = Σ_{u ∈ N^+_u*(k)} w_{u,u*} e_u,   w = softmax_u(γ_{u,u*} / κ),
     γ_{u,u*} = Σ_{(a≻b) ∈ D_u*} log σ(s_ua − s_ub)
 
-computed by :func:`copl_ray.graph.adapt.adapt_unseen_users` (variant ``weighted``; or
-``naive``). ``user_opt`` runs gradient steps and is refused here.
+computed by :func:`copl_ray.graph.adapt.adapt_one_user` (variant ``weighted``; or
+``naive``), the per-user path of offline adaptation. ``user_opt`` runs gradient steps and
+is refused here. The answer is the user's :class:`~copl_ray.graph.users.UserEmbedding`
+record (``kind="created"``), the record every stage passes along.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
 from copl_ray.artifacts import RunDir
 from copl_ray.config import AdaptConfig, ConfigError, config_from_dict
+from copl_ray.graph.users import CREATED, UserEmbedding
 from copl_ray.serving.scorer import require, response_index
 from copl_ray.serving.store import Annotation
 
 OPTIMIZATION_FREE_VARIANTS = ("weighted", "naive")
-
-
-@dataclass
-class AdaptResult:
-    embedding: np.ndarray  # [D] float32
-    n_neighbors: int
-    fallback: bool  # no positive-edge neighbour: the contract's fallback embedding
-    n_unknown: int  # annotation texts that are not responses of the run
 
 
 def run_adapt_config(run: RunDir) -> AdaptConfig:
@@ -111,8 +107,9 @@ class UserAdapter:
             )
         return out
 
-    def adapt(self, annotations: list[Annotation]) -> AdaptResult:
-        """The optimisation-free embedding of one user from all of their annotations.
+    def adapt(self, annotations: list[Annotation], user_id: str = "") -> UserEmbedding:
+        """The optimisation-free embedding of one user from all of their annotations, as
+        the user's record (``kind="created"``; ``n_unknown`` counts labels).
 
         Per-user sparse path (:func:`~copl_ray.graph.adapt.adapt_one_user`): it reads only
         the cached adjacency rows of the labelled responses, so its cost follows the
@@ -125,13 +122,7 @@ class UserAdapter:
         fresh = iter(range(-1, -2 * len(annotations) - 1, -1))
         chosen = [next(fresh) if a.chosen_id is None else a.chosen_id for a in annotations]
         rejected = [next(fresh) if a.rejected_id is None else a.rejected_id for a in annotations]
-        n_unknown = sum(a.chosen_id is None for a in annotations) + sum(
-            a.rejected_id is None for a in annotations
+        user = adapt_one_user(
+            self.artifacts, chosen, rejected, self.cfg, variant=self.variant, user_id=user_id
         )
-        out = adapt_one_user(self.artifacts, chosen, rejected, self.cfg, variant=self.variant)
-        return AdaptResult(
-            embedding=out.embedding,
-            n_neighbors=out.n_neighbors,
-            fallback=out.fallback,
-            n_unknown=n_unknown,
-        )
+        return replace(user, kind=CREATED)

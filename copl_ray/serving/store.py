@@ -1,11 +1,19 @@
 """The adapted-user store: users created over HTTP, shared by every replica.
 
 Layout: one JSON document per user, ``<store_dir>/<user_id>.json`` (default
-``store_dir = run_dir/serve/users``)::
+``store_dir = run_dir/serve/users``): the user's
+:class:`~copl_ray.graph.users.UserEmbedding` record (the one user record of every stage,
+``kind="created"``) and what only the store knows — the labels, timestamps, version::
 
-    {"user_id": "new-…", "embedding": [float32 …], "n_neighbors": 12, "fallback": false,
-     "n_unknown": 0, "annotations": [{"prompt", "chosen", "rejected",
-     "chosen_id", "rejected_id"}, …], "created_at": …, "updated_at": …, "version": 2}
+    {"user_id": "new-…", "embedding": [float32 …], "seen": false, "kind": "created",
+     "n_neighbors": 12, "fallback": false, "fallback_kind": "", "n_unknown": 0,
+     "annotations": [{"prompt", "chosen", "rejected", "chosen_id", "rejected_id"}, …],
+     "created_at": …, "updated_at": …, "version": 2}
+
+``n_unknown`` counts labels with a response that is not in the run, as offline
+adaptation does. Documents written before the record's fields were stored (no ``kind``)
+still read: ``kind`` "created", ``n_unknown`` recounted as their labels with a text the
+run lacks (those documents counted texts); the next refinement re-adapts and recounts.
 
 Why this store (and not an in-replica dict, a JSONL log or sqlite):
 
@@ -41,7 +49,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+from copl_ray.graph.users import COLUMNS, CREATED, UserEmbedding
 
 # User ids become file names: a strict alphabet keeps a request from escaping the folder.
 USER_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$"
@@ -63,30 +71,54 @@ class Annotation:
     chosen_id: int | None = None  # None: the text is not a response of the run's data
     rejected_id: int | None = None
 
+    @property
+    def unknown(self) -> bool:
+        """A text of this label is not a response of the run (so it has no graph node)."""
+        return self.chosen_id is None or self.rejected_id is None
+
 
 @dataclass
-class AdaptedUser:
-    user_id: str
-    embedding: np.ndarray  # [D] float32, the scale the reward model sees
-    n_neighbors: int
-    fallback: bool
-    n_unknown: int
+class StoredUser:
+    """A created user as the store keeps it: the user's record (embedding, how it was
+    adapted) plus the labels it was adapted from, timestamps and a version that each
+    refinement bumps."""
+
+    user: UserEmbedding
     annotations: list[Annotation] = field(default_factory=list)
     created_at: float = 0.0
     updated_at: float = 0.0
     version: int = 1
 
+    @property
+    def user_id(self) -> str:
+        return self.user.user_id
+
     def to_json(self) -> str:
-        d = asdict(self)
-        d["embedding"] = [float(x) for x in np.asarray(self.embedding, dtype=np.float32)]
-        return json.dumps(d)
+        return json.dumps(
+            {
+                **self.user.to_dict(),
+                "annotations": [asdict(a) for a in self.annotations],
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+                "version": self.version,
+            }
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> AdaptedUser:
+    def from_json(cls, text: str) -> StoredUser:
         d = json.loads(text)
-        d["embedding"] = np.asarray(d["embedding"], dtype=np.float32)
-        d["annotations"] = [Annotation(**a) for a in d.get("annotations", [])]
-        return cls(**d)
+        annotations = [Annotation(**a) for a in d.get("annotations", [])]
+        if "kind" not in d:  # written before the record was stored whole: n_unknown = texts
+            d["kind"] = CREATED
+            d["n_unknown"] = sum(a.unknown for a in annotations)
+        user = UserEmbedding.from_dict({c: d[c] for c in COLUMNS if c in d})
+        return cls(
+            user,
+            annotations,
+            float(d.get("created_at", 0.0)),
+            float(d.get("updated_at", 0.0)),
+            int(d.get("version", 1)),
+        )
 
 
 def valid_user_id(user_id: str) -> bool:
@@ -120,14 +152,14 @@ class UserStore:
 
     def __init__(self, folder: str | Path):
         self.folder = prepare_store_folder(folder)
-        self._cache: dict[str, tuple[tuple[int, int], AdaptedUser]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], StoredUser]] = {}
 
     def _path(self, user_id: str) -> Path:
         if not valid_user_id(user_id):
             raise KeyError(user_id)
         return self.folder / f"{user_id}.json"
 
-    def get(self, user_id: str) -> AdaptedUser | None:
+    def get(self, user_id: str) -> StoredUser | None:
         """The user, or None; re-reads the file when another replica changed it."""
         if not valid_user_id(user_id):
             return None
@@ -144,7 +176,7 @@ class UserStore:
         if hit is not None and hit[0] == stamp:
             return hit[1]
         try:
-            user = AdaptedUser.from_json(path.read_text())
+            user = StoredUser.from_json(path.read_text())
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError) as e:
@@ -152,7 +184,7 @@ class UserStore:
         self._cache[user_id] = (stamp, user)
         return user
 
-    def put(self, user: AdaptedUser) -> None:
+    def put(self, user: StoredUser) -> None:
         """Publish ``user`` atomically (temp file in the same folder + os.replace)."""
         path = self._path(user.user_id)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{user.user_id}.", suffix=".tmp")
@@ -167,7 +199,7 @@ class UserStore:
             raise
         self._cache.pop(user.user_id, None)
 
-    def create(self, make: Callable[[str], AdaptedUser]) -> AdaptedUser:
+    def create(self, make: Callable[[str], StoredUser]) -> StoredUser:
         """Reserve a fresh id (O_EXCL, so two replicas never hand out the same one) and store
         ``make(user_id)``."""
         for _ in range(8):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from copl_ray.config import AdaptConfig
 from copl_ray.graph.adapt import SPARSE_MAX_USERS, adapt_one_user, adapt_unseen_users
 from copl_ray.graph.artifacts import GNNArtifacts
+from copl_ray.graph.users import ADAPTED, COLUMNS, UserEmbedding
 
 torch.set_num_threads(1)
 ATOL = 1e-5
@@ -107,12 +108,16 @@ def test_one_user_call_equals_offline_adaptation(variant):
     art = random_artifacts(seed=3, normalized=False)
     rows = new_users(art, SPARSE_MAX_USERS + 4, seed=4)  # > SPARSE_MAX_USERS: "auto" is dense
     cfg = AdaptConfig(include_negative=True)
-    offline = adapt_unseen_users(art, rows, cfg, variant).set_index("user_id")
+    offline = adapt_unseen_users(art, rows, cfg, variant)
+    assert list(offline.columns) == list(COLUMNS)  # one row = one UserEmbedding record
+    offline = offline.set_index("user_id")
     for uid, part in rows.groupby("user_id", sort=False):
         one = adapt_one_user(
-            art, part["chosen"].to_numpy(), part["rejected"].to_numpy(), cfg, variant
+            art, part["chosen"].to_numpy(), part["rejected"].to_numpy(), cfg, variant, uid
         )
         want = offline.loc[uid]
+        assert isinstance(one, UserEmbedding) and one.user_id == uid
+        assert (one.seen, one.kind) == (False, ADAPTED) == (want["seen"], want["kind"])
         assert one.embedding.dtype == np.float32
         np.testing.assert_allclose(one.embedding, want["embedding"], atol=ATOL, err_msg=uid)
         assert (one.n_neighbors, one.fallback, one.fallback_kind, one.n_unknown) == (

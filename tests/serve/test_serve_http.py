@@ -25,6 +25,7 @@ import torch
 
 from copl_ray.serving.adapter import annotation_bodies
 from copl_ray.serving.ingress import direct_ingress_enabled, use_direct_ingress
+from copl_ray.variants import COPL
 
 # Set at import: collection precedes the session's ray.init, whose raylet passes its
 # environment to the Serve controller and the replicas.
@@ -108,9 +109,9 @@ def ref(tiny_run):
     from copl_ray.serving.adapter import run_adapt_config
     from copl_ray.serving.scorer import find_tokenizer_dir, reward_max_length
 
-    model_dir = tiny_run.reward("copl")
+    model_dir = tiny_run.reward(COPL)
     model = PersonalRewardModel.load(model_dir).eval()
-    tok = load_tokenizer(find_tokenizer_dir(tiny_run, "copl"))
+    tok = load_tokenizer(find_tokenizer_dir(tiny_run, COPL))
     max_length = reward_max_length(model_dir, model)
     users = pq.read_table(tiny_run.gnn / "user_embeddings.parquet").to_pandas()
     emb = {u: np.asarray(e, np.float32) for u, e in zip(users["user_id"], users["embedding"])}
@@ -161,7 +162,7 @@ def test_docs_health_ready(served):
     url = served["url"]
     assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{url}/readyz", timeout=10).json()
-    assert ready["status"] == "ready" and ready["model"] == "copl"
+    assert ready["status"] == "ready" and ready["model"] == COPL
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert {"/v1/score", "/v1/compare", "/v1/users", "/v1/users/{user_id}"} <= set(spec["paths"])
     assert requests.get(f"{url}/docs", timeout=10).status_code == 200
@@ -221,7 +222,8 @@ def test_created_user_scores_like_offline_adaptation(served, ref):
     created = r.json()
     off = _offline(ref, ann)
     assert created["n_neighbors"] == int(off["n_neighbors"])
-    assert created["fallback"] == bool(off["fallback"]) and created["n_unknown"] == 0
+    assert created["fallback"] == bool(off["fallback"])
+    assert created["n_unknown"] == int(off["n_unknown"])  # labels, counted as offline
     new_id = created["user_id"]
 
     info = requests.get(f"{url}/v1/users/{new_id}", params={"include_embedding": 1}, timeout=30)
@@ -260,13 +262,21 @@ def test_refine_readapts_with_all_labels(served, ref):
         assert not np.allclose(info.json()["embedding"], off_half["embedding"], atol=1e-4)
 
 
-def test_unknown_texts_are_counted(served, ref):
-    _, texts = _survey_texts(ref["tables"], _unseen_user(ref))
+def test_unknown_labels_are_counted_like_offline_adaptation(served, ref):
+    """``n_unknown`` counts labels with an unknown response, as the GNN stage does: a label
+    whose two texts are both unknown counts once (a count of texts would say 2)."""
+    ann, texts = _survey_texts(ref["tables"], _unseen_user(ref))
     texts = [dict(texts[0]), *texts[1:3]]
     texts[0]["chosen"] = "a response this run has never seen"
     texts[0]["rejected"] = "neither has it seen this one"
     r = _post(served["url"], "/v1/users", {"annotations": texts}, AUTH)
-    assert r.status_code == 201 and r.json()["n_unknown"] == 2
+    assert r.status_code == 201 and r.json()["n_unknown"] == 1
+    info = requests.get(f"{served['url']}/v1/users/{r.json()['user_id']}", timeout=30).json()
+    assert info["n_unknown"] == 1 and info["kind"] == "created"
+    # offline adaptation of the same labels (ids that are no response: -1, -2) agrees
+    rows = ann.iloc[:3][["user_id", "chosen", "rejected"]].copy()
+    rows.iloc[0, 1:] = [-1, -2]
+    assert int(_offline(ref, rows)["n_unknown"]) == 1
 
 
 # ------------------------------------------------------------- limits, auth, 404

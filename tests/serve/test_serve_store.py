@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 
@@ -9,14 +10,16 @@ import numpy as np
 import pytest
 
 from copl_ray.config import ConfigError
+from copl_ray.graph.users import CREATED, UserEmbedding
 from copl_ray.serving.settings import resolve_settings
-from copl_ray.serving.store import AdaptedUser, Annotation, UserStore, valid_user_id
+from copl_ray.serving.store import Annotation, StoredUser, UserStore, valid_user_id
 
 
-def _user(user_id: str, value: float = 0.5, n: int = 1) -> AdaptedUser:
+def _user(user_id: str, value: float = 0.5, n: int = 1) -> StoredUser:
     anns = [Annotation("p", f"c{i}", f"r{i}", i, None) for i in range(n)]
     emb = np.linspace(-1, 1, 8, dtype=np.float32) * value
-    return AdaptedUser(user_id, emb, 3, False, n, anns, 1.0, 1.0)
+    rec = UserEmbedding(user_id, emb, kind=CREATED, n_neighbors=3, fallback_kind="", n_unknown=n)
+    return StoredUser(rec, anns, 1.0, 1.0)
 
 
 def test_roundtrip_is_exact_float32(tmp_path):
@@ -25,10 +28,34 @@ def test_roundtrip_is_exact_float32(tmp_path):
     store.put(u)
     back = UserStore(tmp_path).get("new-abc")  # a fresh store = another replica
     assert back is not None
-    assert back.embedding.dtype == np.float32
-    np.testing.assert_array_equal(back.embedding, u.embedding)  # JSON doubles hold float32
+    assert back.user.embedding.dtype == np.float32
+    np.testing.assert_array_equal(back.user.embedding, u.user.embedding)  # doubles hold f32
+    assert back.user.to_dict() == u.user.to_dict()  # every field of the one user record
     assert back.annotations[0].chosen_id == 0 and back.annotations[0].rejected_id is None
     assert not list(tmp_path.glob(".*.tmp")), "temporary files must not be left behind"
+
+
+def test_a_document_from_before_the_record_reads_with_labels_counted(tmp_path):
+    """Older servers stored no ``kind`` and counted unknown *texts*; such a user still
+    reads, as a created user whose ``n_unknown`` counts labels like offline adaptation."""
+    old = {
+        "user_id": "new-old",
+        "embedding": [0.25, -0.5],
+        "n_neighbors": 2,
+        "fallback": False,
+        "n_unknown": 3,  # texts: both of label 0, the rejected one of label 1
+        "annotations": [
+            {"prompt": "p", "chosen": "x", "rejected": "y", "chosen_id": None, "rejected_id": None},
+            {"prompt": "p", "chosen": "a", "rejected": "z", "chosen_id": 4, "rejected_id": None},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "chosen_id": 4, "rejected_id": 5},
+        ],
+        "created_at": 1.0,
+        "updated_at": 2.0,
+        "version": 3,
+    }
+    (tmp_path / "new-old.json").write_text(json.dumps(old))
+    got = UserStore(tmp_path).get("new-old")
+    assert (got.user.kind, got.user.seen, got.user.n_unknown, got.version) == (CREATED, False, 2, 3)
 
 
 def test_other_replica_sees_update_after_its_cache_was_filled(tmp_path):
