@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_ray import fsutil
-from copl_ray.artifacts import RunDir
+from copl_ray.artifacts import STAGES, RunDir
 from copl_ray.config import Config, save_config
 from copl_ray.console import log
 from copl_ray.env import RAY_WORKER_SETUP_HOOK, setup_env
@@ -50,7 +50,6 @@ from copl_ray.preflight import (
 from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
 from copl_ray.tracking import tensorboard_dir
 
-STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
 RAY_STAGES = frozenset({"gnn", "reward", "eval"})  # the data stage is plain pandas/pyarrow
 # "report" may appear in cfg.run.stages / --stages; the report is always rebuilt at the end.
 ALL_STAGE_NAMES: tuple[str, ...] = (*STAGES, "report")
