@@ -673,6 +673,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _coerce_union(value: Any, tp: Any, path: str) -> Any:
+    """The first member type of union ``tp`` that accepts ``value`` (None for ``X | None``)."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, path)
+        except ConfigError as e:
+            errors.append(str(e))
+    if len(errors) == 1:  # X | None: X's own message (e.g. "expected a finite number")
+        raise ConfigError(errors[0])
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check/convert ``value`` to annotation ``tp``; raise ConfigError naming ``path``."""
     origin = get_origin(tp)
@@ -681,20 +699,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {short_repr(value)}")
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        if len(errors) == 1:  # X | None: X's own message (e.g. "expected a finite number")
-            raise ConfigError(errors[0])
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
+        return _coerce_union(value, tp, path)
     if origin is Literal:
         if value not in get_args(tp):
             choices = list(get_args(tp))

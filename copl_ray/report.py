@@ -157,19 +157,9 @@ def _gnn_scorer(g: dict | None, where: str) -> dict[str, Any] | None:
     }
 
 
-def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) -> dict:
-    """Everything report.json holds, read from the run directory (see module docstring)."""
-    data = _load_json(run.data / "summary.json")
-    if data is not None:
-        data = dict(data)
-        data["n_dropped"] = int(sum((data.get("drops") or {}).values()))
-    gm = _load_json(run.gnn / "metrics.json") or {}
-    gnn_keys = ("heldout_accuracy", "val_accuracy", "test_accuracy_in_graph", "truth_accuracy")
-    gnn = {k: _acc(gm.get(k), f"gnn/metrics.json:{k}") for k in gnn_keys}
-    gnn.update({k: gm.get(k) for k in ("best_epoch", "epochs", "ari", "seconds")})
-
-    results = _load_json(run.eval / "results.json") or {}
-    where = "eval/results.json"
+def _models(cfg: Config, run: RunDir, results: dict, where: str) -> dict[str, Any]:
+    """``models``: the configured and the evaluated models, each with its S records and
+    the scalar training metrics of reward/<name>/metrics.json."""
     names = list(dict.fromkeys([*cfg.reward.models, *(results.get("models") or {})]))
     models = {}
     for name in names:
@@ -179,9 +169,14 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
             "unseen": normalize_split(r.get("unseen"), f"{where}:models.{name}.unseen"),
             "training": _scalars(_load_json(run.reward(name) / "metrics.json")),
         }
-    gnn_adapt = gm.get("adaptation") or {}
+    return models
+
+
+def _adaptation(results: dict, gnn_adapt: dict, where: str) -> dict[str, Any]:
+    """``adaptation``: per variant, the reward model's unseen S record (eval) and the GNN's
+    own accuracies (gnn/metrics.json)."""
     variants = list(dict.fromkeys([*(results.get("adaptation") or {}), *gnn_adapt]))
-    adaptation = {
+    return {
         v: {
             "unseen": normalize_split(
                 ((results.get("adaptation") or {}).get(v) or {}).get("unseen"),
@@ -196,6 +191,23 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
         }
         for v in variants
     }
+
+
+def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) -> dict:
+    """Everything report.json holds, read from the run directory (see module docstring)."""
+    data = _load_json(run.data / "summary.json")
+    if data is not None:
+        data = dict(data)
+        data["n_dropped"] = int(sum((data.get("drops") or {}).values()))
+    gm = _load_json(run.gnn / "metrics.json") or {}
+    gnn_keys = ("heldout_accuracy", "val_accuracy", "test_accuracy_in_graph", "truth_accuracy")
+    gnn = {k: _acc(gm.get(k), f"gnn/metrics.json:{k}") for k in gnn_keys}
+    gnn.update({k: gm.get(k) for k in ("best_epoch", "epochs", "ari", "seconds")})
+
+    results = _load_json(run.eval / "results.json") or {}
+    where = "eval/results.json"
+    models = _models(cfg, run, results, where)
+    adaptation = _adaptation(results, gm.get("adaptation") or {}, where)
     curve = results.get("labels_curve")
     if curve is not None:
         acc = curve.get("accuracy")
