@@ -87,9 +87,8 @@ class MoLEConfig:
                 f"expected one of {list(get_args(DType))}, got {self.adapter_dtype!r}",
             )
         if self.gate_input not in get_args(GateInput):
-            raise self._err(
-                "gate_input", f"expected 'raw' or 'standardized', got {self.gate_input!r}"
-            )
+            choices = " or ".join(repr(c) for c in get_args(GateInput))
+            raise self._err("gate_input", f"expected {choices}, got {self.gate_input!r}")
         check_fields(self, self.prefix, skip=_GATE_FIELDS if self.num_experts == 0 else frozenset())
         if self.num_experts == 0:
             return
