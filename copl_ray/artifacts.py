@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from copl_ray.config import Config
+from copl_ray.variants import COPL
 
 # Config sections each stage's output depends on (the stage reruns if any changed).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -32,6 +33,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "reward": ("data", "gnn", "reward", "train"),
     "eval": ("data", "gnn", "adapt", "reward", "train", "eval"),
 }
+# The stages that write an artifact, in run order (the report is written from them).
+STAGES: tuple[str, ...] = tuple(STAGE_SECTIONS)
 
 
 class RunDir:
@@ -53,7 +56,7 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
-    def reward(self, model_name: str = "copl") -> Path:
+    def reward(self, model_name: str = COPL) -> Path:
         return self.root / "reward" / model_name
 
     @property

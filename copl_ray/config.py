@@ -6,8 +6,13 @@ path) and modified with ``a.b.c=value`` overrides (torchtune style)::
 
     cfg = load_config("tiny", ["gnn.epochs=50", "reward.num_experts=4"])
 
-Unknown keys, wrong types and out-of-range values (copl_ray/config_bounds.py) raise
-:class:`ConfigError` naming the full key path, e.g. ``gnn.epochs: expected int, got 'many'``.
+Every field carries its help text and, where a type cannot say it, its range in
+``field(metadata={"help": ..., "bounds": ...})`` (peft's style, via :func:`setting`); the
+rules that tie fields together (``reward.top_k <= reward.num_experts``, even
+``adapt.hops``, ...) are in :func:`check_rules`. Unknown keys, wrong types, out-of-range
+values and broken rules raise :class:`ConfigError` naming the full key path, e.g.
+``gnn.epochs: expected int, got 'many'``, at load time: not as a tensor-shape traceback an
+hour into a cluster job.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
+
+from copl_ray.variants import COPL, DEFAULT_MODELS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -45,232 +52,469 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return f"{text[: max(limit - 3, 1)]}... ({len(text):,} chars)"
 
 
+# --------------------------------------------------------------------- fields
+# A range is ``(low, high, interval)`` with ``interval`` one of "[]", "[)", "(]", "()"
+# (``None`` = unbounded on that side); a None value (an optional field) is never checked.
+Bounds = tuple[float | None, float | None, str]
+POS_INT: Bounds = (1, None, "[]")  # >= 1
+NONNEG: Bounds = (0, None, "[]")  # >= 0
+POSITIVE: Bounds = (0, None, "()")  # > 0
+FRACTION: Bounds = (0, 1, "[)")  # share of steps / of rows
+OPEN_FRACTION: Bounds = (0, 1, "()")
+PROBABILITY: Bounds = (0, 1, "[]")
+# value sets shared with copl_ray/mole/config.py (the MoLE adapter's own config)
+DType = Literal["float32", "bfloat16", "float16"]
+GateInput = Literal["raw", "standardized"]
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    bounds: Bounds | None = None,
+    *,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with its help text and range next to it (peft's ``metadata``).
+
+    :func:`check_fields` walks the ranges; ``--help``-style tools read the help.
+    """
+    metadata = {"help": help, **({"bounds": bounds} if bounds is not None else {})}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 # --------------------------------------------------------------------------- tree
 @dataclass
 class SyntheticConfig:
     """Generative model of the embedded synthetic data (see copl_ray/data/synthetic.py)."""
 
-    n_prompts: int = 400
-    responses_per_prompt: int = 4
-    label_noise: float = 0.0  # probability a user's label is flipped (sets the accuracy ceiling)
-    max_rating: int = 5
-    latent_attributes: int = 4  # attributes expressed in text; groups = the first n_groups
-    response_words: int = 30  # fixed words per response (> n_groups * max_rating)
+    n_prompts: int = setting(400, "prompts of the synthetic data", POS_INT)
+    responses_per_prompt: int = setting(4, "responses generated per prompt", (2, None, "[]"))
+    label_noise: float = setting(
+        0.0,
+        "probability a user's label is flipped (sets the accuracy ceiling)",
+        PROBABILITY,
+    )
+    max_rating: int = setting(5, "top of a response's per-attribute rating scale", POS_INT)
+    latent_attributes: int = setting(
+        4,
+        "attributes expressed in text; groups = the first n_groups",
+        POS_INT,
+    )
+    response_words: int = setting(30, "fixed words per response (> n_groups * max_rating)", POS_INT)
 
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic", "ufp", "own", "ukp", "tldr", "prism", "personalllm"] = "synthetic"
-    # own file / ukp folder / local UF-P, TL;DR, PRISM, PersonalLLM files (None = HF hub by name)
-    path: str | None = None
-    n_groups: int = 2  # UF-P-2 / UF-P-4 (synthetic: 2 or 4 attribute groups)
-    n_users: int = 200  # seen users, evenly over groups
-    n_unseen_users: int = 20  # unseen users, evenly over groups
-    labels_per_user: int = 8  # n: ALL gives exactly n, AVG uniform in [1, 2n-1]
-    sampling: Literal["all", "avg"] = "all"
-    val_pair: bool = True  # hold one of a user's n labels out as GNN validation pair
-    test_pairs_seen: int = 10
-    test_pairs_unseen: int = 50
-    heldout_prompt_frac: float = 0.1
-    tie_policy: Literal["coin", "drop"] = "coin"
-    ufp2_require_disagreement: bool = False  # UF-P-2: keep only helpfulness != honesty pairs
-    max_tokens: int = 1024  # token-length filter (UF-P)
-    length_tokenizer: str | None = None  # tokenizer for the length filter (None = whitespace)
-    ukp_min_labels: int = 10  # UKP: workers with fewer non-tie judgments are dropped (counted)
-    test_pool: Literal["all", "pool"] = "all"  # test candidates: all held-out pairs / pool filter
-    ufp_ratings: str = "openbmb/UltraFeedback"  # HF name or local parquet/jsonl file
-    ufp_pairs: str = "argilla/ultrafeedback-binarized-preferences-cleaned"  # HF name or file
-    user_test_frac: float = 0.2  # own data / UKP: share of each user's labels held out as test
-    own_min_labels: int = 3  # own data: users with fewer labels are dropped (counted)
-    # own data / UKP: a pair is controversial when its minority side holds at least this
-    # share of its annotators (>= 2 of them); copl_ray/data/own.py derives the default
-    controversial_min_share: float = 0.25
-    # own data / UKP: rows with a prompt or response longer than this are dropped (counted
-    # text_too_long); ~5k tokens, far beyond any reward.max_length the presets train on
-    max_text_chars: int = 20000
-    # TL;DR / PRISM: workers / participants with fewer usable labels are dropped (counted)
-    min_user_labels: int = 10
-    # PersonalLLM: Dirichlet concentration of a simulated user's reward-model weights; small
-    # = one dominant reward model per user (LoRe's PersonalLLM population uses 0.1)
-    personalllm_alpha: float = 0.1
-    # PersonalLLM: the reward models users mix (null = all ten score columns of the dataset)
-    personalllm_reward_models: list[str] | None = None
-    seed: int = 0
+    source: Literal["synthetic", "ufp", "own", "ukp", "tldr", "prism", "personalllm"] = setting(
+        "synthetic",
+        "where the preference data comes from",
+    )
+    path: str | None = setting(
+        None,
+        "own file / ukp folder / local UF-P, TL;DR, PRISM, PersonalLLM files (None = HF hub by "
+        "name)",
+    )
+    n_groups: int = setting(2, "UF-P-2 / UF-P-4 (synthetic: 2 or 4 attribute groups)", NONNEG)
+    n_users: int = setting(200, "seen users, evenly over groups", POS_INT)
+    n_unseen_users: int = setting(20, "unseen users, evenly over groups", NONNEG)
+    labels_per_user: int = setting(8, "n: ALL gives exactly n, AVG uniform in [1, 2n-1]", POS_INT)
+    sampling: Literal["all", "avg"] = setting(
+        "all",
+        "labels per user: all = exactly labels_per_user, avg = uniform in [1, 2n-1]",
+    )
+    val_pair: bool = setting(True, "hold one of a user's n labels out as GNN validation pair")
+    test_pairs_seen: int = setting(10, "test pairs per seen user", NONNEG)
+    test_pairs_unseen: int = setting(50, "test pairs per unseen user", NONNEG)
+    heldout_prompt_frac: float = setting(
+        0.1,
+        "share of prompts held out of training (test pairs come from them)",
+        OPEN_FRACTION,
+    )
+    tie_policy: Literal["coin", "drop"] = setting(
+        "coin",
+        "tied ratings: coin = random label, drop = no pair",
+    )
+    ufp2_require_disagreement: bool = setting(
+        False,
+        "UF-P-2: keep only helpfulness != honesty pairs",
+    )
+    max_tokens: int = setting(1024, "token-length filter (UF-P)", POS_INT)
+    length_tokenizer: str | None = setting(
+        None,
+        "tokenizer for the length filter (None = whitespace)",
+    )
+    ukp_min_labels: int = setting(
+        10,
+        "UKP: workers with fewer non-tie judgments are dropped (counted)",
+        POS_INT,
+    )
+    test_pool: Literal["all", "pool"] = setting(
+        "all",
+        "test candidates: all held-out pairs / pool filter",
+    )
+    ufp_ratings: str = setting("openbmb/UltraFeedback", "HF name or local parquet/jsonl file")
+    ufp_pairs: str = setting(
+        "argilla/ultrafeedback-binarized-preferences-cleaned",
+        "HF name or file",
+    )
+    user_test_frac: float = setting(
+        0.2,
+        "own data / UKP: share of each user's labels held out as test",
+        OPEN_FRACTION,
+    )
+    own_min_labels: int = setting(
+        3,
+        "own data: users with fewer labels are dropped (counted)",
+        POS_INT,
+    )
+    controversial_min_share: float = setting(
+        0.25,
+        "own data / UKP: a pair is controversial when its minority side holds at least this "
+        "share of its annotators (>= 2 of them); copl_ray/data/own.py derives the default",
+        (0, 0.5, "(]"),
+    )
+    max_text_chars: int = setting(
+        20000,
+        "own data / UKP: rows with a prompt or response longer than this are dropped (counted "
+        "text_too_long); ~5k tokens, far beyond any reward.max_length the presets train on",
+        POS_INT,
+    )
+    min_user_labels: int = setting(
+        10,
+        "TL;DR / PRISM: workers / participants with fewer usable labels are dropped (counted)",
+        POS_INT,
+    )
+    personalllm_alpha: float = setting(
+        0.1,
+        "PersonalLLM: Dirichlet concentration of a simulated user's reward-model weights; small"
+        " = one dominant reward model per user (LoRe's PersonalLLM population uses 0.1)",
+        POSITIVE,
+    )
+    personalllm_reward_models: list[str] | None = setting(
+        None,
+        "PersonalLLM: the reward models users mix (null = all ten score columns of the dataset)",
+    )
+    seed: int = setting(0, "seed of the data split and of the synthetic generator")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class GNNConfig:
-    dim: int = 512
-    layers: int = 4
-    message: Literal["paper", "reference"] = "paper"
-    leaky_slope: float = 0.2
-    edge_dropout: float = 0.1
-    l2: float = 1e-6
-    # 0: λ·Σ over each step's pairs (official form: its strength grows with the batch);
-    # N > 0: λ·(N/B)·Σ_B, the per-pair strength of an N-pair batch in every schedule
-    l2_reference_batch: int = 0
-    epochs: int = 300
-    lr: float = 1e-4
-    # lr of the layers' d×d weights = lr × this (the embedding tables keep lr). Full-graph
-    # steps at scale generalise with slow tables and fast weights (e.g. lr 1e-4 × 100:
-    # README "GNN time-to-accuracy"); an Adam step moves a weight's output ∝ d, so the
-    # best scale falls with the width (d=64: 300 beat 100; d=512: 100 beat 30)
-    weight_lr_scale: float = 1.0
-    # initial embeddings: "random" (Xavier: the paper and the official code) or "spectral":
-    # the first spectral_k coordinates of both tables start at the top singular vectors of
-    # the degree-normalised signed user x response matrix, each with RMS spectral_scale
-    # (copl_ray/graph/spectral.py); the rest stay random and everything trains. Skips the
-    # ~50-step plateau a full-graph run spends before the groups separate (README "GNN
-    # time-to-accuracy")
-    init: Literal["random", "spectral"] = "random"
-    spectral_k: int = 8
-    spectral_scale: float = 0.05
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: Literal["minibatch", "full"] = "minibatch"  # full = all annotations per step
-    batch_size: int = 1024  # pairs per step when schedule=minibatch
-    normalize_embeddings: bool = True  # L2-normalise exported user embeddings
-    use_gpu: bool = False
-    eval_every: int = 1  # epochs
-    seed: int = 0
-    tsne: bool = True
-    ckpt_every: int = 10  # epochs between Ray Train checkpoints (and always the last)
-    cpus_per_worker: float = 1.0  # Ray Train worker CPU request (keep <= 1 on 2-CPU machines)
-    max_failures: int = 2  # worker failures Ray Train recovers from its last checkpoint
-    truth_pairs_per_user: int = 50  # known groups: held-out survey-pool pairs scored per user
-    loss_chunk: int = 65536  # pairs per loss chunk (bounds memory of full-graph steps)
+    dim: int = setting(512, "embedding width d of users and responses", POS_INT)
+    layers: int = setting(4, "message-passing layers L", POS_INT)
+    message: Literal["paper", "reference"] = setting(
+        "paper",
+        "message function: the paper's equations or the official code's",
+    )
+    leaky_slope: float = setting(0.2, "LeakyReLU negative slope of the messages", NONNEG)
+    edge_dropout: float = setting(0.1, "share of edges dropped per training step", FRACTION)
+    l2: float = setting(1e-6, "L2 strength λ on the embeddings a step touches", NONNEG)
+    l2_reference_batch: int = setting(
+        0,
+        "0: λ·Σ over each step's pairs (official form: its strength grows with the batch); N > "
+        "0: λ·(N/B)·Σ_B, the per-pair strength of an N-pair batch in every schedule",
+        NONNEG,
+    )
+    epochs: int = setting(300, "training epochs", POS_INT)
+    lr: float = setting(1e-4, "AdamW learning rate of the embedding tables", POSITIVE)
+    weight_lr_scale: float = setting(
+        1.0,
+        "lr of the layers' d×d weights = lr × this (the embedding tables keep lr). Full-graph "
+        "steps at scale generalise with slow tables and fast weights (e.g. lr 1e-4 × 100: "
+        'README "GNN time-to-accuracy"); an Adam step moves a weight\'s output ∝ d, so the best '
+        "scale falls with the width (d=64: 300 beat 100; d=512: 100 beat 30)",
+        POSITIVE,
+    )
+    init: Literal["random", "spectral"] = setting(
+        "random",
+        'initial embeddings: "random" (Xavier: the paper and the official code) or "spectral": '
+        "the first spectral_k coordinates of both tables start at the top singular vectors of "
+        "the degree-normalised signed user x response matrix, each with RMS spectral_scale "
+        "(copl_ray/graph/spectral.py); the rest stay random and everything trains. Skips the "
+        '~50-step plateau a full-graph run spends before the groups separate (README "GNN '
+        'time-to-accuracy")',
+    )
+    spectral_k: int = setting(
+        8,
+        "init=spectral: coordinates started at the top singular vectors",
+        POS_INT,
+    )
+    spectral_scale: float = setting(
+        0.05,
+        "init=spectral: RMS of each spectral coordinate",
+        POSITIVE,
+    )
+    weight_decay: float = setting(0.01, "AdamW weight decay", NONNEG)
+    warmup_ratio: float = setting(0.1, "share of steps with a linear lr warm-up", FRACTION)
+    schedule: Literal["minibatch", "full"] = setting("minibatch", "full = all annotations per step")
+    batch_size: int = setting(1024, "pairs per step when schedule=minibatch", POS_INT)
+    normalize_embeddings: bool = setting(True, "L2-normalise exported user embeddings")
+    use_gpu: bool = setting(False, "train the GNN on a GPU worker")
+    eval_every: int = setting(1, "epochs", POS_INT)
+    seed: int = setting(0, "seed of the GNN init, dropout and batches")
+    tsne: bool = setting(True, "draw the t-SNE figure of the user embeddings")
+    ckpt_every: int = setting(
+        10,
+        "epochs between Ray Train checkpoints (and always the last)",
+        POS_INT,
+    )
+    cpus_per_worker: float = setting(
+        1.0,
+        "Ray Train worker CPU request (keep <= 1 on 2-CPU machines)",
+        POSITIVE,
+    )
+    max_failures: int = setting(
+        2,
+        "worker failures Ray Train recovers from its last checkpoint",
+        NONNEG,
+    )
+    truth_pairs_per_user: int = setting(
+        50,
+        "known groups: held-out survey-pool pairs scored per user",
+        NONNEG,
+    )
+    loss_chunk: int = setting(
+        65536,
+        "pairs per loss chunk (bounds memory of full-graph steps)",
+        POS_INT,
+    )
 
 
 @dataclass
 class AdaptConfig:
-    hops: int = 2
-    include_negative: bool = False  # also users who rejected what the new user rejected
-    gamma: Literal["sum", "mean"] = "sum"
-    kappa: float = 0.07
-    user_opt_steps: int = 50
-    user_opt_lr: float = 1e-2
-    variants: list[str] = field(default_factory=lambda: ["weighted", "naive", "user_opt"])
-    renormalize: bool = True  # re-L2-normalise adapted embeddings when exports are normalised
+    hops: int = setting(
+        2,
+        "graph hops from an unseen user to the seen users it borrows from (even)",
+        POS_INT,
+    )
+    include_negative: bool = setting(False, "also users who rejected what the new user rejected")
+    gamma: Literal["sum", "mean"] = setting(
+        "sum",
+        "how the neighbours' weights combine: sum or mean over shared responses",
+    )
+    kappa: float = setting(0.07, "softmax temperature κ of the neighbour weights", POSITIVE)
+    user_opt_steps: int = setting(
+        50,
+        "user_opt: gradient steps on the new user's embedding",
+        NONNEG,
+    )
+    user_opt_lr: float = setting(1e-2, "user_opt: learning rate of those steps", POSITIVE)
+    variants: list[str] = setting(
+        help="adaptation variants computed for unseen users",
+        factory=lambda: ["weighted", "naive", "user_opt"],
+    )
+    renormalize: bool = setting(
+        True,
+        "re-L2-normalise adapted embeddings when exports are normalised",
+    )
 
 
 @dataclass
 class RewardConfig:
-    # "tiny-gemma" (built from config), "minilm" (installed package), or an HF name/path
-    backbone: str = "tiny-gemma"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # GemmaConfig overrides
-    tokenizer_vocab: int = 1000  # locally trained tokenizer for tiny-gemma
-    max_length: int = 128
-    # text vector the score head reads: auto = the backbone's own (copl_ray/reward/pooling.py)
-    pooling: Literal["auto", "last", "first", "mean"] = "auto"
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    num_experts: int = 8
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    gate_hidden: int = 256
-    top_k: int = 1
-    temperature: float = 1.0
-    gate_noise: float = 0.1
-    gate_per_module: bool = False  # official code: one gate per wrapped module
-    gate_squared: bool = False  # official bug B3 (expert scaled by p^2), kept as a switch
-    load_balance_coef: float = 0.0
-    # fraction of training steps routed densely (all experts, softmax weights, no noise)
-    # before top-k: lets the gate learn from an init whose routes cut across user groups.
-    # 0 = the paper (top-k from the first step).
-    gate_dense_warmup: float = 0.0
-    # what the copl gate reads: the GNN embedding as exported ("raw", the paper), or
-    # "standardized": centred on the mean seen user and scaled to unit RMS, frozen at
-    # training start (copl_ray/mole/layer.py MoLEGate.standardize_inputs)
-    gate_input: Literal["raw", "standardized"] = "raw"
-    baseline_rank: int = 64
-    models: list[str] = field(default_factory=lambda: ["copl", "uniform", "oracle"])
-    train_on_val_pairs: bool = False  # official code trains on the GNN validation pair (B7)
-    # MoLE/LoRA only in the top k transformer layers, the frozen layers below computed once
-    # per text and cached (copl_ray/reward/frozen_cache.py); null = all layers, no cache
-    adapted_layers: int | None = None
-    cache_max_mb: float = 512.0  # per process; when full, texts not cached are recomputed
-    backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # frozen backbone
-    adapter_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # MoLE/LoRA, gate, head
-    seed: int = 0  # seeded init of tiny-gemma weights, adapters, gates and head
+    backbone: str = setting(
+        "tiny-gemma",
+        '"tiny-gemma" (built from config), "minilm" (installed package), or an HF name/path',
+    )
+    backbone_kwargs: dict[str, Any] = setting(help="GemmaConfig overrides", factory=dict)
+    tokenizer_vocab: int = setting(
+        1000,
+        "locally trained tokenizer for tiny-gemma",
+        (32, None, "[]"),
+    )
+    max_length: int = setting(
+        128,
+        "tokens per prompt + response (longer texts are cut)",
+        (2, None, "[]"),
+    )
+    pooling: Literal["auto", "last", "first", "mean"] = setting(
+        "auto",
+        "text vector the score head reads: auto = the backbone's own (copl_ray/reward/pooling.py)",
+    )
+    target_modules: list[str] = setting(
+        help="linear layers that get MoLE/LoRA adapters (name suffixes)",
+        factory=lambda: ["q_proj", "v_proj"],
+    )
+    num_experts: int = setting(8, "MoLE experts M per wrapped layer", POS_INT)
+    rank: int = setting(8, "LoRA rank r of the shared adapter and of every expert", POS_INT)
+    alpha: float = setting(16.0, "LoRA scaling α (the update is scaled by α/r)", POSITIVE)
+    dropout: float = setting(0.1, "dropout on the adapter input", FRACTION)
+    gate_hidden: int = setting(256, "hidden width of the 2-layer gate MLP", POS_INT)
+    top_k: int = setting(1, "experts a user is routed to", POS_INT)
+    temperature: float = setting(1.0, "softmax temperature τ of the gate", POSITIVE)
+    gate_noise: float = setting(
+        0.1,
+        "std of the gate's logit noise while training (0 = off)",
+        NONNEG,
+    )
+    gate_per_module: bool = setting(False, "official code: one gate per wrapped module")
+    gate_squared: bool = setting(False, "official bug B3 (expert scaled by p^2), kept as a switch")
+    load_balance_coef: float = setting(
+        0.0,
+        "weight of the Switch load-balancing loss (0 = off)",
+        NONNEG,
+    )
+    gate_dense_warmup: float = setting(
+        0.0,
+        "fraction of training steps routed densely (all experts, softmax weights, no noise) "
+        "before top-k: lets the gate learn from an init whose routes cut across user groups. 0 "
+        "= the paper (top-k from the first step).",
+        FRACTION,
+    )
+    gate_input: GateInput = setting(
+        "raw",
+        'what the copl gate reads: the GNN embedding as exported ("raw", the paper), or '
+        '"standardized": centred on the mean seen user and scaled to unit RMS, frozen at '
+        "training start (copl_ray/mole/layer.py MoLEGate.standardize_inputs)",
+    )
+    baseline_rank: int = setting(64, "LoRA rank of the user-free and no_mole models", POS_INT)
+    models: list[str] = setting(
+        help="reward models (variants) the run trains",
+        factory=lambda: list(DEFAULT_MODELS),
+    )
+    train_on_val_pairs: bool = setting(
+        False,
+        "official code trains on the GNN validation pair (B7)",
+    )
+    adapted_layers: int | None = setting(
+        None,
+        "MoLE/LoRA only in the top k transformer layers, the frozen layers below computed once "
+        "per text and cached (copl_ray/reward/frozen_cache.py); null = all layers, no cache",
+        POS_INT,
+    )
+    cache_max_mb: float = setting(
+        512.0,
+        "per process; when full, texts not cached are recomputed",
+        NONNEG,
+    )
+    backbone_dtype: DType = setting(
+        "float32",
+        "frozen backbone",
+    )
+    adapter_dtype: DType = setting(
+        "float32",
+        "MoLE/LoRA, gate, head",
+    )
+    seed: int = setting(0, "seeded init of tiny-gemma weights, adapters, gates and head")
 
 
 @dataclass
 class TrainConfig:
-    num_workers: int = 2
-    use_gpu: bool = False
-    # 1.0 deadlocks Ray Data + Train on 2 CPUs (docs/stack-notes.md S6)
-    cpus_per_worker: float = 0.5
-    zero_stage: int = 2
-    offload: bool = False
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    lr: float = 5e-5
-    weight_decay: float = 0.001
-    warmup_ratio: float = 0.03
-    batch_size: int = 32  # pairs per worker per step
-    epochs: int = 1
-    max_steps: int = -1  # -1 = epochs decide
-    # training budget of a run in minutes (GNN + every reward model), None = no budget:
-    # when the run plan's measured ETA exceeds it, each reward model's steps are capped
-    # (copl_ray/plan.py; the cap is recorded in run_dir/plan.json)
-    time_budget_min: float | None = None
-    eval_every: int = 100  # steps
-    ckpt_every: int = 500  # steps
-    seed: int = 0
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_grad_norm: float = 1.0  # gradient clipping
-    log_every: int = 10  # steps between progress lines / ray.train.report on rank 0
-    keep_checkpoints: int = 2  # Ray Train checkpoints kept per model
-    max_failures: int = 2  # worker failures Ray Train recovers from its last checkpoint
-    val_fraction: float = 0.05  # survey slice held out for validation when no "val" split
-    cache_shards: bool = False  # keep each worker's streamed shard for later epochs (small data)
+    num_workers: int = setting(2, "Ray Train workers (data-parallel ranks)", POS_INT)
+    use_gpu: bool = setting(False, "one GPU per worker")
+    cpus_per_worker: float = setting(
+        0.5,
+        "1.0 deadlocks Ray Data + Train on 2 CPUs (docs/stack-notes.md S6)",
+        POSITIVE,
+    )
+    zero_stage: int = setting(2, "DeepSpeed ZeRO stage", (0, 3, "[]"))
+    offload: bool = setting(False, "ZeRO offload of optimizer states to CPU")
+    bf16: bool = setting(False, "bfloat16 mixed precision")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass")
+    lr: float = setting(5e-5, "AdamW learning rate", POSITIVE)
+    weight_decay: float = setting(0.001, "AdamW weight decay", NONNEG)
+    warmup_ratio: float = setting(0.03, "share of steps with a linear lr warm-up", FRACTION)
+    batch_size: int = setting(32, "pairs per worker per step", POS_INT)
+    epochs: int = setting(1, "passes over the training pairs", POS_INT)
+    max_steps: int = setting(-1, "-1 = epochs decide")
+    time_budget_min: float | None = setting(
+        None,
+        "training budget of a run in minutes (GNN + every reward model), None = no budget: when"
+        " the run plan's measured ETA exceeds it, each reward model's steps are capped "
+        "(copl_ray/plan.py; the cap is recorded in run_dir/plan.json)",
+        POSITIVE,
+    )
+    eval_every: int = setting(100, "steps", POS_INT)
+    ckpt_every: int = setting(500, "steps", POS_INT)
+    seed: int = setting(0, "seed of the data order and dropout")
+    grad_accum: int = setting(1, "micro-batches per optimizer step", POS_INT)
+    max_grad_norm: float = setting(1.0, "gradient clipping", NONNEG)
+    log_every: int = setting(
+        10,
+        "steps between progress lines / ray.train.report on rank 0",
+        POS_INT,
+    )
+    keep_checkpoints: int = setting(2, "Ray Train checkpoints kept per model", POS_INT)
+    max_failures: int = setting(
+        2,
+        "worker failures Ray Train recovers from its last checkpoint",
+        NONNEG,
+    )
+    val_fraction: float = setting(
+        0.05,
+        'survey slice held out for validation when no "val" split',
+        FRACTION,
+    )
+    cache_shards: bool = setting(
+        False,
+        "keep each worker's streamed shard for later epochs (small data)",
+    )
 
 
 @dataclass
 class EvalConfig:
-    label_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # Fig. 2
-    batch_size: int = 64
+    label_counts: list[int] = setting(help="Fig. 2", factory=lambda: [1, 2, 4, 8])
+    batch_size: int = setting(64, "pairs per scoring batch", POS_INT)
 
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: int = 8
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-    max_responses: int = 16
-    max_chars: int = 8000
-    max_annotations: int = 64
-    auth_token_env: str = "COPL_SERVE_TOKEN"
-    batch_max_size: int = 32
-    batch_wait_timeout_s: float = 0.001
-    model: str = "copl"  # reward model of the run served (run_dir/reward/<model>)
-    adapt_variant: Literal["weighted", "naive"] = "weighted"  # optimisation-free only
-    users_dir: str | None = None  # adapted-user store (None = run_dir/serve/users)
+    host: str = setting("127.0.0.1", "address the HTTP proxy binds")
+    port: int = setting(8000, "port of the HTTP proxy", (1, 65535, "[]"))
+    min_replicas: int = setting(1, "fewest scorer replicas (autoscaling)", NONNEG)
+    max_replicas: int = setting(2, "most scorer replicas (autoscaling)", POS_INT)
+    target_ongoing_requests: int = setting(
+        8,
+        "requests per replica the autoscaler aims at",
+        POS_INT,
+    )
+    num_cpus: float = setting(0.5, "CPUs per replica", NONNEG)
+    num_gpus: float = setting(0.0, "GPUs per replica", NONNEG)
+    max_responses: int = setting(16, "responses one request may score", POS_INT)
+    max_chars: int = setting(8000, "characters per prompt or response", POS_INT)
+    max_annotations: int = setting(64, "labels one onboarding request may carry", POS_INT)
+    auth_token_env: str = setting(
+        "COPL_SERVE_TOKEN",
+        "environment variable holding the bearer token (unset = no auth)",
+    )
+    batch_max_size: int = setting(32, "requests batched into one forward pass", POS_INT)
+    batch_wait_timeout_s: float = setting(0.001, "longest wait for a batch to fill", NONNEG)
+    model: str = setting(COPL, "reward model of the run served (run_dir/reward/<model>)")
+    adapt_variant: Literal["weighted", "naive"] = setting("weighted", "optimisation-free only")
+    users_dir: str | None = setting(None, "adapted-user store (None = run_dir/serve/users)")
 
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/tiny"
-    stages: list[str] = field(default_factory=lambda: ["data", "gnn", "reward", "eval", "report"])
-    ray_address: str | None = None  # None = start a local Ray
-    num_cpus: int | None = None  # logical CPUs for a local Ray (None = machine)
-    seed: int = 0
-    # Metrics to watch while training (copl_ray/tracking.py). TensorBoard event files of
-    # every stage under <dir>/tensorboard/ (`tensorboard --logdir <dir>`).
-    tensorboard: bool = True
-    # MLflow: a tracking URI turns it on (http://host:5000, file:/abs/mlruns; a plain path
-    # is a local file store, which MLflow >= 3 reads only with MLFLOW_ALLOW_FILE_STORE=true,
-    # e.g. for `mlflow ui`). Needs the tracking extra: pip install "copl-ray[tracking]".
-    mlflow_tracking_uri: str | None = None
-    # Weights & Biases: a project name turns it on. The key comes from WANDB_API_KEY (or
-    # `wandb login`) and is never logged; WANDB_MODE=offline keeps runs in <dir>/wandb.
-    wandb_project: str | None = None
-    tracking_name: str | None = None  # MLflow experiment / W&B group (None = run dir's name)
+    dir: str = setting("runs/tiny", "run directory (local path or URI): every stage's artifacts")
+    stages: list[str] = setting(
+        help="stages this invocation runs (done ones with the same config are reused)",
+        factory=lambda: ["data", "gnn", "reward", "eval", "report"],
+    )
+    ray_address: str | None = setting(None, "None = start a local Ray")
+    num_cpus: int | None = setting(None, "logical CPUs for a local Ray (None = machine)", POS_INT)
+    seed: int = setting(0, "seed of everything else in the run")
+    tensorboard: bool = setting(
+        True,
+        "Metrics to watch while training (copl_ray/tracking.py). TensorBoard event files of "
+        "every stage under <dir>/tensorboard/ (`tensorboard --logdir <dir>`).",
+    )
+    mlflow_tracking_uri: str | None = setting(
+        None,
+        "MLflow: a tracking URI turns it on (http://host:5000, file:/abs/mlruns; a plain path "
+        "is a local file store, which MLflow >= 3 reads only with MLFLOW_ALLOW_FILE_STORE=true,"
+        ' e.g. for `mlflow ui`). Needs the tracking extra: pip install "copl-ray[tracking]".',
+    )
+    wandb_project: str | None = setting(
+        None,
+        "Weights & Biases: a project name turns it on. The key comes from WANDB_API_KEY (or "
+        "`wandb login`) and is never logged; WANDB_MODE=offline keeps runs in <dir>/wandb.",
+    )
+    tracking_name: str | None = setting(
+        None,
+        "MLflow experiment / W&B group (None = run dir's name)",
+    )
 
 
 @dataclass
@@ -303,9 +547,148 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# ------------------------------------------------------------------ validation
+def _interval_text(bounds: Bounds) -> str:
+    low, high, interval = bounds
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    return f"{interval[0]}{lo}, {hi}{interval[1]}"
+
+
+def _inside(value: float, bounds: Bounds) -> bool:
+    low, high, interval = bounds
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    if low is not None and (value < low or (interval[0] == "(" and value == low)):
+        return False
+    return not (high is not None and (value > high or (interval[1] == ")" and value == high)))
+
+
+def check_range(path: str, value: Any, bounds: Bounds | None) -> None:
+    """Raise ConfigError when ``value`` lies outside ``bounds`` (None value or bounds: ok)."""
+    if value is None or bounds is None or _inside(value, bounds):
+        return
+    raise ConfigError(f"{path}: expected a value in {_interval_text(bounds)}, got {value}")
+
+
+def field_bounds(cls: type, path: str) -> Bounds | None:
+    """The range declared on the field at dotted ``path`` below dataclass ``cls``."""
+    head, _, rest = path.partition(".")
+    f = {f.name: f for f in dataclasses.fields(cls)}[head]
+    if rest:
+        return field_bounds(typing.get_type_hints(cls)[head], rest)
+    return f.metadata.get("bounds")
+
+
+def check_value(path: str, value: Any) -> None:
+    """The loader's range check of one field, for a config section built in code rather
+    than loaded (``build_ds_config(TrainConfig(...))``)."""
+    check_range(path, value, field_bounds(Config, path))
+
+
+def check_fields(obj: Any, prefix: str = "", skip: frozenset[str] = frozenset()) -> None:
+    """Raise ConfigError naming the first field (depth first, in declaration order) of the
+    dataclass tree ``obj`` outside its declared range; ``skip``: field names not checked."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{prefix}{f.name}.")
+        elif f.name not in skip:
+            check_range(f"{prefix}{f.name}", value, f.metadata.get("bounds"))
+
+
+def _bounds_table(cls: type, prefix: str = "") -> dict[str, Bounds]:
+    out: dict[str, Bounds] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out |= _bounds_table(hints[f.name], f"{prefix}{f.name}.")
+        elif "bounds" in f.metadata:
+            out[f"{prefix}{f.name}"] = f.metadata["bounds"]
+    return out
+
+
+# Every declared range by dotted path (``{"gnn.dim": (1, None, "[]"), ...}``).
+BOUNDS: dict[str, Bounds] = _bounds_table(Config)
+
+
+def check_top_k(top_k: int, num_experts: int, prefix: str = "reward.") -> None:
+    """A route picks at most every expert (the config's and the MoLE adapter's rule)."""
+    if top_k > num_experts:
+        raise ConfigError(
+            f"{prefix}top_k: {top_k} experts per route, but {prefix}num_experts is {num_experts}"
+        )
+
+
+def check_names(path: str, values: list) -> None:
+    """A list of names/counts the run iterates over: not empty, no entry twice."""
+    if not values:
+        raise ConfigError(f"{path}: must not be empty")
+    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: duplicate entries {dupes}")
+
+
+def check_rules(cfg: Config) -> None:
+    """Rules a range cannot say: fields bounded by other fields, non-empty lists, even
+    hops, sentinels.
+
+    Each one used to pass the load and fail (or be silently reinterpreted) after an
+    expensive stage: ``adapt.hops=3`` after the GNN trained, ``eval.label_counts=[-1]``
+    read as "all but one label", ``train.max_steps=0`` as "no limit".
+    """
+    check_top_k(cfg.reward.top_k, cfg.reward.num_experts)
+    if cfg.gnn.init == "spectral" and cfg.gnn.spectral_k > cfg.gnn.dim:
+        raise ConfigError(
+            f"gnn.spectral_k: {cfg.gnn.spectral_k} spectral coordinates, but gnn.dim is "
+            f"{cfg.gnn.dim}"
+        )
+    if cfg.serve.min_replicas > cfg.serve.max_replicas:
+        raise ConfigError(
+            f"serve.min_replicas: {cfg.serve.min_replicas} > serve.max_replicas "
+            f"{cfg.serve.max_replicas}"
+        )
+    if cfg.adapt.hops % 2:
+        raise ConfigError(
+            f"adapt.hops: must be even (user -> response -> user), got {cfg.adapt.hops}"
+        )
+    if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:
+        raise ConfigError(
+            f"train.max_steps: expected -1 (the epochs decide) or >= 1, got "
+            f"{cfg.train.max_steps}; use train.epochs to train the full schedule"
+        )
+    check_names("adapt.variants", cfg.adapt.variants)
+    check_names("reward.models", cfg.reward.models)
+    check_names("reward.target_modules", cfg.reward.target_modules)
+    check_names("eval.label_counts", cfg.eval.label_counts)
+    for i, n in enumerate(cfg.eval.label_counts):
+        if n < 1:
+            raise ConfigError(f"eval.label_counts[{i}]: expected >= 1 adaptation labels, got {n}")
+    if not cfg.run.dir.strip():
+        raise ConfigError("run.dir: must not be empty")
+
+
 # ------------------------------------------------------------------ conversion
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce_union(value: Any, tp: Any, path: str) -> Any:
+    """The first member type of union ``tp`` that accepts ``value`` (None for ``X | None``)."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, path)
+        except ConfigError as e:
+            errors.append(str(e))
+    if len(errors) == 1:  # X | None: X's own message (e.g. "expected a finite number")
+        raise ConfigError(errors[0])
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -316,20 +699,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {short_repr(value)}")
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        if len(errors) == 1:  # X | None: X's own message (e.g. "expected a finite number")
-            raise ConfigError(errors[0])
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
+        return _coerce_union(value, tp, path)
     if origin is Literal:
         if value not in get_args(tp):
             choices = list(get_args(tp))
@@ -541,10 +911,9 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def _checked(cfg: Config) -> Config:
-    """Value ranges and cross-field constraints (copl_ray/config_bounds.py)."""
-    from copl_ray.config_bounds import check_bounds
-
-    check_bounds(cfg)
+    """Value ranges (the fields' ``bounds``) and the rules between fields."""
+    check_fields(cfg)
+    check_rules(cfg)
     return cfg
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_ray import fsutil
-from copl_ray.artifacts import RunDir
+from copl_ray.artifacts import STAGES, RunDir
 from copl_ray.config import Config, save_config
 from copl_ray.console import log
 from copl_ray.env import RAY_WORKER_SETUP_HOOK, setup_env
@@ -50,7 +50,6 @@ from copl_ray.preflight import (
 from copl_ray.raylog import QUIET_RAY_ENV, quiet_ray_data
 from copl_ray.tracking import tensorboard_dir
 
-STAGES: tuple[str, ...] = ("data", "gnn", "reward", "eval")
 RAY_STAGES = frozenset({"gnn", "reward", "eval"})  # the data stage is plain pandas/pyarrow
 # "report" may appear in cfg.run.stages / --stages; the report is always rebuilt at the end.
 ALL_STAGE_NAMES: tuple[str, ...] = (*STAGES, "report")
@@ -329,7 +328,6 @@ def _run_locked(
     stage_funcs: dict[str, Callable[[Config, RunDir], dict]] | None,
 ) -> Path:
     """:func:`run_pipeline`'s body, run while holding the run directory's lock."""
-    last = max((STAGES.index(s) for s in requested), default=-1)
     target = cfg.run.dir
     uri = target if fsutil.is_uri(target) else None
     local = fsutil.staging_dir(uri) if uri else Path(target)
@@ -339,7 +337,34 @@ def _run_locked(
     run.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.root / "config.yaml")
 
-    plan: list[tuple[str, str]] = []  # (stage, "run" | "reuse")
+    plan = _stage_plan(cfg, run, requested, force)
+    log(
+        f"run dir {uri or run.root.resolve()} | config {cfg.name} | plan: "
+        + (", ".join(f"{s} ({a})" for s, a in plan) or "report only")
+    )
+    check_ray_request(cfg, [s for s, a in plan if a == "run"])
+    timings = _execute_plan(cfg, run, plan, requested, force, stage_funcs, uri)
+
+    from copl_ray.report import build_report
+
+    t0 = time.perf_counter()
+    report_path = build_report(cfg, run, executed=timings)
+    log(f"report written in {_fmt_s(time.perf_counter() - t0)}: {run.report_md}")
+    if uri:
+        fsutil.push(run.root, uri)
+    return report_path
+
+
+def _stage_plan(
+    cfg: Config, run: RunDir, requested: list[str], force: bool
+) -> list[tuple[str, str]]:
+    """``(stage, "run" | "reuse")`` for every stage up to the last requested one.
+
+    A stage is reused when its artifact matches the config, no stage before it runs and
+    it was not forced (``force`` reruns the requested stages only).
+    """
+    last = max((STAGES.index(s) for s in requested), default=-1)
+    plan: list[tuple[str, str]] = []
     upstream_runs = False
     for stage in STAGES[: last + 1]:
         valid = run.is_done(stage, cfg) and not upstream_runs
@@ -348,20 +373,29 @@ def _run_locked(
         else:
             plan.append((stage, "run"))
             upstream_runs = True
-    later = STAGES[last + 1 :]
-    log(
-        f"run dir {uri or run.root.resolve()} | config {cfg.name} | plan: "
-        + (", ".join(f"{s} ({a})" for s, a in plan) or "report only")
-    )
+    return plan
 
-    check_ray_request(cfg, [s for s, a in plan if a == "run"])
+
+def _execute_plan(
+    cfg: Config,
+    run: RunDir,
+    plan: list[tuple[str, str]],
+    requested: list[str],
+    force: bool,
+    stage_funcs: dict[str, Callable[[Config, RunDir], dict]] | None,
+    uri: str | None,
+) -> dict[str, float]:
+    """Run the plan's "run" stages in order (Ray started before the first Ray stage and
+    shut down after); return their wall seconds. When any stage ran, the markers of the
+    stages after the plan are removed: their artifacts are stale."""
+    planned = STAGES[: len(plan)]
     started_ray = False
     timings: dict[str, float] = {}
     t_total = time.perf_counter()
     try:
         for i, (stage, action) in enumerate(plan, 1):
             if stage == "gnn":  # the data stage ran or was reused; nothing has trained yet
-                check_with_data(cfg, run, STAGES[: last + 1])
+                check_with_data(cfg, run, planned)
                 announce_run_plan(cfg, run, plan)
             head = f"stage {i}/{len(plan)} [{stage}]"
             if action == "reuse":
@@ -382,23 +416,15 @@ def _run_locked(
             log(f"{head} done in {_fmt_s(seconds)} (total {_fmt_s(time.perf_counter() - t_total)})")
             if uri:
                 fsutil.push(run.root, uri)
-        if upstream_runs:  # artifacts after the last requested stage are now stale
-            for stage in later:
+        if any(a == "run" for _, a in plan):  # artifacts after the last planned stage: stale
+            for stage in STAGES[len(plan) :]:
                 (run.root / stage / "_SUCCESS").unlink(missing_ok=True)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-
-    from copl_ray.report import build_report
-
-    t0 = time.perf_counter()
-    report_path = build_report(cfg, run, executed=timings)
-    log(f"report written in {_fmt_s(time.perf_counter() - t0)}: {run.report_md}")
-    if uri:
-        fsutil.push(run.root, uri)
-    return report_path
+    return timings
 
 
 # -------------------------------------------------------------------- interrupts

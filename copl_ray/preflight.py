@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_ray.config import Config, ConfigError, short_repr, was_set
+from copl_ray.variants import REGISTRY
 
 TINY_GEMMA = "tiny-gemma"  # copl_ray.reward.backbone.TINY_GEMMA (kept import-light here)
 
@@ -75,13 +76,12 @@ def check_run_dir(cfg: Config) -> None:
 # ---------------------------------------------------------------------------- names
 def check_names(cfg: Config) -> None:
     """``adapt.variants`` and ``reward.models`` name things that exist (where they are
-    defined: copl_ray.graph.adapt.VARIANTS, copl_ray.reward.stage.MODELS)."""
+    defined: copl_ray.graph.adapt.VARIANTS, copl_ray.variants.REGISTRY)."""
     from copl_ray.graph.adapt import VARIANTS
-    from copl_ray.reward.stage import MODELS
 
     for path, values, known in (
         ("adapt.variants", cfg.adapt.variants, VARIANTS),
-        ("reward.models", cfg.reward.models, MODELS),
+        ("reward.models", cfg.reward.models, tuple(REGISTRY)),
     ):
         for i, v in enumerate(values):
             if v not in known:
@@ -223,23 +223,31 @@ def data_has_groups(cfg: Config) -> tuple[bool, str]:
     return _file_has_groups(path), str(path)
 
 
+def _per_group(models: list[str]) -> list[str]:
+    """The models that train one model per known user group (``Variant.per_group``)."""
+    return [m for m in models if m in REGISTRY and REGISTRY[m].per_group]
+
+
 def models_follow_data(cfg: Config) -> None:
-    """``oracle`` needs known groups: dropped with a note when the preset supplied it, an
-    error when the user named it (``--set reward.models=...`` or their own YAML)."""
-    if "oracle" not in cfg.reward.models:
+    """A per-group model (``oracle``) needs known groups: dropped with a note when the
+    preset supplied it, an error when the user named it (``--set reward.models=...`` or
+    their own YAML)."""
+    grouped = _per_group(cfg.reward.models)
+    if not grouped:
         return
     has, what = data_has_groups(cfg)
     if has:
         return
+    names = ", ".join(repr(m) for m in grouped)
     if was_set(cfg, "reward.models"):
         raise ConfigError(
-            f"reward.models: 'oracle' needs known user groups; {what} has no group column"
+            f"reward.models: {names} needs known user groups; {what} has no group column"
         )
-    cfg.reward.models = [m for m in cfg.reward.models if m != "oracle"]
+    cfg.reward.models = [m for m in cfg.reward.models if m not in grouped]
     if not cfg.reward.models:
-        raise ConfigError("reward.models: only 'oracle' was asked for, and the data has no groups")
+        raise ConfigError(f"reward.models: only {names} was asked for, and the data has no groups")
     _note(
-        f"note: {what} has no user groups: reward.models without 'oracle' "
+        f"note: {what} has no user groups: reward.models without {names} "
         f"({', '.join(cfg.reward.models)})"
     )
 
@@ -383,11 +391,13 @@ def check_with_data(cfg: Config, run: Any, stages: Sequence[str]) -> None:
     users_file, ann_file = run.data / "users.parquet", run.data / "annotations.parquet"
     if not (users_file.exists() and ann_file.exists()):
         return
-    if "reward" in stages and "oracle" in cfg.reward.models:
+    grouped = _per_group(cfg.reward.models)
+    if "reward" in stages and grouped:
         groups = pq.read_table(users_file, columns=["group"]).column("group").to_pylist()
         if not any(g for g in groups):
             raise ConfigError(
-                "reward.models: 'oracle' needs known user groups; the data stage found none "
+                f"reward.models: {', '.join(repr(m) for m in grouped)} needs known user groups; "
+                "the data stage found none "
                 f"({run.data / 'users.parquet'})"
             )
     if "eval" not in stages:

@@ -61,45 +61,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from copl_ray.artifacts import RunDir
+from copl_ray.artifacts import STAGES, RunDir
 from copl_ray.config import Config
+from copl_ray.paper import paper_numbers
 
 SCHEMA_VERSION = 1
-STAGES = ("data", "gnn", "reward", "eval")
 SPLIT_KEYS = ("overall", "common", "controversial", "by_group", "n_pairs", "n_users")
-MODEL_ORDER = ("oracle", "uniform", "copl", "no_gnn", "no_mole")
-MODEL_NAMES = {
-    "oracle": "Oracle (per-group BTL)",
-    "uniform": "Uniform (one BTL)",
-    "copl": "CoPL",
-    "no_gnn": "CoPL w/o GNN (learned user emb.)",
-    "no_mole": "CoPL w/o MoLE (user token, one LoRA)",
-    "i2e": "I2E (paper)",
-    "vpl": "VPL (paper)",
-    "pal": "PAL (paper)",
-}
 PACKAGES = ("copl-ray", "ray", "torch", "torch-geometric", "transformers", "peft",
             "deepspeed", "datasets", "pyarrow", "numpy", "scikit-learn")  # fmt: skip
-
-# The paper's results (docs/method.md §6): accuracy %, gemma-2b-it, mean of 3 seeds;
-# columns UF-P-{2,4}-{ALL,AVG}.
-_COLS = ("UF-P-2-ALL", "UF-P-2-AVG", "UF-P-4-ALL", "UF-P-4-AVG")
-PAPER_SEEN = {
-    "oracle": (64.53, 64.53, 61.52, 61.52),
-    "uniform": (61.82, 61.82, 56.15, 56.15),
-    "i2e": (61.48, 61.49, 57.21, 57.44),
-    "vpl": (61.11, 61.86, 56.04, 56.77),
-    "pal": (59.95, 61.53, 56.95, 57.37),
-    "copl": (63.81, 63.45, 62.57, 62.08),
-    "no_gnn": (62.09, None, 56.75, None),  # Table 3 (ALL columns only)
-    "no_mole": (62.69, None, 62.28, None),
-}
-PAPER_SEEN_7B = {"copl": (63.90, 63.48, 62.90, 61.93)}
-PAPER_UNSEEN = {"copl": (63.92, 63.26, 61.62, 61.97), "uniform": (62.82, 62.82, 55.65, 55.65)}
-PAPER_T2 = {  # UF-P-2-ALL only
-    "controversial": {"oracle": 57.68, "uniform": 49.86, "copl": 56.89},
-    "common": {"oracle": 71.86, "uniform": 74.52, "copl": 71.23},
-}
 
 
 class ReportError(ValueError):
@@ -188,26 +157,39 @@ def _gnn_scorer(g: dict | None, where: str) -> dict[str, Any] | None:
     }
 
 
-def paper_numbers(cfg: Config) -> dict[str, Any] | None:
-    """The paper's figures for the UF-P variant this config builds (fractions), else None."""
-    if cfg.data.source != "ufp" or cfg.data.n_groups not in (2, 4):
-        return None
-    column = f"UF-P-{cfg.data.n_groups}-{cfg.data.sampling.upper()}"
-    j = _COLS.index(column)
-    seven_b = "7b" in cfg.reward.backbone.lower()
-    seen_table = PAPER_SEEN_7B if seven_b else PAPER_SEEN  # 7b: the paper has CoPL seen only
+def _models(cfg: Config, run: RunDir, results: dict, where: str) -> dict[str, Any]:
+    """``models``: the configured and the evaluated models, each with its S records and
+    the scalar training metrics of reward/<name>/metrics.json."""
+    names = list(dict.fromkeys([*cfg.reward.models, *(results.get("models") or {})]))
+    models = {}
+    for name in names:
+        r = (results.get("models") or {}).get(name) or {}
+        models[name] = {
+            "seen": normalize_split(r.get("seen"), f"{where}:models.{name}.seen"),
+            "unseen": normalize_split(r.get("unseen"), f"{where}:models.{name}.unseen"),
+            "training": _scalars(_load_json(run.reward(name) / "metrics.json")),
+        }
+    return models
 
-    def col(table: dict[str, tuple]) -> dict[str, float]:
-        return {m: v[j] / 100 for m, v in table.items() if v[j] is not None}
 
-    t2 = column == "UF-P-2-ALL" and not seven_b
+def _adaptation(results: dict, gnn_adapt: dict, where: str) -> dict[str, Any]:
+    """``adaptation``: per variant, the reward model's unseen S record (eval) and the GNN's
+    own accuracies (gnn/metrics.json)."""
+    variants = list(dict.fromkeys([*(results.get("adaptation") or {}), *gnn_adapt]))
     return {
-        "column": column,
-        "backbone": "gemma-7b-it" if seven_b else "gemma-2b-it",
-        "seen": col(seen_table),
-        "unseen": {} if seven_b else col(PAPER_UNSEEN),
-        "common": {m: v / 100 for m, v in PAPER_T2["common"].items()} if t2 else {},
-        "controversial": {m: v / 100 for m, v in PAPER_T2["controversial"].items()} if t2 else {},
+        v: {
+            "unseen": normalize_split(
+                ((results.get("adaptation") or {}).get(v) or {}).get("unseen"),
+                f"{where}:adaptation.{v}.unseen",
+            ),
+            "gnn_accuracy": _acc(
+                (gnn_adapt.get(v) or {}).get("gnn_accuracy"), f"gnn/metrics.json:adaptation.{v}"
+            ),
+            "gnn_truth_accuracy": _acc(
+                (gnn_adapt.get(v) or {}).get("truth_accuracy"), f"gnn/metrics.json:adaptation.{v}"
+            ),
+        }
+        for v in variants
     }
 
 
@@ -224,32 +206,8 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
 
     results = _load_json(run.eval / "results.json") or {}
     where = "eval/results.json"
-    names = list(dict.fromkeys([*cfg.reward.models, *(results.get("models") or {})]))
-    models = {}
-    for name in names:
-        r = (results.get("models") or {}).get(name) or {}
-        models[name] = {
-            "seen": normalize_split(r.get("seen"), f"{where}:models.{name}.seen"),
-            "unseen": normalize_split(r.get("unseen"), f"{where}:models.{name}.unseen"),
-            "training": _scalars(_load_json(run.reward(name) / "metrics.json")),
-        }
-    gnn_adapt = gm.get("adaptation") or {}
-    variants = list(dict.fromkeys([*(results.get("adaptation") or {}), *gnn_adapt]))
-    adaptation = {
-        v: {
-            "unseen": normalize_split(
-                ((results.get("adaptation") or {}).get(v) or {}).get("unseen"),
-                f"{where}:adaptation.{v}.unseen",
-            ),
-            "gnn_accuracy": _acc(
-                (gnn_adapt.get(v) or {}).get("gnn_accuracy"), f"gnn/metrics.json:adaptation.{v}"
-            ),
-            "gnn_truth_accuracy": _acc(
-                (gnn_adapt.get(v) or {}).get("truth_accuracy"), f"gnn/metrics.json:adaptation.{v}"
-            ),
-        }
-        for v in variants
-    }
+    models = _models(cfg, run, results, where)
+    adaptation = _adaptation(results, gm.get("adaptation") or {}, where)
     curve = results.get("labels_curve")
     if curve is not None:
         acc = curve.get("accuracy")

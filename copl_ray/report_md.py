@@ -13,8 +13,14 @@ from typing import Any
 
 import yaml
 
-from copl_ray.report import MODEL_NAMES, MODEL_ORDER, STAGES
-from copl_ray.report_seeds import is_stat
+from copl_ray.artifacts import STAGES
+from copl_ray.paper import PAPER_BASELINES, model_label
+from copl_ray.variants import COPL, REPORT_ORDER, UNIFORM
+
+
+def is_stat(v: Any) -> bool:
+    """True for an aggregated cell ``{"mean", "sd", "n", "values"}`` (copl_ray/report_seeds.py)."""
+    return isinstance(v, dict) and set(v) == {"mean", "sd", "n", "values"}
 
 
 def _num(v: Any, spec: str) -> str:
@@ -57,11 +63,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _ordered(names) -> list[str]:
     names = list(names)
-    return [m for m in MODEL_ORDER if m in names] + [m for m in names if m not in MODEL_ORDER]
+    return [m for m in REPORT_ORDER if m in names] + [m for m in names if m not in REPORT_ORDER]
 
 
 def _name(m: str) -> str:
-    return MODEL_NAMES.get(m, m)
+    return model_label(m)
 
 
 # ----------------------------------------------------------------------- sections
@@ -74,7 +80,7 @@ def _table1(rep: dict) -> list[str]:
     rows = []
     names = _ordered(rep["models"])
     if paper:  # the paper's other baselines, for reference
-        names += [m for m in ("i2e", "vpl", "pal") if m in paper["seen"]]
+        names += [m for m in PAPER_BASELINES if m in paper["seen"]]
     for m in names:
         r = rep["models"].get(m)
         seen, unseen = (r["seen"], r["unseen"]) if r else ({}, {})
@@ -252,9 +258,7 @@ def _figures(rep: dict) -> list[str]:
     curve = rep.get("labels_curve")
     if curve:
         acc = (
-            curve["accuracy"]
-            if isinstance(curve["accuracy"], dict)
-            else {"copl": curve["accuracy"]}
+            curve["accuracy"] if isinstance(curve["accuracy"], dict) else {COPL: curve["accuracy"]}
         )
         rows = [[_name(m), *(_pct(a) for a in series)] for m, series in acc.items()]
         out += _table(["labels →", *(str(c) for c in curve["counts"])], rows)
@@ -359,16 +363,14 @@ def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
     curve = rep.get("labels_curve")
     if curve and curve.get("counts"):
         acc = (
-            curve["accuracy"]
-            if isinstance(curve["accuracy"], dict)
-            else {"copl": curve["accuracy"]}
+            curve["accuracy"] if isinstance(curve["accuracy"], dict) else {COPL: curve["accuracy"]}
         )
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for m, series in acc.items():
             pts = [(c, _mean(a)) for c, a in zip(curve["counts"], series) if a is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=_name(m))
-        uni = _mean((rep["models"].get("uniform") or {}).get("unseen", {}).get("overall"))
+        uni = _mean((rep["models"].get(UNIFORM) or {}).get("unseen", {}).get("overall"))
         if uni is not None:
             ax.axhline(uni, ls="--", c="gray", label="Uniform (unseen)")
         ax.set(xlabel="labels per unseen user", ylabel="accuracy", xscale="log", title="Fig. 2")

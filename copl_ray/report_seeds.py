@@ -24,17 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from copl_ray.report_md import render_markdown, write_figures
+from copl_ray.variants import COPL, ORACLE
+
 # Copied from the first seed: not measurements (or constants such as the paper's figures).
 _COPIED = ("schema_version", "name", "created", "config", "versions", "paper")
 # Identities, not quantities: averaging an expert index means nothing, so keep the values.
 _LISTED = ("top_expert",)
 # Settings echoed into a report section (the same in every seed): shown once, not as a stat.
 _SETTINGS = ("collapse_share",)
-
-
-def is_stat(v: Any) -> bool:
-    """True for an aggregated cell ``{"mean", "sd", "n", "values"}``."""
-    return isinstance(v, dict) and set(v) == {"mean", "sd", "n", "values"}
 
 
 def stat(values: list[float | None]) -> dict[str, Any] | None:
@@ -97,8 +95,8 @@ def copl_oracle_gap(reports: dict[int, dict]) -> dict[str, Any]:
         per_seed = {}
         for seed, rep in reports.items():
             models = rep.get("models") or {}
-            o = ((models.get("oracle") or {}).get(split) or {}).get("overall")
-            c = ((models.get("copl") or {}).get(split) or {}).get("overall")
+            o = ((models.get(ORACLE) or {}).get(split) or {}).get("overall")
+            c = ((models.get(COPL) or {}).get(split) or {}).get("overall")
             if o is not None and c is not None:
                 per_seed[str(seed)] = round(100 * (o - c), 4)
         if per_seed:
@@ -132,8 +130,6 @@ def aggregate_reports(reports: dict[int, dict], run_dirs: dict[int, str], root: 
 def build_seeds_report(local_root: Path, root: str, run_dirs: dict[int, str],
                        report_paths: dict[int, Path]) -> Path:  # fmt: skip
     """Write ``report.json`` / ``report.md`` / figures of the seeds in ``local_root``."""
-    from copl_ray.report_md import render_markdown, write_figures
-
     reports = {s: json.loads(Path(p).read_text()) for s, p in report_paths.items()}
     agg = aggregate_reports(reports, run_dirs, root)
     agg["figures"].update(write_figures(agg, local_root))

@@ -43,6 +43,7 @@ import yaml
 
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError, config_from_dict, load_config
+from copl_ray.variants import COPL, REGISTRY
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 DATA_CPU_RESERVE = 1.0  # Ray Data read/tokenise tasks need one free CPU (docs/stack-notes.md S6)
@@ -52,7 +53,7 @@ DATA_CPU_RESERVE = 1.0  # Ray Data read/tokenise tasks need one free CPU (docs/s
 class SweepSpace:
     base: str = "tiny"
     overrides: list[str] = field(default_factory=list)
-    model: str = "copl"
+    model: str = COPL
     metric: str = "val_acc"
     mode: str = "max"
     num_samples: int = 4
@@ -239,7 +240,7 @@ def run_sweep(
     from copl_ray.console import log
     from copl_ray.pipeline import ensure_ray, run_pipeline
 
-    if space.model not in ("copl", "uniform", "no_gnn", "no_mole"):
+    if space.model not in REGISTRY or REGISTRY[space.model].per_group:
         raise ConfigError(f"space model: {space.model!r} cannot be swept (one model per trial)")
     out = Path(out_dir or Path(cfg.run.dir) / "tune" / space.name).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -113,14 +113,14 @@ def test_section_hash_tracks_only_named_sections():
     ],
 )
 def test_out_of_range_value_names_the_field(override, message):
-    """A value outside its range fails at load time with the field path (config_bounds)."""
+    """A value outside its range fails at load time with the field path (field bounds)."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("tiny", [override])
 
 
 def test_every_preset_is_inside_the_bounds():
     """The shipped presets load (bounds included) and every bound names a real field."""
-    from copl_ray.config_bounds import BOUNDS
+    from copl_ray.config import BOUNDS, check_value
 
     for name in list_presets():
         load_config(name)
@@ -130,6 +130,33 @@ def test_every_preset_is_inside_the_bounds():
         for key in path.split("."):
             assert hasattr(node, key), path
             node = getattr(node, key)
+    # the ranges are read from the fields' metadata, nested sections included
+    assert BOUNDS["train.zero_stage"] == (0, 3, "[]")
+    assert BOUNDS["data.synthetic.responses_per_prompt"] == (2, None, "[]")
+    assert "reward.backbone" not in BOUNDS  # a name, not a number: no range
+    with pytest.raises(ConfigError, match=re.escape("serve.port: expected a value in [1, 65535]")):
+        check_value("serve.port", 0)
+
+
+def test_every_field_has_help_text():
+    """Each leaf field says what it is next to its default (peft's field metadata)."""
+    import dataclasses
+    import typing
+
+    def missing(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from missing(hints[f.name], f"{prefix}{f.name}.")
+            elif not f.metadata.get("help"):
+                yield f"{prefix}{f.name}"
+
+    hints = typing.get_type_hints(Config)
+    sections = [
+        f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])
+    ]
+    assert len(sections) == 8
+    assert [p for s in sections for p in missing(hints[s], f"{s}.")] == []
 
 
 # ------------------------------------------------------------ issue 17: fail at load

@@ -110,7 +110,7 @@ def test_unwritable_existing_folder_fails_even_for_root():
     "override, message",
     [
         ("adapt.variants=[weighted, bogus]", "adapt.variants[1]: unknown name 'bogus' (known: weighted, naive, user_opt)"),
-        ("reward.models=[copl, nope]", "reward.models[1]: unknown name 'nope' (known: copl, uniform"),
+        ("reward.models=[copl, nope]", "reward.models[1]: unknown name 'nope' (known: oracle, uniform, copl"),
         ("reward.target_modules=[q_proj, nope_proj]", "reward.target_modules[1]: 'nope_proj' is not a linear module of tiny-gemma; valid names: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
         ("reward.target_modules=[embed_tokens]", "reward.target_modules[0]: 'embed_tokens' is not a linear module"),
         ("reward.backbone=no/such-model", "reward.backbone: 'no/such-model' is neither a local folder"),

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from copl_ray.config import TrainConfig
-from copl_ray.config_bounds import check_value
+from copl_ray.config import TrainConfig, check_value
 
 
 def warmup_steps(train: TrainConfig, total_steps: int) -> int:

@@ -37,7 +37,7 @@ def test_zero3_offload_bf16_config():
 
 
 def test_bad_zero_stage_names_the_field():
-    # the same bound and message as at config load time (copl_ray.config_bounds)
+    # the same bound and message as at config load time (copl_ray.config field bounds)
     with pytest.raises(
         ConfigError, match=r"^train\.zero_stage: expected a value in \[0, 3\], got 4$"
     ):
