@@ -16,7 +16,7 @@ Schedules compared (every one propagates the whole graph once per optimisation s
 All use ``gnn.l2_reference_batch=1024``: λ keeps the strength of the official sum over a
 1024-pair batch (without it a full step over 160k pairs is regularised 156× harder and
 stalls at loss log 2; measured on an H100, 2026-11-25). Why each part of ``fast`` (2-core
-CPU studies, README "GNN time-to-accuracy"): edge dropout 0.3, because with 0.1 the full
+CPU studies, benchmarks/RESULTS.md "GNN time-to-accuracy"): edge dropout 0.3, because with 0.1 the full
 step memorises the survey pairs (held-out 0.69 at UF-P on the H100); slow tables + fast
 weights, because fast tables memorise at 10,000 users (d=64: 0.637 at step 100); spectral
 init, because from random tables every full-graph run first sits ~50 steps on a plateau
@@ -62,7 +62,7 @@ from copl_ray.data.planted import planted_annotations
 from copl_ray.graph.bipartite import build_graph, pair_index
 from copl_ray.graph.train import GNNTrainer
 
-# the fast schedule (study: README "GNN time-to-accuracy"); gnn config overrides, key:value
+# the fast schedule (study: benchmarks/RESULTS.md "GNN time-to-accuracy"); gnn config overrides, key:value
 FAST = "schedule:full,init:spectral,lr:1e-4,weight_lr_scale:100,edge_dropout:0.3"
 
 

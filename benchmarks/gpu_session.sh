@@ -15,7 +15,7 @@ LOGS="${OUT:-$PWD/gpu-logs}"
 mkdir -p "$LOGS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$LOGS/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-# candidates (README "GNN time-to-accuracy"). `fast` is now the spectral start
+# candidates (benchmarks/RESULTS.md "GNN time-to-accuracy"). `fast` is now the spectral start
 # (gnn.init=spectral: the tables' first 8 coordinates at the top singular vectors of the
 # signed survey matrix) with slow tables + fast weights: on the 2-core CPU at the full UF-P
 # shape it passed 0.79 within 20 full-graph steps and reached 0.888 by step 40, where

@@ -223,7 +223,7 @@ class GNNConfig:
         1.0,
         "lr of the layers' d×d weights = lr × this (the embedding tables keep lr). Full-graph "
         "steps at scale generalise with slow tables and fast weights (e.g. lr 1e-4 × 100: "
-        'README "GNN time-to-accuracy"); an Adam step moves a weight\'s output ∝ d, so the best '
+        'benchmarks/RESULTS.md "GNN time-to-accuracy"); an Adam step moves a weight\'s output ∝ d, so the best '
         "scale falls with the width (d=64: 300 beat 100; d=512: 100 beat 30)",
         POSITIVE,
     )
@@ -233,7 +233,7 @@ class GNNConfig:
         "the first spectral_k coordinates of both tables start at the top singular vectors of "
         "the degree-normalised signed user x response matrix, each with RMS spectral_scale "
         "(copl_ray/graph/spectral.py); the rest stay random and everything trains. Skips the "
-        '~50-step plateau a full-graph run spends before the groups separate (README "GNN '
+        '~50-step plateau a full-graph run spends before the groups separate (benchmarks/RESULTS.md "GNN '
         'time-to-accuracy")',
     )
     spectral_k: int = setting(

@@ -328,7 +328,7 @@ def test_fresh_stage_wipes_its_curves(tmp_path):
 
 
 def test_tiny_run_holds_tensorboard_files_of_every_stage(tiny_run):
-    """The README's run: ``tensorboard --logdir RUN`` finds the GNN, every reward model
+    """The documented run (docs/operations.md): ``tensorboard --logdir RUN`` finds the GNN, every reward model
     (each oracle group its own) and the eval, with the scalars of each."""
     cfg = load_config(str(tiny_run.root / "config.yaml"))
     gnn = read_tensorboard(tensorboard_dir(tiny_run.root, "gnn"))

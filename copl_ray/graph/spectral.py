@@ -26,7 +26,7 @@ Measured on the planted UF-P-4 graph (10k users, 49.8k responses, 160k survey pa
 rank-4 reconstruction alone ranks 0.775 of held-out pairs right (random tables: 0.5), the
 shrunk rank-8 one 0.778 (unshrunk: 0.715, the bulk dilutes it);
 at d=512, L=4 the full-graph schedule from it reaches 0.818 at step 20 and 0.888 at step 40
-(from random tables: 0.731 at step 100) — README "GNN time-to-accuracy".
+(from random tables: 0.731 at step 100) — benchmarks/RESULTS.md "GNN time-to-accuracy".
 
 Pure numpy/scipy/torch: the decomposition runs on the CPU (ARPACK; a dense SVD for tiny
 graphs) whatever the training device: 0.6 s at UF-P scale, 11 s at 10× its users (k=8).
