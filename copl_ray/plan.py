@@ -248,7 +248,7 @@ def measure_gnn_s(cfg: Config, run: RunDir) -> float | None:
 def _jobs(cfg: Config, run: RunDir) -> tuple[list[JobPlan], dict[str, int], int, int]:
     """Every reward job's pairs and steps (uncapped); micro batch per variant; seen users;
     distinct response texts."""
-    from copl_ray.data.ray_data import read_lookups
+    from copl_ray.reward.shards import read_lookups
     from copl_ray.reward.stage import load_user_table, model_jobs, training_schedule
 
     users, _ = load_user_table(cfg, run, need_embeddings=False)

@@ -206,7 +206,7 @@ def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
     """The function trainable with its shared inputs in the object store."""
     from ray import tune
 
-    from copl_ray.data.ray_data import read_lookups
+    from copl_ray.reward.shards import read_lookups
     from copl_ray.reward.stage import NEEDS_GNN, load_user_table, prepare_tokenizer
 
     users, table = load_user_table(cfg, run, space.model in NEEDS_GNN)

@@ -175,7 +175,7 @@ def test_reward_model_tensorboard_scalars(ray_session, tmp_path):
     import numpy as np
 
     from copl_ray.data.build import build_tables
-    from copl_ray.data.ray_data import read_lookups
+    from copl_ray.reward.shards import read_lookups
     from copl_ray.reward.stage import load_user_table, prepare_tokenizer, train_reward_model
 
     cfg = load_config(

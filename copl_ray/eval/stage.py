@@ -46,13 +46,14 @@ from copl_ray.config import Config, config_from_dict
 from copl_ray.data.tables import format_text
 from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage, gate_health
 from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
+from copl_ray.graph.users import ADAPTED, UserEmbeddings
+from copl_ray.variants import COPL, variant
 
 if TYPE_CHECKING:
     from copl_ray.config import AdaptConfig
     from copl_ray.graph.artifacts import GNNArtifacts
     from copl_ray.reward.model import PersonalRewardModel
 
-USER_FREE = ("uniform",)
 ADAPTED_VARIANT = "weighted"  # the adaptation behind the unseen users' kind="adapted" rows
 
 
@@ -61,7 +62,7 @@ class EvalData:
     """Test pairs of every user with group / pair type, and tokenised responses."""
 
     def __init__(self, run: RunDir, tokenizer, max_length: int) -> None:
-        from copl_ray.data.ray_data import tokenize_texts
+        from copl_ray.reward.shards import tokenize_texts
 
         ann = pq.read_table(run.data / "annotations.parquet").to_pandas()
         users = pq.read_table(run.data / "users.parquet").to_pandas()
@@ -95,11 +96,14 @@ class EvalData:
         self.unseen = test[~test["seen"]].reset_index(drop=True)
 
 
-def _embedding_lookup(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {
-        str(u): np.asarray(e, dtype=np.float32)
-        for u, e in zip(frame["user_id"], frame["embedding"])
-    }
+def adapted_table(adapted: pd.DataFrame | UserEmbeddings, source: str) -> UserEmbeddings:
+    """Users adapted from labels (``adapt_unseen_users`` rows, or one variant's rows of
+    ``adaptation.parquet``) as a :class:`UserEmbeddings` table of unseen, adapted users."""
+    if isinstance(adapted, UserEmbeddings):
+        return adapted
+    fill = {"seen": False, "kind": ADAPTED}
+    missing = {c: v for c, v in fill.items() if c not in adapted.columns}
+    return UserEmbeddings(adapted.assign(**missing), source)
 
 
 # ------------------------------------------------------------------ scoring
@@ -113,17 +117,11 @@ class Scorer:
         self.data, self.batch_size, self.device = data, batch_size, device
 
     def _forward(self, model, rows_c, rows_r, user_emb=None, user_index=None) -> tuple:
-        torch = self.torch
-        ids = torch.as_tensor(np.concatenate([self.data.ids[rows_c], self.data.ids[rows_r]]))
-        mask = torch.as_tensor(np.concatenate([self.data.mask[rows_c], self.data.mask[rows_r]]))
-        width = int(mask.sum(1).max())
-        ids, mask = ids[:, :width].to(self.device), mask[:, :width].to(self.device)
-        kw = {}
-        if user_emb is not None:
-            kw["user_emb"] = torch.as_tensor(user_emb).to(self.device)
-        if user_index is not None:
-            kw["user_index"] = torch.as_tensor(user_index).to(self.device)
-        s = model(ids, mask, **kw).float().cpu().numpy()
+        """Scores of chosen rows ``rows_c`` and rejected rows ``rows_r`` in one forward,
+        through ``PersonalRewardModel.score_rows`` (the path serving scores by)."""
+        ids = np.concatenate([self.data.ids[rows_c], self.data.ids[rows_r]])
+        mask = np.concatenate([self.data.mask[rows_c], self.data.mask[rows_r]])
+        s = model.score_rows(ids, mask, user_emb, user_index).cpu().numpy()
         return s[: len(rows_c)], s[len(rows_c) :]
 
     def response_scores(self, model) -> np.ndarray:
@@ -139,37 +137,36 @@ class Scorer:
                 out[r[:half]], out[r[half:]] = a, b
         return out
 
-    def pair_correct(self, model, pairs: pd.DataFrame, user_emb=None, user_index=None):
-        """``correct`` per row of ``pairs`` for a user-routed model."""
-        out = np.zeros(len(pairs), dtype=bool)
+    def pair_scores(
+        self, model, pairs: pd.DataFrame, user_emb=None, user_index=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(chosen, rejected)`` scores per row of ``pairs``, ``batch_size`` pairs per
+        forward; ``user_emb`` / ``user_index`` have one row per pair."""
+        chosen = np.zeros(len(pairs), dtype=np.float32)
+        rejected = np.zeros(len(pairs), dtype=np.float32)
         c_rows, r_rows = pairs["chosen_row"].to_numpy(), pairs["rejected_row"].to_numpy()
         with self.torch.no_grad():
             for i in range(0, len(pairs), self.batch_size):
                 sl = slice(i, i + self.batch_size)
-                c, r = self._forward(
+                chosen[sl], rejected[sl] = self._forward(
                     model,
                     c_rows[sl],
                     r_rows[sl],
                     None if user_emb is None else user_emb[sl],
                     None if user_index is None else user_index[sl],
                 )
-                out[sl] = c > r
-        return out
+        return chosen, rejected
+
+    def pair_correct(self, model, pairs: pd.DataFrame, user_emb=None, user_index=None):
+        """``correct`` (chosen scored above rejected) per row of ``pairs``."""
+        chosen, rejected = self.pair_scores(model, pairs, user_emb, user_index)
+        return chosen > rejected
 
 
 def _summary(pairs: pd.DataFrame, correct: np.ndarray | None) -> dict[str, Any]:
     if correct is None:
         return accuracy_summary(None)
     return accuracy_summary(pairs.assign(correct=correct))
-
-
-def _embeddings_for(pairs: pd.DataFrame, table: dict[str, np.ndarray], what: str) -> np.ndarray:
-    missing = sorted(set(pairs["user_id"]) - set(table))
-    if missing:
-        raise ValueError(
-            f"{what}: no embedding for {len(missing)} users with test pairs (e.g. {missing[:3]})"
-        )
-    return np.stack([table[u] for u in pairs["user_id"]])
 
 
 # ------------------------------------------------------------------ gate and user signal
@@ -222,10 +219,10 @@ def flip_test(
     if not len(survey):
         return None
     adapted = adapt_unseen_users(art, flipped_labels(survey), adapt_cfg, variant=ADAPTED_VARIANT)
-    table = _embedding_lookup(adapted)
-    keep = unseen["user_id"].isin(set(table)).to_numpy()
+    table = adapted_table(adapted, "flip_test")
+    keep = unseen["user_id"].isin(set(table.ids)).to_numpy()
     pairs = unseen[keep]
-    e = _embeddings_for(pairs, table, "flip_test")
+    e = table.matrix_for(pairs["user_id"].tolist(), "flip_test")
     flips = scorer.pair_correct(model, pairs, user_emb=e) != prefers[keep]
     s = accuracy_summary(pairs.assign(correct=flips))
     seconds = round(time.time() - t0, 2)
@@ -235,7 +232,7 @@ def flip_test(
 def gnn_scorer(
     art: GNNArtifacts,
     data: EvalData,
-    tables: dict[str, dict[str, np.ndarray]],
+    tables: dict[str, UserEmbeddings],
 ) -> dict[str, Any]:
     """The GNN alone as a scorer, ``s_u(x) = <e_u, e_x>``, on the test pairs it can score.
 
@@ -255,11 +252,11 @@ def gnn_scorer(
         table = tables[split]
         a = art.response_index(pairs["chosen"].to_numpy())
         b = art.response_index(pairs["rejected"].to_numpy())
-        ok = (a >= 0) & (b >= 0) & pairs["user_id"].isin(set(table)).to_numpy()
+        ok = (a >= 0) & (b >= 0) & pairs["user_id"].isin(set(table.ids)).to_numpy()
         scored = pairs[ok]
         correct = None
         if len(scored):
-            users = np.stack([table[u] for u in scored["user_id"]])
+            users = table.matrix_for(scored["user_id"].tolist(), f"gnn_scorer/{split}")
             index = PairIndex(
                 torch.arange(len(scored)), torch.from_numpy(a[ok]), torch.from_numpy(b[ok])
             )
@@ -281,150 +278,226 @@ def collapse_warnings(health: dict[str, dict[str, Any]]) -> list[str]:
 
 
 # ------------------------------------------------------------------ the stage
-def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
-    """All metrics of the results contract (pure computation; no Ray)."""
+def _load_model(path: Path, device: str) -> PersonalRewardModel:
+    from copl_ray.reward.model import PersonalRewardModel
+
+    if not (path / "reward_config.json").exists():
+        raise FileNotFoundError(f"{path}: no trained reward model (run the reward stage)")
+    return PersonalRewardModel.load(path, device=device).eval()
+
+
+def _splits(data: EvalData) -> tuple[tuple[str, pd.DataFrame], ...]:
+    return (("seen", data.seen), ("unseen", data.unseen))
+
+
+def score_shared(scorer: Scorer, model: PersonalRewardModel) -> dict[str, Any]:
+    """A user-free model: one score per distinct response, the same for every user."""
+    s = scorer.response_scores(model)
+    res = {}
+    for split, pairs in _splits(scorer.data):
+        correct = s[pairs["chosen_row"].to_numpy()] > s[pairs["rejected_row"].to_numpy()]
+        res[split] = _summary(pairs, correct)
+    return res
+
+
+def score_per_group(scorer: Scorer, model_dir: Path, device: str) -> dict[str, Any]:
+    """One user-free model per known group (``<model_dir>/<group>/``); each user is scored
+    by the model of their group, users of no known group are left out."""
+    groups = json.loads((model_dir / "groups.json").read_text())
+    scores = {g: scorer.response_scores(_load_model(model_dir / g, device)) for g in groups}
+    res = {}
+    for split, pairs in _splits(scorer.data):
+        correct = np.zeros(len(pairs), dtype=bool)
+        for g, s in scores.items():
+            sel = (pairs["group"] == g).to_numpy()
+            correct[sel] = (
+                s[pairs.loc[sel, "chosen_row"].to_numpy()]
+                > s[pairs.loc[sel, "rejected_row"].to_numpy()]
+            )
+        known = pairs["group"].isin(list(scores)).to_numpy()
+        res[split] = _summary(pairs[known], correct[known])
+    return res
+
+
+def score_table(scorer: Scorer, model: PersonalRewardModel, model_dir: Path) -> dict[str, Any]:
+    """A model with a free embedding row per seen user (``user_ids.json`` gives the rows):
+    the seen users' pairs; unseen users have no row (null)."""
+    data = scorer.data
+    ids = json.loads((model_dir / "user_ids.json").read_text())
+    index = pd.Index(ids).get_indexer(data.seen["user_id"])
+    ok = index >= 0
+    seen = data.seen[ok]
+    correct = scorer.pair_correct(model, seen, user_index=index[ok])
+    return {"seen": _summary(seen, correct), "unseen": _summary(data.unseen, None)}
+
+
+def score_graph(
+    scorer: Scorer, model: PersonalRewardModel, tables: dict[str, UserEmbeddings], name: str
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """A model routed by the GNN user embedding: seen users by their trained row, unseen
+    users by their adapted one. Also returns the unseen pairs' ``chosen > rejected``."""
+    res, unseen_correct = {}, None
+    for split, pairs in _splits(scorer.data):
+        correct = None
+        if len(pairs):
+            e = tables[split].matrix_for(pairs["user_id"].tolist(), f"{name}/{split}")
+            correct = scorer.pair_correct(model, pairs, user_emb=e)
+        res[split] = _summary(pairs, correct)
+        unseen_correct = correct
+    return res, unseen_correct
+
+
+def score_models(
+    cfg: Config, run: RunDir, scorer: Scorer, tables: dict[str, UserEmbeddings], device: str
+) -> dict[str, Any]:
+    """Seen / unseen accuracy of every model of ``reward.models``, dispatched on what the
+    variant takes for a user (copl_ray/variants.py); the CoPL model is kept for the
+    adaptation analyses (``adapt_model``, with its unseen ``prefers``)."""
+    out: dict[str, Any] = {
+        "models": {},
+        "notes": [],
+        "health": {},
+        "adapt_model": None,
+        "prefers": None,
+    }
+    for name in cfg.reward.models:
+        v, path = variant(name), run.reward(name)
+        if v.per_group:
+            out["models"][name] = score_per_group(scorer, path, device)
+            continue
+        model = _load_model(path, device)
+        if v.user_input == "none":
+            out["models"][name] = score_shared(scorer, model)
+        elif v.user_input == "table":
+            out["models"][name] = score_table(scorer, model, path)
+            if model.mole.gate is not None:
+                out["health"][name] = health_record(table_gate_usage(model, device))
+            out["notes"].append(
+                f"{name}: unseen users have no row in the free embedding table (null)"
+            )
+        else:
+            out["models"][name], prefers = score_graph(scorer, model, tables, name)
+            if name == COPL:
+                out["adapt_model"], out["prefers"] = model, prefers
+    return out
+
+
+def adaptation_variants(scorer: Scorer, copl: PersonalRewardModel, gnn_dir: Path) -> dict[str, Any]:
+    """CoPL's unseen accuracy with each adaptation variant of the GNN stage
+    (``adaptation.parquet``; {} without it)."""
+    adapt_file = gnn_dir / "adaptation.parquet"
+    out: dict[str, Any] = {}
+    if not adapt_file.exists():
+        return out
+    unseen = scorer.data.unseen
+    for name, frame in pq.read_table(adapt_file).to_pandas().groupby("variant", sort=False):
+        table = adapted_table(frame, f"{adapt_file} (variant {name})")
+        e = table.matrix_for(unseen["user_id"].tolist(), f"adaptation/{name}")
+        correct = scorer.pair_correct(copl, unseen, user_emb=e)
+        out[str(name)] = {"unseen": _summary(unseen, correct)}
+    return out
+
+
+def labels_curve(
+    scorer: Scorer, copl: PersonalRewardModel, art: GNNArtifacts, survey: pd.DataFrame, cfg: Config
+) -> dict[str, Any]:
+    """CoPL's unseen accuracy with each unseen user re-adapted from their first ``k``
+    survey labels, for every ``k`` of ``eval.label_counts`` (paper Fig. 2)."""
+    from copl_ray.graph.adapt import adapt_unseen_users
+
+    curve = []
+    for k in cfg.eval.label_counts:
+        first_k = survey.groupby("user_id", sort=False).head(k)
+        adapted = adapt_unseen_users(art, first_k, cfg.adapt, variant=ADAPTED_VARIANT)
+        table = adapted_table(adapted, f"labels_curve/k={k}")
+        pairs = scorer.data.unseen[scorer.data.unseen["user_id"].isin(set(table.ids))]
+        e = table.matrix_for(pairs["user_id"].tolist(), f"labels_curve/k={k}")
+        curve.append(float(scorer.pair_correct(copl, pairs, user_emb=e).mean()))
+    return {"counts": list(cfg.eval.label_counts), "accuracy": curve}
+
+
+def copl_expert_usage(
+    copl: PersonalRewardModel,
+    data: EvalData,
+    tables: dict[str, UserEmbeddings],
+    out_dir: Path,
+    device: str,
+) -> dict[str, Any]:
+    """Noise-free expert weights of the seen and unseen users under CoPL's gate, and the
+    seen users' group × expert allocation (``expert_allocation.png``, paper Fig. 3)."""
     import torch
 
-    from copl_ray.graph.adapt import adapt_unseen_users
+    usage: dict[str, Any] = {}
+    for split, table in tables.items():
+        in_split = data.users.loc[data.users["seen"] == (split == "seen"), "user_id"]
+        ids = [u for u in in_split if u in table]
+        if not ids:
+            continue
+        with torch.no_grad():
+            w = copl.gate_weights(torch.as_tensor(table.matrix_for(ids, split)).to(device))
+        w = w.float().cpu().numpy()
+        usage[split] = expert_usage(w)
+        if split == "seen":
+            group_of = dict(zip(data.users["user_id"], data.users["group"].fillna("")))
+            groups, matrix = allocation_matrix(w, [group_of[u] for u in ids])
+            layers = list(copl.mole.module_names) if w.ndim == 3 else None
+            usage["allocation"] = {"groups": groups, "matrix": matrix.tolist(), "layers": layers}
+            plot_expert_allocation(groups, matrix, out_dir / "expert_allocation.png", layers)
+    return usage
+
+
+def _unseen_survey(data: EvalData) -> pd.DataFrame:
+    """The survey labels of the users with unseen test pairs (what adaptation reads)."""
+    ann = data.annotations
+    return ann[(ann["split"] == "survey") & ann["user_id"].isin(set(data.unseen["user_id"]))]
+
+
+def _adaptation_analyses(
+    cfg: Config, run: RunDir, scorer: Scorer, scored: dict[str, Any], art: GNNArtifacts
+) -> dict[str, Any]:
+    """Adaptation variants, labels curve and flip test of the CoPL model (empty without
+    it or without unseen test pairs)."""
+    copl, data = scored["adapt_model"], scorer.data
+    if copl is None or not len(data.unseen):
+        empty = {"counts": list(cfg.eval.label_counts), "accuracy": []}
+        return {"adaptation": {}, "labels_curve": empty, "flip_test": None}
+    survey = _unseen_survey(data)
+    return {
+        "adaptation": adaptation_variants(scorer, copl, run.gnn),
+        "labels_curve": labels_curve(scorer, copl, art, survey, cfg),
+        "flip_test": flip_test(
+            scorer, copl, art, survey, data.unseen, scored["prefers"], cfg.adapt
+        ),
+    }
+
+
+def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
+    """All metrics of the results contract (pure computation; no Ray)."""
     from copl_ray.graph.artifacts import GNNArtifacts
     from copl_ray.reward.backbone import load_tokenizer
-    from copl_ray.reward.model import PersonalRewardModel
 
     t0 = time.time()
     tokenizer = load_tokenizer(run.root / "tokenizer")
     tokenizer.padding_side = "right"
     data = EvalData(run, tokenizer, cfg.reward.max_length)
     scorer = Scorer(data, cfg.eval.batch_size, device)
-    emb = pq.read_table(run.gnn / "user_embeddings.parquet").to_pandas()
-    seen_emb = _embedding_lookup(emb[emb["seen"]])
-    unseen_emb = _embedding_lookup(emb[(~emb["seen"]) & (emb["kind"] == "adapted")])
-
-    def load(path: Path):
-        if not (path / "reward_config.json").exists():
-            raise FileNotFoundError(f"{path}: no trained reward model (run the reward stage)")
-        return PersonalRewardModel.load(path, device=device).eval()
-
-    models: dict[str, Any] = {}
-    notes: list[str] = []
-    health: dict[str, dict[str, Any]] = {}
-    copl, copl_prefers = None, None
-    for name in cfg.reward.models:
-        if name in USER_FREE:
-            s = scorer.response_scores(load(run.reward(name)))
-            res = {}
-            for split, pairs in (("seen", data.seen), ("unseen", data.unseen)):
-                correct = s[pairs["chosen_row"].to_numpy()] > s[pairs["rejected_row"].to_numpy()]
-                res[split] = _summary(pairs, correct)
-            models[name] = res
-        elif name == "oracle":
-            groups = json.loads((run.reward("oracle") / "groups.json").read_text())
-            scores = {g: scorer.response_scores(load(run.reward("oracle") / g)) for g in groups}
-            res = {}
-            for split, pairs in (("seen", data.seen), ("unseen", data.unseen)):
-                correct = np.zeros(len(pairs), dtype=bool)
-                for g, s in scores.items():
-                    sel = (pairs["group"] == g).to_numpy()
-                    correct[sel] = (
-                        s[pairs.loc[sel, "chosen_row"].to_numpy()]
-                        > s[pairs.loc[sel, "rejected_row"].to_numpy()]
-                    )
-                known = pairs["group"].isin(list(scores)).to_numpy()
-                res[split] = _summary(pairs[known], correct[known])
-            models[name] = res
-        elif name == "no_gnn":
-            model = load(run.reward(name))
-            ids = json.loads((run.reward(name) / "user_ids.json").read_text())
-            index = pd.Index(ids).get_indexer(data.seen["user_id"])
-            ok = index >= 0
-            seen = data.seen[ok]
-            correct = scorer.pair_correct(model, seen, user_index=index[ok])
-            models[name] = {"seen": _summary(seen, correct), "unseen": _summary(data.unseen, None)}
-            if model.mole.gate is not None:
-                health["no_gnn"] = health_record(table_gate_usage(model, device))
-            notes.append("no_gnn: unseen users have no row in the free embedding table (null)")
-        else:  # copl, no_mole: routed by the GNN embedding
-            model = load(run.reward(name))
-            res = {}
-            for split, pairs, table in (
-                ("seen", data.seen, seen_emb),
-                ("unseen", data.unseen, unseen_emb),
-            ):
-                e = _embeddings_for(pairs, table, f"{name}/{split}") if len(pairs) else None
-                correct = scorer.pair_correct(model, pairs, user_emb=e) if len(pairs) else None
-                res[split] = _summary(pairs, correct)
-                if name == "copl" and split == "unseen":
-                    copl_prefers = correct
-            models[name] = res
-            if name == "copl":
-                copl = model
-
-    results: dict[str, Any] = {"models": models, "adaptation": {}, "notes": notes}
+    users = UserEmbeddings.read(run.gnn)
+    tables = {"seen": users.seen(), "unseen": users.adapted_unseen()}
+    scored = score_models(cfg, run, scorer, tables, device)
+    models, copl, health = scored["models"], scored["adapt_model"], scored["health"]
+    results: dict[str, Any] = {"models": models, "adaptation": {}, "notes": scored["notes"]}
     results["flip_test"] = None
     art = GNNArtifacts.load(run.gnn)
-    results["gnn_scorer"] = gnn_scorer(art, data, {"seen": seen_emb, "unseen": unseen_emb})
-    if copl is not None and len(data.unseen):
-        # ---- adaptation variants (stage-1 output) on unseen users
-        adapt_file = run.gnn / "adaptation.parquet"
-        if adapt_file.exists():
-            adaptation = pq.read_table(adapt_file).to_pandas()
-            for variant, frame in adaptation.groupby("variant", sort=False):
-                table = _embedding_lookup(frame)
-                e = _embeddings_for(data.unseen, table, f"adaptation/{variant}")
-                correct = scorer.pair_correct(copl, data.unseen, user_emb=e)
-                results["adaptation"][str(variant)] = {"unseen": _summary(data.unseen, correct)}
-        # ---- labels curve: re-adapt with each unseen user's first k survey labels
-        survey = data.annotations[
-            (data.annotations["split"] == "survey")
-            & data.annotations["user_id"].isin(set(data.unseen["user_id"]))
-        ]
-        curve = []
-        for k in cfg.eval.label_counts:
-            first_k = survey.groupby("user_id", sort=False).head(k)
-            adapted = adapt_unseen_users(art, first_k, cfg.adapt, variant=ADAPTED_VARIANT)
-            table = _embedding_lookup(adapted)
-            pairs = data.unseen[data.unseen["user_id"].isin(set(table))]
-            e = _embeddings_for(pairs, table, f"labels_curve/k={k}")
-            curve.append(float(scorer.pair_correct(copl, pairs, user_emb=e).mean()))
-        results["labels_curve"] = {"counts": list(cfg.eval.label_counts), "accuracy": curve}
-        # ---- user signal used: the same users with their labels flipped
-        results["flip_test"] = flip_test(
-            scorer, copl, art, survey, data.unseen, copl_prefers, cfg.adapt
-        )
-    else:
-        results["labels_curve"] = {"counts": list(cfg.eval.label_counts), "accuracy": []}
-
-    # ---- expert allocation / usage (CoPL gate, no noise)
+    results["gnn_scorer"] = gnn_scorer(art, data, tables)
+    results.update(_adaptation_analyses(cfg, run, scorer, scored, art))
     results["expert_usage"] = {}
     if copl is not None and copl.mole.gate is not None:
-        usage = {}
-        for split, table in (("seen", seen_emb), ("unseen", unseen_emb)):
-            ids = [
-                u
-                for u in data.users.loc[data.users["seen"] == (split == "seen"), "user_id"]
-                if u in table
-            ]
-            if not ids:
-                continue
-            with torch.no_grad():
-                w = copl.gate_weights(torch.as_tensor(np.stack([table[u] for u in ids])).to(device))
-            w = w.float().cpu().numpy()
-            usage[split] = expert_usage(w)
-            if split == "seen":
-                health = {"copl": health_record(usage[split]), **health}
-            if split == "seen":
-                group_of = dict(zip(data.users["user_id"], data.users["group"].fillna("")))
-                groups, matrix = allocation_matrix(w, [group_of[u] for u in ids])
-                layers = list(copl.mole.module_names) if w.ndim == 3 else None
-                usage["allocation"] = {
-                    "groups": groups,
-                    "matrix": matrix.tolist(),
-                    "layers": layers,
-                }
-                plot_expert_allocation(groups, matrix, run.eval / "expert_allocation.png", layers)
-        results["expert_usage"] = usage
+        results["expert_usage"] = copl_expert_usage(copl, data, tables, run.eval, device)
+        if "seen" in results["expert_usage"]:
+            health = {COPL: health_record(results["expert_usage"]["seen"]), **health}
     results["gate_health"] = health
     if results["labels_curve"]["accuracy"]:
-        ref = {f"{m} (unseen)": models[m]["unseen"]["overall"] for m in models if m != "copl"}
+        ref = {f"{m} (unseen)": models[m]["unseen"]["overall"] for m in models if m != COPL}
         plot_labels_curve(
             results["labels_curve"]["counts"],
             results["labels_curve"]["accuracy"],

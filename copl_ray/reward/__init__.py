@@ -7,11 +7,10 @@ from copl_ray.reward.backbone import (
     tiny_gemma_config,
     train_tokenizer,
 )
-from copl_ray.reward.model import VARIANTS, PersonalRewardModel, btl_loss, last_token_index
+from copl_ray.reward.model import PersonalRewardModel, btl_loss, last_token_index
 
 __all__ = [
     "TINY_GEMMA",
-    "VARIANTS",
     "PersonalRewardModel",
     "btl_loss",
     "build_backbone",

@@ -1,13 +1,5 @@
-"""Persistence of PersonalRewardModel and the per-user PEFT export.
-
-Saved folder (``save``)::
-
-    reward_config.json   {"format", "variant", "user_dim", "n_users", "reward": {...},
-                          "backbone", "backbone_config" (config-built backbones only),
-                          "backbone_weights_included"}
-    model.safetensors    adapters, gates, head, user table/projection
-                         (+ "mole.model.*" frozen weights when the backbone is config-built)
-    tokenizer/           when the model has a tokenizer
+"""The per-user PEFT export of a PersonalRewardModel (its own folder format:
+copl_ray/reward/model.py ``PersonalRewardModel.save``).
 
 Per-user export (``export_user_peft``): for a fixed user the gated MoLE is an ordinary LoRA,
 ``ΔW = (α/r)(B_s A_s + Σ_{i∈top-k} w_i B_i A_i) = (α/r)·[B_s, w B_e][A_s; A_e]`` of rank
@@ -34,101 +26,20 @@ Two forms, by pooling (copl_ray/reward/pooling.py):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from copl_ray.reward.backbone import (
-    TINY_GEMMA,
-    backbone_from_config,
-    backbone_path,
-    build_backbone,
-    load_tokenizer,
-)
+from copl_ray.reward.backbone import TINY_GEMMA, backbone_path
+from copl_ray.reward.model import BACKBONE_PREFIX, PersonalRewardModel
 from copl_ray.reward.pooling import pool
+from copl_ray.variants import NO_MOLE
 
-if TYPE_CHECKING:
-    from copl_ray.reward.model import PersonalRewardModel
-
-FORMAT = "copl-ray-reward/1"
-CONFIG_FILE = "reward_config.json"
-WEIGHTS_FILE = "model.safetensors"
-BACKBONE_PREFIX = "mole.model."
 HEAD_FILE = "copl_reward_head.json"  # per-user export: {"pooling", "hf_head", "weights"}
 HEAD_WEIGHTS = "score.safetensors"
-
-
-def _is_trainable_key(key: str) -> bool:
-    return not key.startswith(BACKBONE_PREFIX) or "lora_" in key
-
-
-def save_reward_model(model: PersonalRewardModel, out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rc = model.reward_cfg
-    include_backbone = rc.backbone == TINY_GEMMA
-    state = {
-        k: v.detach().contiguous().cpu()
-        for k, v in model.state_dict().items()
-        if include_backbone or _is_trainable_key(k)
-    }
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
-    meta = {
-        "format": FORMAT,
-        "variant": model.variant,
-        "user_dim": model.user_dim,
-        "n_users": model.n_users,
-        "reward": dataclasses.asdict(rc),
-        "backbone": rc.backbone,
-        "backbone_config": model.backbone.config.to_dict() if include_backbone else None,
-        "backbone_weights_included": include_backbone,
-        "pooling": model.pooling,  # reward.pooling resolved for this backbone
-    }
-    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(out / "tokenizer")
-    return out
-
-
-def load_reward_model(
-    model_dir: str | Path, device: str | torch.device = "cpu"
-) -> PersonalRewardModel:
-    from copl_ray.config import config_from_dict
-    from copl_ray.reward.model import PersonalRewardModel
-
-    d = Path(model_dir)
-    if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
-        raise FileNotFoundError(
-            f"{d}: not a copl-ray reward model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
-    meta = json.loads((d / CONFIG_FILE).read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{d / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    rc = config_from_dict({"reward": meta["reward"]}).reward
-    tokenizer = load_tokenizer(d / "tokenizer") if (d / "tokenizer").exists() else None
-    if meta["backbone_weights_included"]:
-        backbone = backbone_from_config(meta["backbone_config"], rc.backbone_dtype)
-    else:
-        backbone = build_backbone(rc, tokenizer)
-    model = PersonalRewardModel(
-        backbone, rc, meta["variant"], meta["user_dim"], meta["n_users"], tokenizer
-    )
-    state = load_file(str(d / WEIGHTS_FILE))
-    result = model.load_state_dict(state, strict=False)
-    missing = [
-        k for k in result.missing_keys if _is_trainable_key(k) or meta["backbone_weights_included"]
-    ]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{d / WEIGHTS_FILE}: missing {missing[:5]} / unexpected "
-            f"{result.unexpected_keys[:5]} tensors (of {len(missing)} / "
-            f"{len(result.unexpected_keys)})"
-        )
-    return model.to(device).eval()
 
 
 def _export_skeleton(config: Any, seq_cls: bool) -> torch.nn.Module:
@@ -163,20 +74,20 @@ def _user_lora(
     model: PersonalRewardModel, user_emb: torch.Tensor | None, user_index: int | None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``module name -> (A, B)`` of one user's LoRA (the gated MoLE collapsed, exact)."""
-    if model.variant == "no_mole":
+    if model.variant == NO_MOLE:
         raise ValueError(
-            "export_user_peft: variant 'no_mole' feeds the user as an input token; "
+            f"export_user_peft: variant {model.variant!r} feeds the user as an input token; "
             "it has no per-user LoRA form"
         )
     mole = model.mole
     dev = model.score.weight.device
-    if model.variant == "no_gnn":
+    if model.user_input == "table":
         if user_index is None:
-            raise ValueError("export_user_peft: variant 'no_gnn' needs user_index")
+            raise ValueError(f"export_user_peft: variant {model.variant!r} needs user_index")
         user_emb = model.user_table.weight[user_index][None]
-    elif model.variant == "copl":
+    elif model.user_input == "graph":
         if user_emb is None:
-            raise ValueError("export_user_peft: variant 'copl' needs user_emb")
+            raise ValueError(f"export_user_peft: variant {model.variant!r} needs user_emb")
         user_emb = model.gate_input(user_emb.reshape(1, -1).to(dev), None)
     if mole.gate is not None:
         return mole.user_lora(user_emb)

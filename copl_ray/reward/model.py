@@ -25,26 +25,82 @@ gate (and its training noise) is computed once per user and shared by both rows.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from copl_ray.mole import MoLEConfig, MoLEModel
-from copl_ray.reward.backbone import DTYPES, TINY_GEMMA, backbone_path, build_backbone
+from copl_ray.reward.backbone import (
+    DTYPES,
+    TINY_GEMMA,
+    backbone_from_config,
+    backbone_path,
+    build_backbone,
+    load_tokenizer,
+)
 from copl_ray.reward.frozen_cache import FrozenLowerLayers, adapted_module_names, cache_bytes
 from copl_ray.reward.pooling import last_token_index, pool, resolve_pooling
+from copl_ray.variants import ARCHITECTURES, COPL, NO_GNN, NO_MOLE
+from copl_ray.variants import variant as variant_of
 
-VARIANTS = ("copl", "uniform", "no_gnn", "no_mole")
-__all__ = ["VARIANTS", "PersonalRewardModel", "btl_loss", "last_token_index"]
+__all__ = ["PersonalRewardModel", "btl_loss", "last_token_index", "trim_padding"]
+
+# The saved folder (``PersonalRewardModel.save``)::
+#
+#     reward_config.json   {"format", "variant", "user_dim", "n_users", "reward": {...},
+#                           "backbone", "backbone_config" (config-built backbones only),
+#                           "backbone_weights_included", "pooling"}
+#     model.safetensors    adapters, gates, head, user table/projection
+#                          (+ "mole.model.*" frozen weights when the backbone is config-built)
+#     tokenizer/           when the model has a tokenizer
+FORMAT = "copl-ray-reward/1"
+CONFIG_FILE = "reward_config.json"
+WEIGHTS_FILE = "model.safetensors"
+BACKBONE_PREFIX = "mole.model."
 
 
 def btl_loss(scores_chosen: torch.Tensor, scores_rejected: torch.Tensor) -> torch.Tensor:
     """Bradley–Terry–Luce loss ``mean(−log σ(c − r))``."""
     return -F.logsigmoid(scores_chosen.float() - scores_rejected.float()).mean()
+
+
+def trim_padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the columns where every row is padding (right-padded rows).
+
+    Exact: with causal attention no position attends to a later one, and the pooling reads
+    non-pad tokens only, so the scores do not depend on how far the rows were padded.
+    """
+    width = int(attention_mask.sum(1).max())
+    return input_ids[:, :width], attention_mask[:, :width]
+
+
+def _is_trainable_key(key: str) -> bool:
+    return not key.startswith(BACKBONE_PREFIX) or "lora_" in key
+
+
+def _user_input(architecture: str) -> str:
+    """What the architecture's forward takes for a user: ``graph`` (``user_emb``),
+    ``table`` (``user_index``) or ``none`` (copl_ray/variants.py)."""
+    return variant_of(architecture).user_input
+
+
+def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
+    """A tensor stays where the caller put it (the training batch is on the worker's
+    device); numpy input is copied (it may be a read-only view) onto ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.from_numpy(np.array(x)).to(device)
 
 
 def _tile(x: torch.Tensor | None, n_rows: int, what: str) -> torch.Tensor | None:
@@ -66,10 +122,11 @@ class PersonalRewardModel(nn.Module):
         tokenizer: Any | None = None,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
-        if variant == "no_gnn" and not n_users:
-            raise ValueError("variant 'no_gnn' needs n_users (size of the user table)")
+        if variant not in ARCHITECTURES:
+            raise ValueError(f"variant: expected one of {list(ARCHITECTURES)}, got {variant!r}")
+        self.user_input = _user_input(variant)
+        if self.user_input == "table" and not n_users:
+            raise ValueError(f"variant {variant!r} needs n_users (size of the user table)")
         self.reward_cfg, self.variant = reward_cfg, variant
         self.user_dim, self.n_users, self.tokenizer = user_dim, n_users, tokenizer
         adapter_dtype = DTYPES[reward_cfg.adapter_dtype]
@@ -80,7 +137,7 @@ class PersonalRewardModel(nn.Module):
         targets = adapted_module_names(backbone, list(reward_cfg.target_modules), k)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
             torch.manual_seed(reward_cfg.seed + 1)
-            if variant in ("copl", "no_gnn"):
+            if variant in (COPL, NO_GNN):  # MoLE gated by the user
                 mole_cfg = MoLEConfig.from_reward_config(
                     reward_cfg, user_dim, target_modules=targets
                 )
@@ -99,14 +156,14 @@ class PersonalRewardModel(nn.Module):
             self.score = nn.Linear(hidden, 1, bias=False, dtype=adapter_dtype, device=dev)
             nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden))
             self.user_table = self.user_proj = None
-            if variant == "no_gnn":
+            if self.user_input == "table":
                 self.user_table = nn.Embedding(n_users, user_dim, dtype=adapter_dtype, device=dev)
                 nn.init.normal_(self.user_table.weight, std=1.0 / math.sqrt(user_dim))
-            if variant == "no_mole":
+            if variant == NO_MOLE:
                 self.user_proj = nn.Linear(user_dim, hidden, dtype=adapter_dtype, device=dev)
         # plain attribute, not a submodule: it holds the backbone by reference
         self.frozen: FrozenLowerLayers | None = None
-        if k is not None and variant != "no_mole":
+        if k is not None and variant != NO_MOLE:
             max_bytes = cache_bytes(reward_cfg)
             self.frozen = FrozenLowerLayers(backbone, k, max_bytes)
 
@@ -171,11 +228,11 @@ class PersonalRewardModel(nn.Module):
         self, user_emb: torch.Tensor | None, user_index: torch.Tensor | None
     ) -> torch.Tensor | None:
         """What drives the gate / user token: ``e_u`` (copl, no_mole) or the table row."""
-        if self.variant == "uniform":
+        if self.user_input == "none":
             return None
-        if self.variant == "no_gnn":
+        if self.user_input == "table":
             if user_index is None:
-                raise ValueError("variant 'no_gnn' needs user_index (LongTensor [B])")
+                raise ValueError(f"variant {self.variant!r} needs user_index (LongTensor [B])")
             if user_index.numel() and (user_index.min() < 0 or user_index.max() >= self.n_users):
                 raise ValueError(
                     f"user_index: values must be in [0, {self.n_users}), got "
@@ -214,7 +271,7 @@ class PersonalRewardModel(nn.Module):
         gate_in = route_in = self.gate_input(user_emb, user_index)
         mask = attention_mask.long()
         kwargs: dict[str, Any] = {}
-        if self.variant == "no_mole":
+        if self.variant == NO_MOLE:
             embed = self.backbone.get_input_embeddings()
             token = self.user_proj(_tile(gate_in, n, "user_emb").to(self.user_proj.weight.dtype))
             kwargs["inputs_embeds"] = torch.cat(
@@ -232,8 +289,45 @@ class PersonalRewardModel(nn.Module):
                 hidden = self.backbone(
                     attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
                 ).last_hidden_state
-        pooled = pool(hidden, mask, self.pooling, n_prefix=int(self.variant == "no_mole"))
+        pooled = pool(hidden, mask, self.pooling, n_prefix=int(self.variant == NO_MOLE))
         return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
+
+    # ----------------------------------------------------------------- scoring
+    @property
+    def max_length(self) -> int:
+        """Token length texts are truncated to, as trained (saved in reward_config.json)."""
+        return int(self.reward_cfg.max_length)
+
+    def user_inputs(self, user_emb: Any = None, user_index: Any = None) -> dict[str, Any]:
+        """The user keyword of :meth:`forward` this variant reads (the rest is dropped):
+        ``user_emb`` (graph embedding), ``user_index`` (free table row) or none."""
+        dev = self.score.weight.device
+        if self.user_input == "graph" and user_emb is not None:
+            return {"user_emb": _as_tensor(user_emb, dev)}
+        if self.user_input == "table" and user_index is not None:
+            return {"user_index": _as_tensor(user_index, dev)}
+        return {}
+
+    def score_rows(
+        self,
+        input_ids: Any,
+        attention_mask: Any,
+        user_emb: Any = None,
+        user_index: Any = None,
+        forward: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Scores ``[N]`` fp32 of right-padded token rows for a user input: the one path
+        from tokenised rows to scores (training, eval and serving all call it).
+
+        The all-pad tail is cut (:func:`trim_padding`, exact), and only the user input
+        the variant takes is passed on (:meth:`user_inputs`), so a caller may pass both.
+        ``forward`` runs the model: the DeepSpeed engine wrapping it in training (its
+        hooks gather ZeRO-3 parameters), the model itself otherwise.
+        """
+        dev = self.score.weight.device
+        ids, mask = trim_padding(_as_tensor(input_ids, dev), _as_tensor(attention_mask, dev))
+        kwargs = self.user_inputs(user_emb, user_index)
+        return (forward or self)(ids, mask, **kwargs).float()
 
     def score_texts(
         self,
@@ -248,29 +342,72 @@ class PersonalRewardModel(nn.Module):
             texts,
             padding=True,
             truncation=True,
-            max_length=self.reward_cfg.max_length,
+            max_length=self.max_length,
             return_tensors="pt",
         )
-        dev = self.score.weight.device
-        return self(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), user_emb, user_index)
+        return self.score_rows(enc["input_ids"], enc["attention_mask"], user_emb, user_index)
 
     # ----------------------------------------------------------------- persistence
     def save(self, out_dir: str | Path) -> Path:
-        """``model.safetensors`` + ``reward_config.json`` (+ ``tokenizer/``); see export.py."""
-        from copl_ray.reward.export import save_reward_model
-
-        return save_reward_model(self, out_dir)
+        """``model.safetensors`` + ``reward_config.json`` (+ ``tokenizer/``): see FORMAT."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rc = self.reward_cfg
+        include_backbone = rc.backbone == TINY_GEMMA
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in self.state_dict().items()
+            if include_backbone or _is_trainable_key(k)
+        }
+        save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "variant": self.variant,
+            "user_dim": self.user_dim,
+            "n_users": self.n_users,
+            "reward": dataclasses.asdict(rc),  # carries max_length (:attr:`max_length`)
+            "backbone": rc.backbone,
+            "backbone_config": self.backbone.config.to_dict() if include_backbone else None,
+            "backbone_weights_included": include_backbone,
+            "pooling": self.pooling,  # reward.pooling resolved for this backbone
+        }
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out / "tokenizer")
+        return out
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> PersonalRewardModel:
-        from copl_ray.reward.export import load_reward_model
+        """What :meth:`save` wrote, on ``device``, in eval mode; a wrong folder fails naming it."""
+        from copl_ray.config import config_from_dict
 
-        return load_reward_model(model_dir, device)
-
-    def export_user_peft(
-        self, user_emb: torch.Tensor | None, out_dir: str | Path, user_index: int | None = None
-    ) -> Path:
-        """One user → standard PEFT LoRA folder + ``score`` head (see export.py)."""
-        from copl_ray.reward.export import export_user_peft
-
-        return export_user_peft(self, user_emb, out_dir, user_index)
+        d = Path(model_dir)
+        if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
+            raise FileNotFoundError(
+                f"{d}: not a copl-ray reward model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{d / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}"
+            )
+        rc = config_from_dict({"reward": meta["reward"]}).reward
+        tokenizer = load_tokenizer(d / "tokenizer") if (d / "tokenizer").exists() else None
+        if meta["backbone_weights_included"]:
+            backbone = backbone_from_config(meta["backbone_config"], rc.backbone_dtype)
+        else:
+            backbone = build_backbone(rc, tokenizer)
+        model = cls(backbone, rc, meta["variant"], meta["user_dim"], meta["n_users"], tokenizer)
+        result = model.load_state_dict(load_file(str(d / WEIGHTS_FILE)), strict=False)
+        missing = [
+            k
+            for k in result.missing_keys
+            if _is_trainable_key(k) or meta["backbone_weights_included"]
+        ]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{d / WEIGHTS_FILE}: missing {missing[:5]} / unexpected "
+                f"{result.unexpected_keys[:5]} tensors (of {len(missing)} / "
+                f"{len(result.unexpected_keys)})"
+            )
+        return model.to(device).eval()

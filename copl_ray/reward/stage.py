@@ -5,7 +5,7 @@
 ``metrics.json`` for each model:
 
 ============  =========================================================================
-copl          MoLE gated by the frozen GNN user embedding (run.gnn/user_embeddings.parquet)
+copl          MoLE gated by the frozen GNN user embedding (copl_ray/graph/users.py)
 uniform       one LoRA (rank ``baseline_rank``), no user input: one BTL model for everyone
 oracle        one ``uniform`` per true group, trained on that group's users only; saved
               as ``run.reward("oracle")/<group>/`` (needs known groups)
@@ -37,13 +37,17 @@ import pyarrow.parquet as pq
 
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, ConfigError
-from copl_ray.data.ray_data import UserTable, count_pairs, pair_dataset, read_lookups
 from copl_ray.data.tables import format_text
+from copl_ray.graph.users import UserEmbeddings, path_in
 from copl_ray.recovery import await_restart_if_peer_lost, new_attempts_file
 from copl_ray.reward.ds_config import warmup_steps
+from copl_ray.reward.shards import UserTable, count_pairs, pair_dataset, read_lookups
+from copl_ray.variants import COPL, NO_GNN, NO_MOLE, ORACLE, UNIFORM, Variant
+from copl_ray.variants import variant as variant_of
 
-MODELS = ("copl", "uniform", "oracle", "no_gnn", "no_mole")
-NEEDS_GNN = ("copl", "no_mole")
+# The order preflight lists them in (copl_ray/variants.py is the registry).
+MODELS = (COPL, UNIFORM, ORACLE, NO_GNN, NO_MOLE)
+NEEDS_GNN = tuple(m for m in MODELS if variant_of(m).uses_graph)
 TOKENIZER_STAMP = "copl_tokenizer_source.json"
 
 
@@ -85,19 +89,17 @@ def prepare_tokenizer(cfg: Config, run: RunDir) -> Path:
 
 
 def load_user_table(cfg: Config, run: RunDir, need_embeddings: bool):
-    """Seen users in embedding-table order, with groups and (optionally) their embeddings."""
+    """Seen users in embedding-table order, with groups and (optionally) their embeddings
+    (``[U, d]`` float32, the GNN stage's trained rows: copl_ray/graph/users.py)."""
     users = pq.read_table(run.data / "users.parquet").to_pandas()
     group_of = dict(zip(users["user_id"], users["group"].fillna("")))
-    emb_file = run.gnn / "user_embeddings.parquet"
-    if emb_file.exists():
-        emb = pq.read_table(emb_file).to_pandas()
-        emb = emb[emb["seen"]]
-        ids = emb["user_id"].astype(str).tolist()
-        table = np.stack(emb["embedding"].to_numpy()).astype(np.float32)
+    if path_in(run.gnn).exists():
+        seen = UserEmbeddings.read(run.gnn).seen()
+        ids, table = seen.ids, seen.matrix
     elif need_embeddings:
         raise FileNotFoundError(
-            f"{emb_file}: missing; reward.models {cfg.reward.models} include a model gated by "
-            "GNN user embeddings (run the gnn stage first)"
+            f"{path_in(run.gnn)}: missing; reward.models {cfg.reward.models} include a model "
+            "gated by GNN user embeddings (run the gnn stage first)"
         )
     else:
         ids = users.loc[users["seen"], "user_id"].astype(str).tolist()
@@ -105,23 +107,33 @@ def load_user_table(cfg: Config, run: RunDir, need_embeddings: bool):
     return UserTable(ids, [group_of.get(u) or "" for u in ids]), table
 
 
+def registered(name: str) -> Variant:
+    """The registry's variant ``name``; an unknown one fails as a ``reward.models`` error."""
+    try:
+        return variant_of(name)
+    except ValueError as e:
+        raise ConfigError(f"reward.models: {e}") from None
+
+
 def model_jobs(
     cfg: Config, users: UserTable
 ) -> list[tuple[str, str, Path | None, list[str] | None]]:
-    """``(job name, variant, sub-folder, only_users)`` for every model to train."""
+    """``(job name, architecture, sub-folder, only_users)`` for every model to train: one
+    job per model, or one per known group for a per-group variant (the oracle)."""
     jobs: list[tuple[str, str, Path | None, list[str] | None]] = []
     for name in cfg.reward.models:
-        if name not in MODELS:
-            raise ConfigError(f"reward.models: unknown model {name!r} (known: {', '.join(MODELS)})")
-        if name != "oracle":
-            jobs.append((name, name, None, None))
+        v = registered(name)
+        if not v.per_group:
+            jobs.append((name, v.architecture, None, None))
             continue
         groups = sorted({g for g in users.groups if g})
         if not groups:
-            raise ConfigError("reward.models: 'oracle' needs known user groups; this data has none")
+            raise ConfigError(
+                f"reward.models: {name!r} needs known user groups; this data has none"
+            )
         for g in groups:
             members = [u for u, ug in zip(users.user_ids, users.groups) if ug == g]
-            jobs.append((f"oracle-{g}", "uniform", Path(g), members))
+            jobs.append((f"{name}-{g}", v.architecture, Path(g), members))
     return jobs
 
 
@@ -163,6 +175,165 @@ def training_schedule(
     }
 
 
+def _pair_datasets(cfg: Config, run: RunDir, sched: dict[str, Any], **common) -> dict[str, Any]:
+    """The training shard pipeline and, when there is one, the validation pipeline: the val
+    split, else the ``train.val_fraction`` slice of the survey split held out of training."""
+    val_slice = sched["val_slice"]
+    datasets = {
+        "train": pair_dataset(
+            run.data,
+            splits=sched["train_splits"],
+            slice_fraction=val_slice,
+            take_slice=False,
+            seed=cfg.train.seed,
+            **common,
+        )
+    }
+    if sched["has_val_split"]:
+        datasets["val"] = pair_dataset(run.data, splits=("val",), shuffle=False, **common)
+    elif val_slice > 0:
+        datasets["val"] = pair_dataset(
+            run.data,
+            splits=("survey",),
+            slice_fraction=val_slice,
+            take_slice=True,
+            shuffle=False,
+            **common,
+        )
+    return datasets
+
+
+def _loop_config(
+    cfg: Config,
+    job: str,
+    architecture: str,
+    sched: dict[str, Any],
+    total: int,
+    n_users: int,
+    user_embeddings: np.ndarray | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What every worker's :class:`copl_ray.reward.train.RewardRecipe` reads."""
+    tc, micro = cfg.train, sched["micro"]
+    return {
+        "cfg": cfg.to_dict(),
+        "name": job,
+        "variant": architecture,
+        # no_gnn learns its own table; without GNN embeddings it takes the GNN width.
+        "user_dim": int(user_embeddings.shape[1]) if user_embeddings is not None else cfg.gnn.dim,
+        "n_users": n_users,
+        "user_embeddings": user_embeddings if variant_of(architecture).uses_graph else None,
+        "micro_batch": micro,
+        "steps_per_epoch": sched["steps_per_epoch"],
+        "total_steps": total,
+        "warmup_steps": warmup_steps(tc, total),
+        "shuffle_buffer": max(4 * micro, 512),
+        "torch_threads": max(1, int(tc.cpus_per_worker)),
+        **extra,
+    }
+
+
+def _trainer(
+    cfg: Config,
+    run: RunDir,
+    job: str,
+    loop_config: dict[str, Any],
+    datasets: dict[str, Any],
+    callbacks: list,
+):
+    """The model's ``TorchTrainer``, named ``<job>-<config hash>`` so a rerun resumes it."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from copl_ray import tracking
+    from copl_ray.env import setup_env
+
+    tc = cfg.train
+    storage = (run.root / "reward" / "_ray").resolve()
+    run_name = f"{job}-{cfg.section_hash('data', 'gnn', 'reward', 'train')}"
+    last_step = loop_config["total_steps"]
+    return TorchTrainer(
+        train_loop_per_worker=_train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers,
+            use_gpu=tc.use_gpu,
+            resources_per_worker={"CPU": tc.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            worker_runtime_env={"env_vars": setup_env()},
+            callbacks=[
+                *callbacks,
+                *tracking.callbacks(cfg, run.root, "reward", job, last_step=last_step),
+            ],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # no per-report INFO
+        ),
+        datasets=datasets,
+    )
+
+
+def _fit(trainer, job: str, attempts: Path):
+    """``trainer.fit()``; a failure names the model (Ray wraps worker errors; cause kept)."""
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise RewardTrainingError(f"reward model {job!r} training failed: {e}") from e
+    finally:
+        attempts.unlink(missing_ok=True)
+    if result.checkpoint is None:
+        raise RewardTrainingError(f"reward model {job!r}: the run reported no checkpoint")
+    return result
+
+
+def _keep_final_model(result, out_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
+    """Copy the last checkpoint's ``model/`` (+ the tokenizer) to ``out_dir``; its trainer
+    state (step, loss and validation curves)."""
+    with result.checkpoint.as_directory() as d:
+        d = Path(d)
+        state = json.loads((d / "trainer_state.json").read_text())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.copytree(d / "model", out_dir)
+    if not (out_dir / "tokenizer").exists():
+        shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
+    return state
+
+
+def _model_metrics(
+    cfg: Config, job: str, architecture: str, sched: dict, total: int, n_members: int, fit: dict
+) -> dict[str, Any]:
+    """``metrics.json`` of one model; ``fit``: trainer ``state``, ``last`` report, ``t0``."""
+    state, last = fit["state"], fit["last"]
+    val_slice, val_curve = sched["val_slice"], state.get("val_curve", [])
+    return {
+        "model": job,
+        "variant": architecture,
+        "train_pairs": sched["rows"],
+        "dropped_unknown_response": sched["counts"]["dropped_unknown_response"],
+        "users": n_members,
+        "micro_batch": sched["micro"],
+        "world_size": cfg.train.num_workers,
+        "steps": state["step"],
+        "total_steps": total,
+        "steps_per_epoch": sched["steps_per_epoch"],
+        "zero_stage": cfg.train.zero_stage,
+        "val_source": "val"
+        if sched["has_val_split"]
+        else (f"survey slice {val_slice}" if val_slice else None),
+        "val_accuracy": val_curve[-1]["val_acc"] if val_curve else None,
+        "val_curve": val_curve,
+        "loss_curve": state.get("history", []),
+        "tokens_per_s": last.get("tokens_per_s"),
+        "resumed_from_step": last.get("resumed_from_step"),
+        "seconds": round(time.time() - fit["t0"], 2),
+    }
+
+
 def train_reward_model(
     cfg: Config,
     run: RunDir,
@@ -181,148 +352,51 @@ def train_reward_model(
 ) -> dict[str, Any]:
     """Fit one model with a ``TorchTrainer``; copy the final model into ``out_dir``.
 
+    ``variant`` is the architecture built (:data:`copl_ray.variants.ARCHITECTURES`).
     ``callbacks``: Ray Train ``UserCallback``s added to the run (``copl_ray.tune`` passes one
     that forwards every validation report to Tune, so ASHA can stop the trial early).
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from copl_ray import tracking
     from copl_ray.budget import planned_steps
-    from copl_ray.env import setup_env
 
     tc = cfg.train
-    world = tc.num_workers
     member_ids = only_users if only_users is not None else [u for u in users.user_ids if u]
     sched = training_schedule(cfg, run, job, member_ids, lookups[0])
-    counts, has_val_split = sched["counts"], sched["has_val_split"]
-    train_splits, val_slice = sched["train_splits"], sched["val_slice"]
-    rows, micro, steps_per_epoch = sched["rows"], sched["micro"], sched["steps_per_epoch"]
     # the run plan's training budget (run_dir/plan.json), when it capped this model
     total = planned_steps(cfg, run, job) or sched["total"]
-    common = dict(
-        users=users,
-        tokenizer_dir=tokenizer_dir,
-        max_length=cfg.reward.max_length,
-        only_users=only_users,
-        lookups=lookups,
+    common = dict(users=users, tokenizer_dir=tokenizer_dir, only_users=only_users)
+    datasets = _pair_datasets(
+        cfg, run, sched, max_length=cfg.reward.max_length, lookups=lookups, **common
     )
-    datasets = {
-        "train": pair_dataset(
-            run.data,
-            splits=train_splits,
-            slice_fraction=val_slice,
-            take_slice=False,
-            seed=tc.seed,
-            **common,
-        )
-    }
-    if has_val_split:
-        datasets["val"] = pair_dataset(run.data, splits=("val",), shuffle=False, **common)
-    elif val_slice > 0:
-        datasets["val"] = pair_dataset(
-            run.data,
-            splits=("survey",),
-            slice_fraction=val_slice,
-            take_slice=True,
-            shuffle=False,
-            **common,
-        )
-    loop_config = {
-        "cfg": cfg.to_dict(),
-        "name": job,
-        "variant": variant,
-        "tokenizer_dir": str(tokenizer_dir),
-        # no_gnn learns its own table; without GNN embeddings it takes the GNN width.
-        "user_dim": int(user_embeddings.shape[1]) if user_embeddings is not None else cfg.gnn.dim,
-        "n_users": len(users.user_ids),
-        "user_embeddings": user_embeddings if variant in ("copl", "no_mole") else None,
-        "micro_batch": micro,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total,
-        "warmup_steps": warmup_steps(tc, total),
-        "has_val": "val" in datasets,
-        "shuffle_buffer": max(4 * micro, 512),
-        "torch_threads": max(1, int(tc.cpus_per_worker)),
-        "interrupt_at_step": interrupt_at_step,
-        "frozen_states": str(frozen_states) if frozen_states else None,
-    }
     storage = (run.root / "reward" / "_ray").resolve()
     storage.mkdir(parents=True, exist_ok=True)
     attempts = new_attempts_file(storage)  # counts worker-group (re)starts of this fit
-    loop_config["attempts_file"] = str(attempts)
-    run_name = f"{job}-{cfg.section_hash('data', 'gnn', 'reward', 'train')}"
-    trainer = TorchTrainer(
-        train_loop_per_worker=_train_loop,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=world,
-            use_gpu=tc.use_gpu,
-            resources_per_worker={"CPU": tc.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            worker_runtime_env={"env_vars": setup_env()},
-            callbacks=[
-                *(callbacks or []),
-                *tracking.callbacks(cfg, run.root, "reward", job, last_step=total),
-            ],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # no per-report INFO
-        ),
-        datasets=datasets,
+    loop_config = _loop_config(
+        cfg,
+        job,
+        variant,
+        sched,
+        total,
+        len(users.user_ids),
+        user_embeddings,
+        tokenizer_dir=str(tokenizer_dir),
+        has_val="val" in datasets,
+        interrupt_at_step=interrupt_at_step,
+        frozen_states=str(frozen_states) if frozen_states else None,
+        attempts_file=str(attempts),
     )
+    trainer = _trainer(cfg, run, job, loop_config, datasets, callbacks or [])
     t0 = time.time()
     print(
-        f"[reward] {job}: variant={variant} pairs={rows} workers={world} micro_batch={micro} "
-        f"steps={total} zero_stage={tc.zero_stage}",
+        f"[reward] {job}: variant={variant} pairs={sched['rows']} workers={tc.num_workers} "
+        f"micro_batch={sched['micro']} steps={total} zero_stage={tc.zero_stage}",
         flush=True,
     )
-    try:
-        result = trainer.fit()
-    except Exception as e:  # Ray wraps worker errors; name the model, keep the cause
-        raise RewardTrainingError(f"reward model {job!r} training failed: {e}") from e
-    finally:
-        attempts.unlink(missing_ok=True)
-    if result.checkpoint is None:
-        raise RewardTrainingError(f"reward model {job!r}: the run reported no checkpoint")
-    with result.checkpoint.as_directory() as d:
-        d = Path(d)
-        state = json.loads((d / "trainer_state.json").read_text())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.copytree(d / "model", out_dir)
-    if not (out_dir / "tokenizer").exists():
-        shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
-    if variant == "no_gnn":
+    result = _fit(trainer, job, attempts)
+    state = _keep_final_model(result, out_dir, tokenizer_dir)
+    if registered(variant).user_input == "table":
         (out_dir / "user_ids.json").write_text(json.dumps(users.user_ids))
-    last = result.metrics or {}
-    val_curve = state.get("val_curve", [])
-    metrics = {
-        "model": job,
-        "variant": variant,
-        "train_pairs": rows,
-        "dropped_unknown_response": counts["dropped_unknown_response"],
-        "users": len(member_ids),
-        "micro_batch": micro,
-        "world_size": world,
-        "steps": state["step"],
-        "total_steps": total,
-        "steps_per_epoch": steps_per_epoch,
-        "zero_stage": tc.zero_stage,
-        "val_source": "val"
-        if has_val_split
-        else (f"survey slice {val_slice}" if val_slice else None),
-        "val_accuracy": val_curve[-1]["val_acc"] if val_curve else None,
-        "val_curve": val_curve,
-        "loss_curve": state.get("history", []),
-        "tokens_per_s": last.get("tokens_per_s"),
-        "resumed_from_step": last.get("resumed_from_step"),
-        "seconds": round(time.time() - t0, 2),
-    }
+    fit = {"state": state, "last": result.metrics or {}, "t0": t0}
+    metrics = _model_metrics(cfg, job, variant, sched, total, len(member_ids), fit)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -348,9 +422,9 @@ def frozen_states_file(
     frozen_cache.py ``precompute_states``); reused while the data and reward config hold."""
     if cfg.reward.adapted_layers is None:
         return None
-    from copl_ray.data.ray_data import tokenize_texts
     from copl_ray.reward.backbone import build_backbone, load_tokenizer
     from copl_ray.reward.frozen_cache import FrozenLowerLayers, cache_bytes, precompute_states
+    from copl_ray.reward.shards import tokenize_texts
 
     path = run.root / "reward" / f"frozen_states-{cfg.section_hash('data', 'reward')}.safetensors"
     if path.exists():
@@ -377,7 +451,7 @@ def frozen_states_file(
 def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
     """Train every model of ``cfg.reward.models``; return ``{model: metrics}``."""
     t0 = time.time()
-    need_gnn = any(m in NEEDS_GNN for m in cfg.reward.models)
+    need_gnn = any(registered(m).uses_graph for m in cfg.reward.models)
     users, table = load_user_table(cfg, run, need_gnn)
     tokenizer_dir = prepare_tokenizer(cfg, run)
     lookups = read_lookups(run.data, users)
@@ -401,8 +475,9 @@ def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
             frozen_states=states,
         )
         out["models"][job] = {k: m[k] for k in ("val_accuracy", "steps", "seconds", "train_pairs")}
-    if "oracle" in cfg.reward.models:
-        groups = sorted({g for g in users.groups if g})
-        (run.reward("oracle") / "groups.json").write_text(json.dumps(groups))
+    for name in cfg.reward.models:
+        if registered(name).per_group:  # the groups eval routes users by
+            groups = sorted({g for g in users.groups if g})
+            (run.reward(name) / "groups.json").write_text(json.dumps(groups))
     out["seconds"] = round(time.time() - t0, 2)
     return out

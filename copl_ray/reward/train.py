@@ -28,6 +28,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +43,22 @@ class InjectedInterruption(RuntimeError):
     """Raised by the loop at ``interrupt_at_step`` (tests: a crash after a checkpoint)."""
 
 
-def pair_forward(model, batch: dict, variant: str, user_table):
-    """Scores ``(chosen [B], rejected [B])`` of a collated batch in one forward of 2B rows."""
-    ids = torch_cat(batch["chosen_input_ids"], batch["rejected_input_ids"])
-    mask = torch_cat(batch["chosen_attention_mask"], batch["rejected_attention_mask"])
-    # Rows are right-padded to max_length; cutting the all-pad tail is exact (causal
-    # attention: no position attends to later ones) and skips wasted compute.
-    width = int(mask.sum(1).max())
-    ids, mask = ids[:, :width], mask[:, :width]
-    kwargs: dict[str, Any] = {}
-    if variant in ("copl", "no_mole"):
-        kwargs["user_emb"] = user_table[batch["user_index"].to(user_table.device)]
-    elif variant == "no_gnn":
-        kwargs["user_index"] = batch["user_index"]
-    scores = model(ids, mask, **kwargs)
-    b = batch["chosen_input_ids"].shape[0]
-    return scores[:b].float(), scores[b:].float()
+def pair_forward(engine, batch: dict, user_table):
+    """Scores ``(chosen [B], rejected [B])`` of a collated batch in one forward of 2B rows.
 
-
-def torch_cat(a, b):
+    ``PersonalRewardModel.score_rows`` (the scoring path eval and serving share) trims
+    the fixed ``max_length`` padding and passes the user input the variant takes: the
+    seen user's GNN row of ``user_table`` or the ``user_index`` into the model's own table.
+    """
     import torch
 
-    return torch.cat([a, b], dim=0)
+    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]], dim=0)
+    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], dim=0)
+    index = batch["user_index"]
+    user_emb = None if user_table is None else user_table[index.to(user_table.device)]
+    scores = engine.module.score_rows(ids, mask, user_emb, index, forward=engine)
+    b = batch["chosen_input_ids"].shape[0]
+    return scores[:b].float(), scores[b:].float()
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -126,155 +121,160 @@ def save_model(engine, model, out_dir: Path, zero_stage: int, rank: int) -> None
         model.save(str(out_dir))
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one loop, read top-down
-    """Ray Train entry point; ``config`` is built by :mod:`copl_ray.reward.stage`."""
-    from copl_ray.config import config_from_dict
+class RewardRecipe:
+    """One worker's BTL training, torchtune-style: :meth:`setup` builds everything,
+    :meth:`train` runs the steps, :meth:`validate` and :meth:`save_checkpoint` are called
+    by it. ``config`` is built by :mod:`copl_ray.reward.stage`."""
 
-    cfg = config_from_dict(config["cfg"])
-    tc = cfg.train
-    if not tc.use_gpu:
-        # before deepspeed is imported (docs/stack-notes.md S5)
-        os.environ["DS_ACCELERATOR"] = "cpu"
-    import deepspeed
-    import ray.train
-    import ray.train.torch
-    import torch
-    import torch.distributed as dist
+    def __init__(self, config: dict[str, Any]) -> None:
+        from copl_ray.config import config_from_dict
 
-    from copl_ray.data.ray_data import collate_pairs
-    from copl_ray.env import clear_stale_build_locks
-    from copl_ray.recovery import commit_checkpoint, restart_line, start_attempt
-    from copl_ray.reward.backbone import load_tokenizer
-    from copl_ray.reward.ds_config import build_ds_config
-    from copl_ray.reward.model import PersonalRewardModel
-    from copl_ray.schedule import cosine_with_warmup
+        self.config = config
+        self.cfg = config_from_dict(config["cfg"])
+        self.tc = self.cfg.train
+        self.name, self.variant = config["name"], config["variant"]
+        self.micro, self.spe = config["micro_batch"], config["steps_per_epoch"]
+        self.total = config["total_steps"]
+        self.step, self.history, self.val_curve, self.resumed_from = 0, [], [], None
+        self.val_cache: list[dict] = []
+        self.train_cache: list[dict] = []
 
-    clear_stale_build_locks()  # a killed earlier build would hang DeepSpeed's op load
-    # DeepSpeed's CPU backend prints "... shm_comm_op built successfully" from every worker
-    # of every model; a failed build raises, so that stdout carries nothing a user needs
-    with contextlib.redirect_stdout(io.StringIO()):
-        deepspeed.init_distributed(dist_backend="nccl" if tc.use_gpu else "gloo")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
-    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
-    name, variant = config["name"], config["variant"]
-    micro, spe, total = config["micro_batch"], config["steps_per_epoch"], config["total_steps"]
-    ds_config = build_ds_config(tc, micro_batch=micro, world_size=world, on_gpu=tc.use_gpu)
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Distributed init, model, user table, DeepSpeed engine, resume, data shards."""
+        if not self.tc.use_gpu:
+            # before deepspeed is imported (docs/stack-notes.md S5)
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed
+        import ray.train
+        import ray.train.torch
+        import torch
 
-    # Under ZeRO-3 the HF config object must exist BEFORE the backbone is built, so that
-    # transformers constructs it inside zero.Init and no rank ever holds a full copy in host
-    # RAM (docs/stack-notes.md S4).
-    hf_ds = None
-    if tc.zero_stage == 3:
-        from transformers.integrations import HfDeepSpeedConfig
+        from copl_ray.env import clear_stale_build_locks
+        from copl_ray.reward.ds_config import build_ds_config
 
-        hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841 - kept alive by reference
-    torch.manual_seed(tc.seed)  # identical frozen weights on every rank for random backbones
-    tokenizer = load_tokenizer(config["tokenizer_dir"])
-    model = PersonalRewardModel.build(
-        cfg.reward,
-        variant,
-        user_dim=config["user_dim"],
-        n_users=config["n_users"],
-        tokenizer=tokenizer,
-    )
-    if tc.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    user_table = None
-    if config.get("user_embeddings") is not None:
-        # a copy: the table arrives read-only from Ray's object store
-        user_table = torch.tensor(np.array(config["user_embeddings"], dtype=np.float32))
-        user_table = user_table.to(device)
-        if model.mole.gate is not None and cfg.reward.gate_input == "standardized":
-            # every rank holds the same table, so every rank freezes the same (mu, sigma)
-            model.mole.gate.standardize_inputs(user_table)
+        tc, config = self.tc, self.config
+        clear_stale_build_locks()  # a killed earlier build would hang DeepSpeed's op load
+        # DeepSpeed's CPU backend prints "... shm_comm_op built successfully" from every worker
+        # of every model; a failed build raises, so that stdout carries nothing a user needs
+        with contextlib.redirect_stdout(io.StringIO()):
+            deepspeed.init_distributed(dist_backend="nccl" if tc.use_gpu else "gloo")
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
+        torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
+        ds_config = build_ds_config(
+            tc, micro_batch=self.micro, world_size=self.world, on_gpu=tc.use_gpu
+        )
+        # Under ZeRO-3 the HF config object must exist BEFORE the backbone is built, so that
+        # transformers constructs it inside zero.Init and no rank ever holds a full copy in
+        # host RAM (docs/stack-notes.md S4); held (a weak reference) as long as the recipe.
+        self._hf_ds = None
+        if tc.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_warm = config["warmup_steps"]
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        model_parameters=trainable,
-        config=ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, cosine_with_warmup(total, n_warm)
-        ),
-    )
-    if user_table is not None and tc.bf16:
-        user_table = user_table.to(torch.bfloat16)
-    if config.get("frozen_states") and model.frozen is not None:
-        from copl_ray.reward.frozen_cache import load_states
+            self._hf_ds = HfDeepSpeedConfig(ds_config)
+        self._build_model()
+        self._build_engine(ds_config)
+        self._resume()
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
-        # after deepspeed.initialize: moving the model (.to) clears the cache
-        load_states(model.frozen, config["frozen_states"])  # computed once by the stage
+    def _build_model(self) -> None:
+        """Seeded model (same frozen weights on every rank) and the GNN user table."""
+        import torch
 
-    # ------------------------------------------------------------------ resume
-    step, history, val_curve, resumed_from = 0, [], [], None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = json.loads((Path(d) / TRAINER_STATE).read_text())
-            engine.load_checkpoint(
-                d, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True
-            )
-        step, history, val_curve = state["step"], state["history"], state["val_curve"]
-        resumed_from = step
-    attempt = start_attempt(config.get("attempts_file"), rank)
-    if rank == 0 and attempt > 1:  # Ray Train restarted the worker group after a failure
-        resumed = f"step {step}" if ckpt is not None else None
-        print(restart_line(f"reward/{name}", attempt, tc.max_failures, resumed), flush=True)
-    elif rank == 0 and ckpt is not None:
-        print(f"[{name}] resumed from checkpoint at step {step}/{total}", flush=True)
+        from copl_ray.reward.backbone import load_tokenizer
+        from copl_ray.reward.model import PersonalRewardModel
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
+        tc, config = self.tc, self.config
+        torch.manual_seed(tc.seed)  # identical frozen weights on every rank for random backbones
+        tokenizer = load_tokenizer(config["tokenizer_dir"])
+        self.model = model = PersonalRewardModel.build(
+            self.cfg.reward,
+            self.variant,
+            user_dim=config["user_dim"],
+            n_users=config["n_users"],
+            tokenizer=tokenizer,
+        )
+        if tc.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.user_table = None
+        if config.get("user_embeddings") is not None:
+            # a copy: the table arrives read-only from Ray's object store
+            table = torch.tensor(np.array(config["user_embeddings"], dtype=np.float32))
+            self.user_table = table.to(self.device)
+            if model.mole.gate is not None and self.cfg.reward.gate_input == "standardized":
+                # every rank holds the same table, so every rank freezes the same (mu, sigma)
+                model.mole.gate.standardize_inputs(self.user_table)
 
-    val_cache: list[dict] = []
+    def _build_engine(self, ds_config: dict) -> None:
+        """DeepSpeed engine and cosine schedule; the frozen-layer states loaded after it."""
+        import deepspeed
+        import torch
 
-    def validate() -> float | None:
-        if val_shard is None:
-            return None
-        engine.eval()
-        correct = n = 0.0
-        # The val shard is small and read every eval_every steps: keep it after one pass
-        # instead of re-running the Ray Data pipeline each time.
-        if not val_cache:
-            val_cache.extend(
-                val_shard.iter_torch_batches(
-                    batch_size=micro, collate_fn=collate_pairs, drop_last=False
+        from copl_ray.schedule import cosine_with_warmup
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        total, n_warm = self.total, self.config["warmup_steps"]
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model,
+            model_parameters=trainable,
+            config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                opt, cosine_with_warmup(total, n_warm)
+            ),
+        )
+        if self.user_table is not None and self.tc.bf16:
+            self.user_table = self.user_table.to(torch.bfloat16)
+        if self.config.get("frozen_states") and self.model.frozen is not None:
+            from copl_ray.reward.frozen_cache import load_states
+
+            # after deepspeed.initialize: moving the model (.to) clears the cache
+            load_states(self.model.frozen, self.config["frozen_states"])  # computed by the stage
+
+    def _resume(self) -> None:
+        """Restore from Ray Train's latest checkpoint, if any, and say so on rank 0."""
+        import ray.train
+
+        from copl_ray.recovery import restart_line, start_attempt
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                state = json.loads((Path(d) / TRAINER_STATE).read_text())
+                self.engine.load_checkpoint(
+                    d, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True
                 )
+            self.step, self.history = state["step"], state["history"]
+            self.val_curve = state["val_curve"]
+            self.resumed_from = self.step
+        attempt = start_attempt(self.config.get("attempts_file"), self.rank)
+        if self.rank == 0 and attempt > 1:  # Ray Train restarted the group after a failure
+            resumed = f"step {self.step}" if ckpt is not None else None
+            line = restart_line(f"reward/{self.name}", attempt, self.tc.max_failures, resumed)
+            print(line, flush=True)
+        elif self.rank == 0 and ckpt is not None:
+            print(
+                f"[{self.name}] resumed from checkpoint at step {self.step}/{self.total}",
+                flush=True,
             )
-        with torch.no_grad():
-            for b in val_cache:
-                c, r = pair_forward(engine, _to_device(b, device), variant, user_table)
-                correct += float((c > r).sum())
-                n += c.numel()
-        engine.train()
-        correct, n = _all_reduce_sum([correct, n], device)
-        return correct / n if n else None
 
-    def checkpoint(metrics: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix=f"copl-{name}-") as tmp:
-            engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
-            save_model(engine, model, Path(tmp) / MODEL_DIR, tc.zero_stage, rank)
-            if rank == 0:
-                state = {"step": step, "history": history, "val_curve": val_curve}
-                (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        if step < total:  # a worker killed from here on restarts from this checkpoint
-            commit_checkpoint()
-
-    train_cache: list[dict] = []
-
-    def epoch_batches(epoch: int):
+    # ------------------------------------------------------------------ data
+    def epoch_batches(self, epoch: int):
         """Stream the shard; with ``train.cache_shards`` later epochs re-batch a permutation
         of the rows the first streamed pass kept in worker memory (small data: re-running
         the pipeline would cost more than the training)."""
-        if tc.cache_shards and train_cache:
+        import torch
+
+        from copl_ray.reward.shards import collate_pairs
+
+        tc, micro, cache = self.tc, self.micro, self.train_cache
+        if tc.cache_shards and cache:
             cols = {
-                k: torch.cat([b[k] for b in train_cache])
-                for k in train_cache[0]
-                if isinstance(train_cache[0][k], torch.Tensor)
+                k: torch.cat([b[k] for b in cache])
+                for k in cache[0]
+                if isinstance(cache[0][k], torch.Tensor)
             }
             n_rows = next(iter(cols.values())).shape[0]
             perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(tc.seed + epoch))
@@ -282,107 +282,205 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901 - one l
                 idx = perm[j * micro : (j + 1) * micro]
                 yield {k: v[idx] for k, v in cols.items()}
             return
-        for b in train_shard.iter_torch_batches(
+        for b in self.train_shard.iter_torch_batches(
             batch_size=micro,
             collate_fn=collate_pairs,
             drop_last=True,
-            local_shuffle_buffer_size=config["shuffle_buffer"],
+            local_shuffle_buffer_size=self.config["shuffle_buffer"],
             local_shuffle_seed=tc.seed + epoch,
         ):
             if tc.cache_shards:
-                train_cache.append(b)
+                cache.append(b)
             yield b
 
-    # ------------------------------------------------------------------ loop
-    mole = getattr(model, "mole", None)
-    n_dense = math.ceil(cfg.reward.gate_dense_warmup * total)
-    engine.train()
-    t0, tokens, window = time.time(), 0.0, [0.0, 0.0, 0.0, 0]  # loss_sum, correct, n, steps
-    pairs_done = 0.0
-    # samples routed to each expert since the last log (gated variants; [] without a gate)
-    usage = [0.0] * (cfg.reward.num_experts if getattr(mole, "gate", None) is not None else 0)
-    start_step, interrupt_at = step, config.get("interrupt_at_step")
-    n_epochs = math.ceil(total / spe)
-    done = step >= total
-    for epoch in range(step // spe, n_epochs):
-        if done:
-            break
-        skip = step - epoch * spe  # batches of this epoch consumed before a restart
-        for i, batch in enumerate(epoch_batches(epoch)):
-            if i >= spe * tc.grad_accum:
-                break
-            if i < skip * tc.grad_accum:
-                continue
-            batch = _to_device(batch, device)
-            if mole is not None:  # dense-to-sparse gate warm-up (same step on every rank)
-                mole.dense_routing = step < n_dense
-            c, r = pair_forward(engine, batch, variant, user_table)
-            loss = -torch.nn.functional.logsigmoid(c - r).mean()
-            aux = getattr(model, "aux_loss", None)
-            if isinstance(aux, torch.Tensor) and aux.requires_grad:
-                loss = loss + aux
-            engine.backward(loss)
-            engine.step()
-            window[0] += float(loss.detach()) * c.numel()
-            window[1] += float((c > r).sum())
-            window[2] += c.numel()
-            tokens += float(
-                batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
+    # ------------------------------------------------------------------ validate / save
+    def validate(self) -> float | None:
+        """Pairwise accuracy on the val shard, summed over ranks (None without one)."""
+        import torch
+
+        from copl_ray.reward.shards import collate_pairs
+
+        if self.val_shard is None:
+            return None
+        self.engine.eval()
+        correct = n = 0.0
+        # The val shard is small and read every eval_every steps: keep it after one pass
+        # instead of re-running the Ray Data pipeline each time.
+        if not self.val_cache:
+            self.val_cache.extend(
+                self.val_shard.iter_torch_batches(
+                    batch_size=self.micro, collate_fn=collate_pairs, drop_last=False
+                )
             )
-            pairs_done += c.numel()
-            if usage:  # top-k assignments of this forward's users, summed over the gates
-                usage = [u + float(x) for u, x in zip(usage, model.expert_usage().sum(0))]
-            if not engine.is_gradient_accumulation_boundary():
-                continue
-            step += 1
-            window[3] += 1
-            last = step >= total
-            log_now = step % tc.log_every == 0 or last
-            eval_now = step % tc.eval_every == 0 or last
-            ckpt_now = step % tc.ckpt_every == 0 or last
-            metrics: dict[str, Any] = {"step": step, "epoch": epoch}
-            if log_now:
-                loss_sum, corr, n, tok, n_pairs, *routed = _all_reduce_sum(
-                    [window[0], window[1], window[2], tokens, pairs_done, *usage], device
-                )
-                elapsed = time.time() - t0
-                rate = (step - start_step) / max(elapsed, 1e-9)
-                metrics.update(
-                    loss=loss_sum / max(n, 1),
-                    train_acc=corr / max(n, 1),
-                    lr=scheduler.get_last_lr()[0],
-                    tokens_per_s=tok / max(elapsed, 1e-9),
-                    pairs_per_s=n_pairs / max(elapsed, 1e-9),
-                    eta_s=(total - step) / max(rate, 1e-9),
-                )
-                if routed and sum(routed) > 0:  # share of the window's samples per expert
-                    metrics["expert_usage"] = [u / sum(routed) for u in routed]
-                history.append({k: metrics[k] for k in ("step", "loss", "train_acc", "lr")})
-                window = [0.0, 0.0, 0.0, 0]
-                usage = [0.0] * len(usage)
-            if eval_now:
-                metrics["val_acc"] = validate()
-                val_curve.append({"step": step, "val_acc": metrics["val_acc"]})
-            if log_now and rank == 0:
-                val = metrics.get("val_acc")
-                print(
-                    f"[{name}] step {step}/{total} epoch {epoch} loss {metrics['loss']:.4f} "
-                    f"acc {metrics['train_acc']:.3f}"
-                    + (f" val_acc {val:.3f}" if val is not None else "")
-                    + f" lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} "
-                    f"eta {_fmt_eta(metrics['eta_s'])}",
-                    flush=True,
-                )
-            if ckpt_now:
-                metrics["resumed_from_step"] = resumed_from
-                metrics["train_seconds"] = time.time() - t0
-                checkpoint(metrics)
-            elif log_now or eval_now:
-                ray.train.report(metrics)
-            if interrupt_at is not None and step == interrupt_at and resumed_from is None:
-                raise InjectedInterruption(f"[{name}] injected interruption at step {step}")
-            if last:
-                done = True
+        with torch.no_grad():
+            for b in self.val_cache:
+                c, r = pair_forward(self.engine, _to_device(b, self.device), self.user_table)
+                correct += float((c > r).sum())
+                n += c.numel()
+        self.engine.train()
+        correct, n = _all_reduce_sum([correct, n], self.device)
+        return correct / n if n else None
+
+    def save_checkpoint(self, metrics: dict[str, Any]) -> None:
+        """DeepSpeed shards of every rank + ``model/`` + trainer state: one Ray checkpoint."""
+        import ray.train
+
+        from copl_ray.recovery import commit_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix=f"copl-{self.name}-") as tmp:
+            self.engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
+            save_model(
+                self.engine, self.model, Path(tmp) / MODEL_DIR, self.tc.zero_stage, self.rank
+            )
+            if self.rank == 0:
+                state = {"step": self.step, "history": self.history, "val_curve": self.val_curve}
+                (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if self.step < self.total:  # a worker killed from here on restarts from this checkpoint
+            commit_checkpoint()
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        """Epochs of optimizer steps from the resumed step to ``total_steps``."""
+        tc, spe = self.tc, self.spe
+        mole = getattr(self.model, "mole", None)
+        self.n_dense = math.ceil(self.cfg.reward.gate_dense_warmup * self.total)
+        self.engine.train()
+        self.t0, self.start_step = time.time(), self.step
+        self.window = _Window.empty(
+            self.cfg.reward.num_experts if getattr(mole, "gate", None) is not None else 0
+        )
+        for epoch in range(self.step // spe, math.ceil(self.total / spe)):
+            if self.step >= self.total:
                 break
-    if dist.is_initialized():
-        dist.barrier()
+            skip = self.step - epoch * spe  # batches of this epoch consumed before a restart
+            for i, batch in enumerate(self.epoch_batches(epoch)):
+                if i >= spe * tc.grad_accum:
+                    break
+                if i < skip * tc.grad_accum:
+                    continue
+                self._micro_step(_to_device(batch, self.device), mole)
+                if not self.engine.is_gradient_accumulation_boundary():
+                    continue
+                self.step += 1
+                self._after_step(epoch)
+                if self.step >= self.total:
+                    break
+
+    def _micro_step(self, batch: dict, mole) -> None:
+        """One forward/backward of a micro batch; its loss, accuracy, tokens, routing."""
+        import torch
+
+        if mole is not None:  # dense-to-sparse gate warm-up (same step on every rank)
+            mole.dense_routing = self.step < self.n_dense
+        c, r = pair_forward(self.engine, batch, self.user_table)
+        loss = -torch.nn.functional.logsigmoid(c - r).mean()
+        aux = getattr(self.model, "aux_loss", None)
+        if isinstance(aux, torch.Tensor) and aux.requires_grad:
+            loss = loss + aux
+        self.engine.backward(loss)
+        self.engine.step()
+        w = self.window
+        w.loss_sum += float(loss.detach()) * c.numel()
+        w.correct += float((c > r).sum())
+        w.n += c.numel()
+        w.tokens += float(
+            batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
+        )
+        w.pairs += c.numel()
+        if w.usage:  # top-k assignments of this forward's users, summed over the gates
+            w.usage = [u + float(x) for u, x in zip(w.usage, self.model.expert_usage().sum(0))]
+
+    def _after_step(self, epoch: int) -> None:
+        """Log / validate / checkpoint / report at an optimizer step, as configured."""
+        import ray.train
+
+        tc, step, last = self.tc, self.step, self.step >= self.total
+        log_now = step % tc.log_every == 0 or last
+        eval_now = step % tc.eval_every == 0 or last
+        metrics: dict[str, Any] = {"step": step, "epoch": epoch}
+        if log_now:
+            metrics.update(self._window_metrics())
+        if eval_now:
+            metrics["val_acc"] = self.validate()
+            self.val_curve.append({"step": step, "val_acc": metrics["val_acc"]})
+        if log_now and self.rank == 0:
+            print(_log_line(self.name, step, self.total, epoch, metrics), flush=True)
+        if step % tc.ckpt_every == 0 or last:
+            metrics["resumed_from_step"] = self.resumed_from
+            metrics["train_seconds"] = time.time() - self.t0
+            self.save_checkpoint(metrics)
+        elif log_now or eval_now:
+            ray.train.report(metrics)
+        interrupt_at = self.config.get("interrupt_at_step")
+        if interrupt_at is not None and step == interrupt_at and self.resumed_from is None:
+            raise InjectedInterruption(f"[{self.name}] injected interruption at step {step}")
+
+    def _window_metrics(self) -> dict[str, Any]:
+        """Loss, accuracy, rates and expert shares since the last log, summed over ranks
+        (the time-based rates since this attempt's start); the window starts over."""
+        w, step = self.window, self.step
+        loss_sum, corr, n, tok, n_pairs, *routed = _all_reduce_sum(
+            [w.loss_sum, w.correct, w.n, w.tokens, w.pairs, *w.usage], self.device
+        )
+        elapsed = max(time.time() - self.t0, 1e-9)
+        rate = (step - self.start_step) / elapsed
+        metrics = {
+            "loss": loss_sum / max(n, 1),
+            "train_acc": corr / max(n, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": tok / elapsed,
+            "pairs_per_s": n_pairs / elapsed,
+            "eta_s": (self.total - step) / max(rate, 1e-9),
+        }
+        if routed and sum(routed) > 0:  # share of the window's samples per expert
+            metrics["expert_usage"] = [u / sum(routed) for u in routed]
+        self.history.append({"step": step, **{k: metrics[k] for k in ("loss", "train_acc", "lr")}})
+        w.reset()
+        return metrics
+
+    def cleanup(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+
+
+@dataclass
+class _Window:
+    """Sums since the last log line. ``tokens`` and ``pairs`` run over the whole attempt
+    (rates are per second since its start); the rest start over at each log."""
+
+    loss_sum: float
+    correct: float
+    n: float
+    tokens: float
+    pairs: float
+    usage: list[float]  # samples routed to each expert ([] without a gate)
+
+    @classmethod
+    def empty(cls, n_experts: int) -> _Window:
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, [0.0] * n_experts)
+
+    def reset(self) -> None:
+        self.loss_sum = self.correct = self.n = 0.0
+        self.usage = [0.0] * len(self.usage)
+
+
+def _log_line(name: str, step: int, total: int, epoch: int, metrics: dict[str, Any]) -> str:
+    val = metrics.get("val_acc")
+    return (
+        f"[{name}] step {step}/{total} epoch {epoch} loss {metrics['loss']:.4f} "
+        f"acc {metrics['train_acc']:.3f}"
+        + (f" val_acc {val:.3f}" if val is not None else "")
+        + f" lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} "
+        f"eta {_fmt_eta(metrics['eta_s'])}"
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``config`` is built by :mod:`copl_ray.reward.stage`."""
+    recipe = RewardRecipe(config)
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()

@@ -9,30 +9,27 @@ never split a batch per user: docs/stack-notes.md S8)::
     scores = f(rows, E)                                               [N]
     p(a ≻ b | u) = σ(f(u, a) − f(u, b))
 
-Texts are truncated to ``reward.max_length`` exactly like training
-(``copl_ray.data.ray_data.tokenize_texts``) and right-padded only to the longest row of
-the batch; the model pools non-pad tokens only (``reward.pooling``, the function the
-trained model and the per-user export share: copl_ray/reward/pooling.py), so the padding
-length does not change a score.
+Texts are truncated to the model's ``max_length`` (``reward.max_length`` as trained) and
+right-padded only to the longest row of the batch; the rows are scored by
+``PersonalRewardModel.score_rows``, the path training and eval score by, which pools
+non-pad tokens only (``reward.pooling``: copl_ray/reward/pooling.py), so the padding
+length does not change a score. Users are the GNN stage's table
+(:class:`copl_ray.graph.users.UserEmbeddings`).
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from copl_ray.artifacts import RunDir
 from copl_ray.data.tables import format_text
-
-# Variants whose forward takes the user embedding; "uniform" takes no user input.
-USER_EMB_VARIANTS = ("copl", "no_mole")
+from copl_ray.graph.users import UserEmbeddings, path_in
+from copl_ray.variants import COPL
 
 
 class RunDirIncomplete(FileNotFoundError):
@@ -45,63 +42,13 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
-def check_run_dir(run_dir: str | Path, model_name: str = "copl") -> None:
+def check_run_dir(run_dir: str | Path, model_name: str = COPL) -> None:
     """Fail before deploying when a file serving needs is missing (names the file)."""
     run = RunDir(run_dir)
     require(run.reward(model_name) / "reward_config.json", f"reward model {model_name!r}")
-    require(run.gnn / "user_embeddings.parquet", "user embeddings from the GNN stage")
+    require(path_in(run.gnn), "user embeddings from the GNN stage")
     require(run.gnn / "graph.json", "GNN graph used to adapt new users")
     require(run.data / "responses.parquet", "responses table of the data stage")
-
-
-@dataclass
-class UserRow:
-    """A user the run already knows (trained seen user, or an offline-adapted unseen one)."""
-
-    user_id: str
-    embedding: np.ndarray  # [D] float32
-    kind: str  # "trained" | "adapted"
-    seen: bool
-    n_neighbors: int
-    fallback: bool
-
-
-class UserTable:
-    """``gnn/user_embeddings.parquet`` in memory: id -> row of one float32 matrix."""
-
-    def __init__(self, path: Path):
-        df = pq.read_table(require(path, "user embeddings from the GNN stage")).to_pandas()
-        missing = {"user_id", "embedding"} - set(df.columns)
-        if missing:
-            raise RunDirIncomplete(f"{path}: missing column(s) {sorted(missing)}")
-        self.ids = [str(u) for u in df["user_id"]]
-        self.matrix = np.stack([np.asarray(e, dtype=np.float32) for e in df["embedding"]])
-        self.index = {u: i for i, u in enumerate(self.ids)}
-        n = len(df)
-        self.kind = list(df["kind"]) if "kind" in df else ["trained"] * n
-        self.seen = [bool(s) for s in df["seen"]] if "seen" in df else [True] * n
-        self.n_neighbors = [int(x) for x in df["n_neighbors"]] if "n_neighbors" in df else [0] * n
-        self.fallback = [bool(x) for x in df["fallback"]] if "fallback" in df else [False] * n
-
-    @property
-    def dim(self) -> int:
-        return int(self.matrix.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def get(self, user_id: str) -> UserRow | None:
-        i = self.index.get(user_id)
-        if i is None:
-            return None
-        return UserRow(
-            user_id,
-            self.matrix[i],
-            self.kind[i],
-            self.seen[i],
-            self.n_neighbors[i],
-            self.fallback[i],
-        )
 
 
 def find_tokenizer_dir(run: RunDir, model_name: str) -> Path:
@@ -115,25 +62,10 @@ def find_tokenizer_dir(run: RunDir, model_name: str) -> Path:
     )
 
 
-def reward_max_length(model_dir: Path, model) -> int:
-    """``max_length`` the model was trained with (reward_config.json), else the model's cfg."""
-    cfg_path = model_dir / "reward_config.json"
-    if cfg_path.exists():
-        d = json.loads(cfg_path.read_text())
-        for node in (d, d.get("reward", {}), d.get("reward_cfg", {}), d.get("config", {})):
-            if isinstance(node, dict) and isinstance(node.get("max_length"), int):
-                return int(node["max_length"])
-    for attr in ("reward_cfg", "cfg", "config"):
-        v = getattr(getattr(model, attr, None), "max_length", None)
-        if isinstance(v, int):
-            return v
-    raise RunDirIncomplete(f"{cfg_path}: no max_length found for the reward model")
-
-
 class RewardScorer:
     """The reward model of one run directory, scoring rows with per-row user embeddings."""
 
-    def __init__(self, run_dir: str | Path, model_name: str = "copl", device: str = "cpu"):
+    def __init__(self, run_dir: str | Path, model_name: str = COPL, device: str = "cpu"):
         from copl_ray.reward.backbone import load_tokenizer
         from copl_ray.reward.model import PersonalRewardModel
 
@@ -145,16 +77,13 @@ class RewardScorer:
         self.variant = str(getattr(self.model, "variant", model_name))
         self.tokenizer = load_tokenizer(find_tokenizer_dir(self.run, model_name))
         self.tokenizer.padding_side = "right"
-        self.max_length = reward_max_length(model_dir, self.model)
+        self.max_length = self.model.max_length
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
-        self.users = UserTable(self.run.gnn / "user_embeddings.parquet")
+        users = require(path_in(self.run.gnn), "user embeddings from the GNN stage")
+        self.users = UserEmbeddings.read(users)
         # The fast tokenizer is not safe to call from two threads at once (Rust borrow).
         self._tok_lock = threading.Lock()
-
-    @property
-    def uses_user(self) -> bool:
-        return self.variant in USER_EMB_VARIANTS
 
     # ------------------------------------------------------------ tokenisation
     def encode(self, prompt: str, responses: list[str]) -> list[list[int]]:
@@ -177,14 +106,11 @@ class RewardScorer:
     # ----------------------------------------------------------------- scoring
     @torch.inference_mode()
     def score_rows(self, rows: list[list[int]], user_emb: np.ndarray) -> np.ndarray:
-        """Scores ``[N]`` float32 of ``rows`` for per-row user embeddings ``[N, D]``."""
+        """Scores ``[N]`` float32 of ``rows`` for per-row user embeddings ``[N, D]`` (a
+        variant without a graph user input ignores them: ``score_rows`` of the model)."""
         ids, mask = self.pad(rows)
-        kwargs = {}
-        if self.uses_user:
-            kwargs["user_emb"] = torch.from_numpy(np.ascontiguousarray(user_emb, np.float32)).to(
-                self.device
-            )
-        out = self.model(ids.to(self.device), mask.to(self.device), **kwargs)
+        emb = np.ascontiguousarray(user_emb, np.float32)
+        out = self.model.score_rows(ids.to(self.device), mask.to(self.device), emb)
         return out.detach().float().cpu().numpy().reshape(-1)
 
     def score_requests(

@@ -16,6 +16,7 @@ import torch
 
 from copl_ray.eval.stage import gnn_scorer
 from copl_ray.graph.artifacts import GNNArtifacts
+from copl_ray.graph.users import UserEmbedding, UserEmbeddings
 
 RESPONSES = np.array([10, 11, 12, 13])  # graph nodes; response 99 is not one
 
@@ -31,6 +32,10 @@ def art() -> GNNArtifacts:
         neg_edge_index=edges,
         normalized=True,
     )
+
+
+def table(**rows) -> UserEmbeddings:
+    return UserEmbeddings.from_records(UserEmbedding(u, np.array(e)) for u, e in rows.items())
 
 
 def pairs(rows) -> pd.DataFrame:
@@ -50,8 +55,8 @@ def test_gnn_scorer_scores_in_graph_pairs_against_known_preferences():
     unseen = pairs([("new", 12, 11), ("new", 10, 11), ("ghost", 12, 11)])
     data = SimpleNamespace(seen=seen, unseen=unseen)
     tables = {
-        "seen": {"up": np.array([1.0, 0.0]), "down": np.array([-1.0, 0.0])},
-        "unseen": {"new": np.array([0.5, 0.0])},  # adapted toward "up"; "ghost" has none
+        "seen": table(up=[1.0, 0.0], down=[-1.0, 0.0]),
+        "unseen": table(new=[0.5, 0.0]),  # adapted toward "up"; "ghost" has none
     }
     out = gnn_scorer(art(), data, tables)
     assert out["seen"]["overall"] == pytest.approx(2 / 3)
@@ -62,7 +67,7 @@ def test_gnn_scorer_scores_in_graph_pairs_against_known_preferences():
 
 def test_gnn_scorer_with_no_in_graph_pair_reports_none_not_zero():
     data = SimpleNamespace(seen=pairs([("up", 98, 99)]), unseen=pairs([]))
-    out = gnn_scorer(art(), data, {"seen": {"up": np.array([1.0, 0.0])}, "unseen": {}})
+    out = gnn_scorer(art(), data, {"seen": table(up=[1.0, 0.0]), "unseen": table()})
     assert out["seen"]["overall"] is None
     assert (out["seen"]["n_pairs"], out["seen"]["n_skipped"]) == (0, 1)
     assert out["unseen"]["n_pairs"] == 0

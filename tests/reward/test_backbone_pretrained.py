@@ -169,10 +169,9 @@ def test_serving_scores_a_minilm_model_like_the_trained_one(reward_cfg, tmp_path
     """Ray Serve's scorer on a saved mean-pooled encoder model: the reloaded model (its
     backbone rebuilt from the package, not saved) scores each response alone exactly as
     the in-process model does inside a padded batch."""
-    import pandas as pd
-
     from copl_ray.artifacts import RunDir
     from copl_ray.data.tables import format_text
+    from copl_ray.graph.users import UserEmbedding, UserEmbeddings
     from copl_ray.serving.scorer import RewardScorer
 
     rc = reward_cfg(backbone="minilm", target_modules=["query", "value"], num_experts=2)
@@ -185,9 +184,7 @@ def test_serving_scores_a_minilm_model_like_the_trained_one(reward_cfg, tmp_path
     model.save(run.reward("copl"))
     emb = torch.randn(USER_DIM, generator=torch.Generator().manual_seed(1))
     run.gnn.mkdir(parents=True)
-    pd.DataFrame({"user_id": ["u0"], "embedding": [emb.numpy()]}).to_parquet(
-        run.gnn / "user_embeddings.parquet"
-    )
+    UserEmbeddings.from_records([UserEmbedding("u0", emb.numpy(), seen=True)]).write(run.gnn)
     scorer = RewardScorer(tmp_path)
     assert scorer.model.pooling == "mean"
     responses = ["Yes.", "Simmer it for nine minutes, then cool it in cold water."]

@@ -16,7 +16,7 @@ from copl_ray.config import ConfigError, load_config
 from copl_ray.preflight import preflight
 from copl_ray.reward import PersonalRewardModel, btl_loss
 from copl_ray.reward.backbone import build_backbone, load_tokenizer
-from copl_ray.reward.export import load_user_export
+from copl_ray.reward.export import export_user_peft, load_user_export
 
 USER_DIM = 8
 TEXTS = [
@@ -214,7 +214,7 @@ def test_peft_export_targets_only_the_adapted_layers(
     tok = minilm_tok if backbone == "minilm" else tok
     model = _build(reward_cfg, backbone, tok, adapted_layers=1)
     user = torch.randn(USER_DIM, generator=torch.Generator().manual_seed(2))
-    out = model.export_user_peft(user, tmp_path / "u")
+    out = export_user_peft(model, user, tmp_path / "u")
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert sorted(cfg["target_modules"]) == sorted(model.mole.module_names)
     exported = load_user_export(out)
@@ -288,7 +288,7 @@ def test_ray_train_deepspeed_trains_with_the_cache(
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from copl_ray.data.ray_data import read_lookups
+    from copl_ray.reward.shards import read_lookups
     from copl_ray.reward.stage import frozen_states_file, load_user_table, train_reward_model
 
     cfg, run, tok_dir = small_data_run(
@@ -342,8 +342,8 @@ def test_states_computed_once_load_into_another_model_exactly(reward_cfg, minilm
     """precompute_states writes every text's frozen states once (int32 batches, as the Ray
     Data shards carry them); a fresh model (another worker) loads them and then scores and
     back-propagates with zero lower-layer calls, exactly like its uncached twin."""
-    from copl_ray.data.ray_data import tokenize_texts
     from copl_ray.reward.frozen_cache import load_states, precompute_states
+    from copl_ray.reward.shards import tokenize_texts
 
     writer = _build(reward_cfg, "minilm", minilm_tok, adapted_layers=1)
     encode = lambda t: tokenize_texts(minilm_tok, t, 64)  # noqa: E731

@@ -7,13 +7,13 @@ import torch
 from transformers import AutoTokenizer
 
 from copl_ray.reward import (
-    VARIANTS,
     PersonalRewardModel,
     btl_loss,
     build_backbone,
     last_token_index,
     train_tokenizer,
 )
+from copl_ray.variants import ARCHITECTURES
 
 TEXTS = [
     "Human: how to paint a wall ?\n\nAssistant: specifically use a roller , perhaps two coats",
@@ -41,7 +41,7 @@ def users(n=3, seed=0):
     return torch.randn(n, USER_DIM, generator=g), torch.tensor([0, 4, 2][:n])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_left_and_right_padding_give_the_same_scores(make_model, tok, variant):
     model = make_model(variant)
     e, idx = users(3)
@@ -124,7 +124,7 @@ def test_btl_loss():
     torch.testing.assert_close(btl_loss(c, r), expect)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_save_load_reproduces_scores_exactly(make_model, tok, variant, tmp_path):
     model = make_model(variant, gate_per_module=variant == "no_gnn")
     e, idx = users(3)
@@ -212,7 +212,7 @@ def count_grad_hooks(model: torch.nn.Module) -> dict[str, int]:
     return hooks
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ARCHITECTURES)
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_gradient_checkpointing_same_gradients(make_model, tok, reentrant, variant):
     """Recompute in backward must see the same route (and noise) as the forward, and every

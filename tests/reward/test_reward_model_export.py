@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from copl_ray.config import load_config
 from copl_ray.reward import PersonalRewardModel
 from copl_ray.reward.backbone import load_tokenizer
-from copl_ray.reward.export import load_user_export
+from copl_ray.reward.export import export_user_peft, load_user_export
 
 TEXTS = [
     "Human: fix a pipe\n\nAssistant: steps : turn off water , example wrench , careful",
@@ -64,7 +64,7 @@ def test_exported_peft_scores_like_copl_ray(make_model, tok, tmp_path, variant, 
     users = torch.randn(2, USER_DIM, generator=g)
     for u in range(2):
         out = tmp_path / f"user{u}"
-        model.export_user_peft(users[u], out, user_index=u)
+        export_user_peft(model, users[u], out, user_index=u)
         cfg = json.loads((out / "adapter_config.json").read_text())
         assert cfg["r"] == rank and cfg["task_type"] == "SEQ_CLS"
         assert "score" in cfg["modules_to_save"]  # peft adds its SEQ_CLS defaults too
@@ -85,7 +85,7 @@ def _exported_matches(model, tok, tmp_path, variant):
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     users = torch.randn(2, USER_DIM, generator=torch.Generator().manual_seed(3))
     for u in range(2):
-        out = model.export_user_peft(users[u], tmp_path / f"{variant}{u}", user_index=u)
+        out = export_user_peft(model, users[u], tmp_path / f"{variant}{u}", user_index=u)
         with torch.no_grad():
             ours = model(
                 enc["input_ids"], enc["attention_mask"], users[u : u + 1], torch.tensor([u])
@@ -148,7 +148,7 @@ def test_two_users_export_different_adapters(make_model, tok, tmp_path):
     a, b = 0, int((experts != experts[0]).nonzero()[0, 0])  # two users on different experts
     scores = []
     for u in (a, b):
-        model.export_user_peft(users[u], tmp_path / str(u))
+        export_user_peft(model, users[u], tmp_path / str(u))
         with torch.no_grad():
             scores.append(load_exported(tmp_path / str(u))(**enc).logits[:, 0])
     assert not torch.allclose(scores[0], scores[1])
@@ -156,7 +156,7 @@ def test_two_users_export_different_adapters(make_model, tok, tmp_path):
 
 def test_no_mole_cannot_export(make_model, tmp_path):
     with pytest.raises(ValueError, match="no per-user LoRA form"):
-        make_model("no_mole").export_user_peft(torch.zeros(USER_DIM), tmp_path)
+        export_user_peft(make_model("no_mole"), torch.zeros(USER_DIM), tmp_path)
 
 
 def test_standardized_gate_survives_save_load_and_export(make_model, tok, tmp_path):

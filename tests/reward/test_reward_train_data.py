@@ -6,15 +6,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from copl_ray.data.ray_data import (
+from copl_ray.data.tables import format_text
+from copl_ray.reward.backbone import load_tokenizer
+from copl_ray.reward.shards import (
     collate_pairs,
     count_pairs,
     pair_dataset,
     read_lookups,
     tokenize_texts,
 )
-from copl_ray.data.tables import format_text
-from copl_ray.reward.backbone import load_tokenizer
 from copl_ray.reward.stage import load_user_table
 
 
@@ -100,7 +100,7 @@ def test_empty_batches_keep_tensor_columns(ray_session, small_run):
     from ray.data.block import BlockAccessor
     from ray.data.extensions.tensor_extension import ArrowTensorType, ArrowTensorTypeV2
 
-    from copl_ray.data.ray_data import TOKEN_COLUMNS, join_and_tokenize
+    from copl_ray.reward.shards import TOKEN_COLUMNS, join_and_tokenize
 
     run, tok_dir, users, lookups = small_run
     ann = pq.read_table(run.data / "annotations.parquet").to_pandas()

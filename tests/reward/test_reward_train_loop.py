@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from copl_ray.data.ray_data import read_lookups
 from copl_ray.reward.backbone import load_tokenizer
 from copl_ray.reward.model import PersonalRewardModel
+from copl_ray.reward.shards import read_lookups
 from copl_ray.reward.stage import (
     RewardTrainingError,
     load_user_table,

@@ -101,18 +101,18 @@ def served(ray_session, tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ref(tiny_run):
     """In-process reference: the saved model, tokenizer, tables and GNN artifacts."""
-    from copl_ray.data.ray_data import tokenize_texts
     from copl_ray.data.tables import PreferenceTables, format_text
     from copl_ray.graph.artifacts import GNNArtifacts
     from copl_ray.reward.backbone import load_tokenizer
     from copl_ray.reward.model import PersonalRewardModel
+    from copl_ray.reward.shards import tokenize_texts
     from copl_ray.serving.adapter import run_adapt_config
-    from copl_ray.serving.scorer import find_tokenizer_dir, reward_max_length
+    from copl_ray.serving.scorer import find_tokenizer_dir
 
     model_dir = tiny_run.reward(COPL)
     model = PersonalRewardModel.load(model_dir).eval()
     tok = load_tokenizer(find_tokenizer_dir(tiny_run, COPL))
-    max_length = reward_max_length(model_dir, model)
+    max_length = model.max_length
     users = pq.read_table(tiny_run.gnn / "user_embeddings.parquet").to_pandas()
     emb = {u: np.asarray(e, np.float32) for u, e in zip(users["user_id"], users["embedding"])}
 
