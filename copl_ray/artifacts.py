@@ -1,17 +1,9 @@
 """The run directory: where every stage writes its artifact and the next one reads it.
 
-Layout (``run_dir`` is a local path; ``copl_ray.fsutil`` mirrors it to a URI)::
-
-    run_dir/
-      config.yaml                    resolved config of the last run
-      data/  responses.parquet pairs.parquet annotations.parquet users.parquet summary.json
-      gnn/   model.safetensors  gnn_config.json  user_embeddings.parquet
-             response_embeddings.safetensors  graph.json  metrics.json  tsne.png
-             adaptation.parquet  adaptation_metrics.json
-      reward/<model_name>/  adapters.safetensors  reward_config.json  tokenizer/  metrics.json
-      eval/  results.json  expert_allocation.png  labels_curve.png
-      report.md  report.json
-      <stage>/_SUCCESS               JSON {"config_hash": ..., "seconds": ...}
+The layout of ``run_dir`` (a local path; :mod:`copl_ray.fsutil` mirrors it to a URI) is
+written once, in docs/operations.md "The run directory"; :class:`RunDir` names its folders.
+Each stage's own files are documented by the module that writes them (e.g.
+:mod:`copl_ray.graph.users` for ``gnn/user_embeddings``).
 
 A stage is *done* when its ``_SUCCESS`` marker exists and its hash matches the
 hash of the config sections it depends on (``STAGE_SECTIONS``).

@@ -207,9 +207,9 @@ def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
     from ray import tune
 
     from copl_ray.reward.shards import read_lookups
-    from copl_ray.reward.stage import NEEDS_GNN, load_user_table, prepare_tokenizer
+    from copl_ray.reward.stage import load_user_table, prepare_tokenizer
 
-    users, table = load_user_table(cfg, run, space.model in NEEDS_GNN)
+    users, table = load_user_table(cfg, run, REGISTRY[space.model].uses_graph)
     shared = {
         "users": users,
         "table": table,

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from copl_ray.artifacts import RunDir
-from copl_ray.config import Config, ConfigError, config_from_dict
+from copl_ray.config import Config, config_from_dict
 from copl_ray.data.tables import PreferenceTables
 from copl_ray.raylog import TRAIN_LOG_LEVEL
 from copl_ray.recovery import commit_checkpoint, new_attempts_file, restart_line, start_attempt
@@ -137,8 +137,6 @@ def run_gnn_stage(cfg: Config, run: RunDir) -> dict:
         raise FileNotFoundError(
             f"gnn stage: {run.data}/annotations.parquet missing; run data first"
         )
-    if cfg.gnn.cpus_per_worker <= 0:
-        raise ConfigError(f"gnn.cpus_per_worker: must be > 0, got {cfg.gnn.cpus_per_worker}")
     tables = PreferenceTables.read(run.data)
     run.gnn.mkdir(parents=True, exist_ok=True)
     progress_log = run.gnn / "progress.log"

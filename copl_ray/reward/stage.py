@@ -42,12 +42,9 @@ from copl_ray.graph.users import UserEmbeddings, path_in
 from copl_ray.recovery import await_restart_if_peer_lost, new_attempts_file
 from copl_ray.reward.ds_config import warmup_steps
 from copl_ray.reward.shards import UserTable, count_pairs, pair_dataset, read_lookups
-from copl_ray.variants import COPL, NO_GNN, NO_MOLE, ORACLE, UNIFORM, Variant
+from copl_ray.variants import Variant
 from copl_ray.variants import variant as variant_of
 
-# The order preflight lists them in (copl_ray/variants.py is the registry).
-MODELS = (COPL, UNIFORM, ORACLE, NO_GNN, NO_MOLE)
-NEEDS_GNN = tuple(m for m in MODELS if variant_of(m).uses_graph)
 TOKENIZER_STAMP = "copl_tokenizer_source.json"
 
 
