@@ -93,8 +93,13 @@ def fill(model, tok, texts: list[str], max_length: int, chunk: int = 32):
     """(wall, CPU) seconds to cache ``texts`` (no_grad lower layers, ``chunk`` a call)."""
     t0 = clock()
     for i in range(0, len(texts), chunk):
-        enc = tok(texts[i : i + chunk], padding=True, truncation=True,
-                  max_length=max_length, return_tensors="pt")  # fmt: skip
+        enc = tok(
+            texts[i : i + chunk],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         model.frozen.prefill(enc["input_ids"], enc["attention_mask"])
     return since(t0)
 
@@ -124,12 +129,19 @@ def main() -> None:
     for i in range(0, len(picked), args.batch):
         chunk = picked[i : i + args.batch]
         rows = [texts[c] for c, _ in chunk] + [texts[r] for _, r in chunk]
-        enc = tok(rows, padding=True, truncation=True, max_length=args.max_length,
-                  return_tensors="pt")  # fmt: skip
+        enc = tok(
+            rows, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt"
+        )
         batches.append((enc["input_ids"], enc["attention_mask"]))
     lengths = [len(t) for t in tok(texts, truncation=True, max_length=args.max_length)["input_ids"]]
-    base = load_config("ukp", ["reward.backbone=minilm", "reward.target_modules=[query, value]",
-                               f"reward.max_length={args.max_length}"]).reward  # fmt: skip
+    base = load_config(
+        "ukp",
+        [
+            "reward.backbone=minilm",
+            "reward.target_modules=[query, value]",
+            f"reward.max_length={args.max_length}",
+        ],
+    ).reward
     users = torch.randn(args.batch, 64)
     pristine = build_backbone(base, tok)
     print(f"machine: {machine()}")
@@ -161,13 +173,17 @@ def main() -> None:
     for i, clock_name in enumerate(("wall s", "CPU s / thread (idle-machine figure)")):
         naive_s = rows[0][1][i]
         print(f"-- {clock_name}")
-        print(f"{'path':22s} {'step s':>8s} {'steps/s':>8s} {'pairs/s':>8s} {'speed-up':>8s} "
-              f"{'fill all s':>10s} {'cache MiB':>9s}")  # fmt: skip
+        print(
+            f"{'path':22s} {'step s':>8s} {'steps/s':>8s} {'pairs/s':>8s} {'speed-up':>8s} "
+            f"{'fill all s':>10s} {'cache MiB':>9s}"
+        )
         for name, t, extra in rows:
             fill_s = f"{extra[0][i] * len(texts):10.1f}" if extra else f"{'-':>10s}"
             mib = f"{extra[1]:9.0f}" if extra else f"{'-':>9s}"
-            print(f"{name:22s} {t[i]:8.3f} {1 / t[i]:8.3f} {args.batch / t[i]:8.1f} "
-                  f"{naive_s / t[i]:7.1f}x {fill_s} {mib}")  # fmt: skip
+            print(
+                f"{name:22s} {t[i]:8.3f} {1 / t[i]:8.3f} {args.batch / t[i]:8.1f} "
+                f"{naive_s / t[i]:7.1f}x {fill_s} {mib}"
+            )
     print(
         f"fill: timed on {min(args.fill_texts, len(texts))} texts, x {len(texts)} unique texts "
         f"(one-off per process: each Ray Train worker fills its own); pid {os.getpid()}"

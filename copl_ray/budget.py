@@ -18,7 +18,6 @@ def plan_key(cfg: Config) -> str:
     return cfg.section_hash(*STAGE_SECTIONS["reward"])
 
 
-
 def planned_steps(cfg: Config, run: RunDir, job: str) -> int | None:
     """The budgeted steps of ``job`` from ``run_dir/plan.json``; None when not capped.
 

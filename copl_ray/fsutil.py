@@ -67,9 +67,11 @@ def pull(uri: str, local: str | os.PathLike) -> bool:
         raise RunDirError(f"run dir {uri!r} exists but is not a directory")
     Path(local).mkdir(parents=True, exist_ok=True)
     pafs.copy_files(
-        path, str(Path(local).resolve()), source_filesystem=fs,
+        path,
+        str(Path(local).resolve()),
+        source_filesystem=fs,
         destination_filesystem=pafs.LocalFileSystem(),
-    )  # fmt: skip
+    )
     return True
 
 
@@ -78,9 +80,11 @@ def push(local: str | os.PathLike, uri: str) -> None:
     fs, path = resolve(uri)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(
-        str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
+        str(Path(local).resolve()),
+        path,
+        source_filesystem=pafs.LocalFileSystem(),
         destination_filesystem=fs,
-    )  # fmt: skip
+    )
 
 
 def uri_join(uri: str, *parts: str) -> str:

@@ -626,24 +626,31 @@ def add_run_arguments(parser, default_stages: str | None = None) -> None:
     """The arguments every ``jobs/*.py`` shares (argparse parser)."""
     parser.add_argument("--config", default="tiny", help="preset name or YAML path (default: tiny)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="config override, e.g. --set gnn.epochs=50 (repeatable)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--stages", default=default_stages,
+        "--stages",
+        default=default_stages,
         help=f"comma list of {','.join(ALL_STAGE_NAMES)} (default: {default_stages or 'config'})",
-    )  # fmt: skip
+    )
     parser.add_argument("--run-dir", help="run directory: local path or pyarrow.fs URI")
     parser.add_argument(
-        "--data", metavar="FILE",
+        "--data",
+        metavar="FILE",
         help="your own user_id,prompt,chosen,rejected[,split] file (sets data.source=own)",
-    )  # fmt: skip
+    )
     parser.add_argument("--force", action="store_true", help="rerun the named stages")
     parser.add_argument(
-        "--seeds", metavar="S,S,...",
+        "--seeds",
+        metavar="S,S,...",
         help="one complete run per seed into RUN/seed-<s>/ (every stage's seed), then "
         "RUN/report.{json,md} with every cell as mean ± sd, e.g. --seeds 0,1,2",
-    )  # fmt: skip
+    )
 
 
 def config_from_args(args) -> Config:
@@ -712,11 +719,15 @@ def seed_configs(args, seeds: list[int]) -> tuple[Config, dict[int, Config]]:
     per_seed = {}
     for seed in seeds:
         sub = f"seed-{seed}"
-        one = argparse.Namespace(**{
-            **vars(args),
-            "overrides": [*args.overrides, *(f"{f}={seed}" for f in sorted(fields))],
-            "run_dir": fsutil.uri_join(root, sub) if fsutil.is_uri(root) else str(Path(root) / sub),
-        })  # fmt: skip
+        one = argparse.Namespace(
+            **{
+                **vars(args),
+                "overrides": [*args.overrides, *(f"{f}={seed}" for f in sorted(fields))],
+                "run_dir": fsutil.uri_join(root, sub)
+                if fsutil.is_uri(root)
+                else str(Path(root) / sub),
+            }
+        )
         per_seed[seed] = config_from_args(one)
     return base, per_seed
 

@@ -101,8 +101,9 @@ class RunPlan:
             f"models: {', '.join(j.job for j in self.jobs) or 'none'} (batch "
             f"{self.batch_size} x {self.workers} workers, "
             + (f"max_steps {self.max_steps})" if self.max_steps > 0 else f"{self.epochs} epochs)"),
-            "steps per model: " + ", ".join(f"{j.job} {j.steps:,} ({j.pairs:,} pairs)" for j in self.jobs),
-        ]  # fmt: skip
+            "steps per model: "
+            + ", ".join(f"{j.job} {j.steps:,} ({j.pairs:,} pairs)" for j in self.jobs),
+        ]
         if self.eta_s is None:
             out.append(f"ETA: not measured ({self.note}); train.time_budget_min does not apply")
             return out

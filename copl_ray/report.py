@@ -67,8 +67,19 @@ from copl_ray.paper import paper_numbers
 
 SCHEMA_VERSION = 1
 SPLIT_KEYS = ("overall", "common", "controversial", "by_group", "n_pairs", "n_users")
-PACKAGES = ("copl-ray", "ray", "torch", "torch-geometric", "transformers", "peft",
-            "deepspeed", "datasets", "pyarrow", "numpy", "scikit-learn")  # fmt: skip
+PACKAGES = (
+    "copl-ray",
+    "ray",
+    "torch",
+    "torch-geometric",
+    "transformers",
+    "peft",
+    "deepspeed",
+    "datasets",
+    "pyarrow",
+    "numpy",
+    "scikit-learn",
+)
 
 
 class ReportError(ValueError):

@@ -73,8 +73,13 @@ def _name(m: str) -> str:
 # ----------------------------------------------------------------------- sections
 def _table1(rep: dict) -> list[str]:
     paper = rep.get("paper")
-    header = ["Model", "Seen acc. %", "seen users / test labels", "Unseen acc. %",
-              "unseen users / test labels"]  # fmt: skip
+    header = [
+        "Model",
+        "Seen acc. %",
+        "seen users / test labels",
+        "Unseen acc. %",
+        "unseen users / test labels",
+    ]
     if paper:
         header += [f"paper seen % ({paper['column']})", "paper unseen %"]
     rows = []
@@ -98,11 +103,15 @@ def _table1(rep: dict) -> list[str]:
     if gnn:
         seen, unseen = gnn["seen"], gnn["unseen"]
         rows.append(
-            ["GNN only (in-graph pairs)", _pct(seen["overall"]),
-             f"{_n(seen['n_users'])} / {_n(seen['n_pairs'])}", _pct(unseen["overall"]),
-             f"{_n(unseen['n_users'])} / {_n(unseen['n_pairs'])}"]
+            [
+                "GNN only (in-graph pairs)",
+                _pct(seen["overall"]),
+                f"{_n(seen['n_users'])} / {_n(seen['n_pairs'])}",
+                _pct(unseen["overall"]),
+                f"{_n(unseen['n_users'])} / {_n(unseen['n_pairs'])}",
+            ]
             + (["—", "—"] if paper else [])
-        )  # fmt: skip
+        )
     return [
         "## Reward-model accuracy (Table 1 / Table 3)",
         "",
@@ -187,10 +196,17 @@ def _gnn(rep: dict) -> list[str]:
         ]
         out += ["### Adaptation of unseen users (Table 4)", ""]
         out += _table(
-            ["variant", "reward acc. %", "common %", "controversial %", "GNN acc. %",
-             "GNN vs truth %", "users"],
+            [
+                "variant",
+                "reward acc. %",
+                "common %",
+                "controversial %",
+                "GNN acc. %",
+                "GNN vs truth %",
+                "users",
+            ],
             rows,
-        )  # fmt: skip
+        )
         out += [
             "GNN acc.: the adapted embedding scores the user's test pairs inside the graph; "
             "vs truth: against the user's true group labels (synthetic data only).",
@@ -217,12 +233,19 @@ def _gate_and_signal(rep: dict) -> list[str]:
     out = ["## Gate health and user signal", ""]
     if health:
         rows = [
-            [_name(m), " / ".join(_pct(x) for x in h["share"]), _num(h["entropy"], ".3f"),
-             "**yes**" if h["collapsed"] else "no", _n(h.get("n_users"))]
+            [
+                _name(m),
+                " / ".join(_pct(x) for x in h["share"]),
+                _num(h["entropy"], ".3f"),
+                "**yes**" if h["collapsed"] else "no",
+                _n(h.get("n_users")),
+            ]
             for m, h in ((m, health[m]) for m in _ordered(health))
-        ]  # fmt: skip
-        out += _table(["Model", "users per expert % (top-1)", "routing entropy", "collapsed",
-                       "seen users"], rows)  # fmt: skip
+        ]
+        out += _table(
+            ["Model", "users per expert % (top-1)", "routing entropy", "collapsed", "seen users"],
+            rows,
+        )
         out += [
             "Routing entropy: entropy of the users-per-expert share over log(number of "
             "experts); 0 = every user on one expert, 1 = all experts equally used, "
@@ -274,11 +297,17 @@ def _data(rep: dict) -> list[str]:
         ["users seen / unseen", f"{_n(d.get('n_users_seen'))} / {_n(d.get('n_users_unseen'))}"],
         ["groups", ", ".join(d.get("groups") or []) or "unknown"],
         ["responses / pairs", f"{_n(d.get('n_responses'))} / {_n(d.get('n_pairs'))}"],
-        ["annotations by split", ", ".join(f"{k} {_n(v)}" for k, v in (d.get("n_annotations") or {}).items())],
-        ["labels per seen user", ", ".join(f"{k} {_num(v, 'g')}" for k, v in (d.get("labels_per_user") or {}).items())],
+        [
+            "annotations by split",
+            ", ".join(f"{k} {_n(v)}" for k, v in (d.get("n_annotations") or {}).items()),
+        ],
+        [
+            "labels per seen user",
+            ", ".join(f"{k} {_num(v, 'g')}" for k, v in (d.get("labels_per_user") or {}).items()),
+        ],
         ["controversial share", _pct(d.get("controversial_share")) + " %"],
         ["controversial =", d.get("controversial_definition") or "—"],
-    ]  # fmt: skip
+    ]
     out = ["## Data", "", *_table(["", ""], [[str(a), str(b)] for a, b in rows])]
     drops = d.get("drops") or {}
     out += [f"Dropped rows: {_n(d.get('n_dropped', 0))} in total.", ""]
@@ -291,19 +320,34 @@ def _data(rep: dict) -> list[str]:
 def _run_info(rep: dict) -> list[str]:
     t = rep["timings"]
     rows = [
-        [s, _num(t.get(f"{s}_s"), ".1f"),
-         "this run" if s in rep["executed"] else ("reused" if t.get(f"{s}_s") else "—")]
+        [
+            s,
+            _num(t.get(f"{s}_s"), ".1f"),
+            "this run" if s in rep["executed"] else ("reused" if t.get(f"{s}_s") else "—"),
+        ]
         for s in STAGES
-    ]  # fmt: skip
+    ]
     rows.append(["total", _num(t["total_s"], ".1f"), ""])
     out = ["## Wall time per stage (s)", "", *_table(["stage", "seconds", ""], rows)]
     out += ["## Package versions", ""]
     out += _table(["package", "version"], [[k, _n(v)] for k, v in rep["versions"].items()])
     if rep.get("expert_usage") is not None:
-        out += ["## Expert usage (raw)", "", "```json",
-                json.dumps(rep["expert_usage"])[:4000], "```", ""]  # fmt: skip
-    out += ["## Resolved config", "", "```yaml", yaml.safe_dump(rep["config"], sort_keys=False),
-            "```", ""]  # fmt: skip
+        out += [
+            "## Expert usage (raw)",
+            "",
+            "```json",
+            json.dumps(rep["expert_usage"])[:4000],
+            "```",
+            "",
+        ]
+    out += [
+        "## Resolved config",
+        "",
+        "```yaml",
+        yaml.safe_dump(rep["config"], sort_keys=False),
+        "```",
+        "",
+    ]
     return out
 
 
@@ -323,13 +367,17 @@ def _seeds(rep: dict) -> list[str]:
     gap = info.get("copl_oracle_gap") or {}
     if gap:
         rows = [
-            [split, *(_num(g["per_seed"].get(str(s)), ".2f") for s in info["seeds"]),
-             _num(g["mean"], ".2f"), _num(g["sd"], ".2f"), _num(g["worst"], ".2f")]
+            [
+                split,
+                *(_num(g["per_seed"].get(str(s)), ".2f") for s in info["seeds"]),
+                _num(g["mean"], ".2f"),
+                _num(g["sd"], ".2f"),
+                _num(g["worst"], ".2f"),
+            ]
             for split, g in gap.items()
-        ]  # fmt: skip
+        ]
         out += ["## Oracle − CoPL per-user accuracy (points; > 0 = CoPL below Oracle)", ""]
-        out += _table(["users", *(f"seed {s}" for s in info["seeds"]), "mean", "sd", "worst"],
-                      rows)  # fmt: skip
+        out += _table(["users", *(f"seed {s}" for s in info["seeds"]), "mean", "sd", "worst"], rows)
     return out
 
 
@@ -381,8 +429,12 @@ def write_figures(rep: dict, root: Path) -> dict[str, str | None]:
         fig.savefig(root / "report_labels_curve.png", dpi=120)
         plt.close(fig)
         out["labels_curve"] = "report_labels_curve.png"
-    names = [m for m in _ordered(rep["models"]) if rep["models"][m]["seen"]["overall"] is not None
-             or rep["models"][m]["unseen"]["overall"] is not None]  # fmt: skip
+    names = [
+        m
+        for m in _ordered(rep["models"])
+        if rep["models"][m]["seen"]["overall"] is not None
+        or rep["models"][m]["unseen"]["overall"] is not None
+    ]
     if names:
         fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
         for k, split in enumerate(("seen", "unseen")):

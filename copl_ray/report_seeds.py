@@ -101,8 +101,12 @@ def copl_oracle_gap(reports: dict[int, dict]) -> dict[str, Any]:
                 per_seed[str(seed)] = round(100 * (o - c), 4)
         if per_seed:
             s = stat(list(per_seed.values()))
-            out[split] = {"per_seed": per_seed, "mean": s["mean"], "sd": s["sd"],
-                          "worst": max(per_seed.values())}  # fmt: skip
+            out[split] = {
+                "per_seed": per_seed,
+                "mean": s["mean"],
+                "sd": s["sd"],
+                "worst": max(per_seed.values()),
+            }
     return out
 
 
@@ -127,8 +131,9 @@ def aggregate_reports(reports: dict[int, dict], run_dirs: dict[int, str], root: 
     return agg
 
 
-def build_seeds_report(local_root: Path, root: str, run_dirs: dict[int, str],
-                       report_paths: dict[int, Path]) -> Path:  # fmt: skip
+def build_seeds_report(
+    local_root: Path, root: str, run_dirs: dict[int, str], report_paths: dict[int, Path]
+) -> Path:
     """Write ``report.json`` / ``report.md`` / figures of the seeds in ``local_root``."""
     reports = {s: json.loads(Path(p).read_text()) for s, p in report_paths.items()}
     agg = aggregate_reports(reports, run_dirs, root)

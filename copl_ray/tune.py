@@ -173,9 +173,12 @@ def _trial(
     # The last validation is reported only now, with the model saved: ASHA stops a trial
     # that reaches max_t, and stopping it inside fit() would lose the trained model.
     tune.report(
-        {"val_acc": final["val_accuracy"], "step": final["steps"],
-         "total_steps": final["total_steps"]}
-    )  # fmt: skip
+        {
+            "val_acc": final["val_accuracy"],
+            "step": final["steps"],
+            "total_steps": final["total_steps"],
+        }
+    )
 
 
 def metric_report_callback(metric: str):
@@ -217,10 +220,14 @@ def _trainable(cfg: Config, space: SweepSpace, run: RunDir, trials: Path):
         "lookups": read_lookups(run.data, users),
     }
     fn = tune.with_parameters(
-        _trial, base=cfg.to_dict(), model=space.model, metric=space.metric,
+        _trial,
+        base=cfg.to_dict(),
+        model=space.model,
+        metric=space.metric,
         base_root=str(run.root.resolve()),
-        trials=str(trials), shared=shared,
-    )  # fmt: skip
+        trials=str(trials),
+        shared=shared,
+    )
     return tune.with_resources(fn, {"cpu": 0.1})  # 0 is rejected (docs/stack-notes.md S7)
 
 
@@ -266,12 +273,14 @@ def run_sweep(
                 trainable,
                 param_space=param_space(space),
                 tune_config=tune.TuneConfig(
-                    metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                    metric=space.metric,
+                    mode=space.mode,
+                    num_samples=space.num_samples,
                     scheduler=ASHAScheduler(time_attr="step", **sch),
                     max_concurrent_trials=concurrency,
                 ),
                 run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
-            )  # fmt: skip
+            )
         grid = tuner.fit()
         return write_results(grid, space, cfg, out)
     finally:
@@ -281,8 +290,12 @@ def run_sweep(
 
 def asha_settings(space: SweepSpace, cfg: Config) -> dict[str, Any]:
     """ASHA's ``max_t`` / ``grace_period`` / ``reduction_factor`` (in optimizer steps)."""
-    return {"max_t": max(cfg.train.max_steps, 1), "grace_period": 1,
-            "reduction_factor": 2, **space.scheduler}  # fmt: skip
+    return {
+        "max_t": max(cfg.train.max_steps, 1),
+        "grace_period": 1,
+        "reduction_factor": 2,
+        **space.scheduler,
+    }
 
 
 def write_results(grid, space: SweepSpace, cfg: Config, out: Path) -> dict[str, Any]:

@@ -23,8 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
     parser.add_argument("--config", help="preset or YAML (default: the space's base)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config override (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override (repeatable)",
+    )
     parser.add_argument("--run-dir", help="run directory holding the data + GNN artifacts")
     parser.add_argument("--out", help="sweep folder (default: <run dir>/tune/<space name>)")
     parser.add_argument("--num-samples", type=int, help="override the space's num_samples")
@@ -42,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         check_run_dir(cfg)  # the sweep folder is created under it before any stage
         out = run_sweep(space, cfg, out_dir=args.out, resume=args.resume)
         print(out["results_md"].read_text(), flush=True)
-        log(f"best {out['best']} ({space.metric} {out['best_metric']:.4f}); "
-            f"results: {out['results_csv']}")  # fmt: skip
+        log(
+            f"best {out['best']} ({space.metric} {out['best_metric']:.4f}); "
+            f"results: {out['results_csv']}"
+        )
         print(out["best_config"], flush=True)
         return 0
 

@@ -83,9 +83,18 @@ class TinyJob:
 def copy_repository(dest: Path) -> Path:
     """The repository's files as a fresh clone has them (no venv, runs, caches or .git)."""
     ignore = shutil.ignore_patterns(
-        ".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
-        "build", ".torch_extensions", ".whl", "gpu-logs",
-    )  # fmt: skip
+        ".git",
+        ".venv",
+        "runs",
+        "__pycache__",
+        "*.egg-info",
+        ".pytest_cache",
+        ".ruff_cache",
+        "build",
+        ".torch_extensions",
+        ".whl",
+        "gpu-logs",
+    )
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest
 

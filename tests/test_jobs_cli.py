@@ -11,16 +11,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "data.n_users=40", "--set", "data.n_unseen_users=4",
-         "--set", "data.synthetic.n_prompts=60"]  # fmt: skip
+SMALL = [
+    "--set",
+    "data.n_users=40",
+    "--set",
+    "data.n_unseen_users=4",
+    "--set",
+    "data.synthetic.n_prompts=60",
+]
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env,
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def test_full_py_data_stage_prints_report_path_last(tmp_path):
@@ -54,8 +64,16 @@ def test_bad_config_exits_2_without_traceback(tmp_path, args, message):
 def test_bad_own_data_file_names_the_row_and_exits_2(tmp_path):
     bad = tmp_path / "prefs.csv"
     bad.write_text("user_id,prompt,chosen,rejectd\nu1,hi,a,b\n")  # misspelt column
-    r = _run("jobs/full.py", "--data", str(bad), "--stages", "data",
-             "--run-dir", str(tmp_path / "run"), timeout=300)  # fmt: skip
+    r = _run(
+        "jobs/full.py",
+        "--data",
+        str(bad),
+        "--stages",
+        "data",
+        "--run-dir",
+        str(tmp_path / "run"),
+        timeout=300,
+    )
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "prefs.csv" in r.stderr and "rejected" in r.stderr and "Traceback" not in r.stderr
 
@@ -78,8 +96,17 @@ def test_own_data_file_runs_into_its_own_run_dir(tmp_path):
             rows.append(f"user{u},question {p}?,{chosen},{rejected}")
     prefs = tmp_path / "my_prefs.csv"
     prefs.write_text("\n".join(rows) + "\n")
-    r = _run("jobs/full.py", "--data", str(prefs), "--stages", "data",
-             "--set", "data.n_unseen_users=2", "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    r = _run(
+        "jobs/full.py",
+        "--data",
+        str(prefs),
+        "--stages",
+        "data",
+        "--set",
+        "data.n_unseen_users=2",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     assert rep["data"]["source"] == "own"

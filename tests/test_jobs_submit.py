@@ -23,8 +23,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
-TINY_ARGS = ["--set", "data.n_users=40", "--set", "data.n_unseen_users=4",
-             "--set", "data.synthetic.n_prompts=60", "--set", "gnn.epochs=5"]  # fmt: skip
+TINY_ARGS = [
+    "--set",
+    "data.n_users=40",
+    "--set",
+    "data.n_unseen_users=4",
+    "--set",
+    "data.synthetic.n_prompts=60",
+    "--set",
+    "gnn.epochs=5",
+]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -72,11 +80,31 @@ def ray_cluster():
     port, dash, agent, client = _free_ports(4)
     temp = tempfile.mkdtemp(prefix="crj", dir="/tmp")  # short: unix socket paths ≤ 107 chars
     log = open(Path(temp) / "head.log", "w")  # noqa: SIM115 - closed in teardown
-    cmd = [RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-           "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--dashboard-agent-listen-port", str(agent), "--ray-client-server-port", str(client),
-           "--temp-dir", temp, "--disable-usage-stats"]  # fmt: skip
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "2",
+        "--port",
+        str(port),
+        "--node-ip-address",
+        "127.0.0.1",
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--ray-client-server-port",
+        str(client),
+        "--temp-dir",
+        temp,
+        "--disable-usage-stats",
+    ]
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
     )
@@ -85,9 +113,12 @@ def ray_cluster():
         deadline = time.time() + 120
         while True:  # the job API answers once head, dashboard and agent are up
             r = subprocess.run(
-                [RAY, "job", "list", "--address", address], capture_output=True, text=True,
-                env=_env(), timeout=60,
-            )  # fmt: skip
+                [RAY, "job", "list", "--address", address],
+                capture_output=True,
+                text=True,
+                env=_env(),
+                timeout=60,
+            )
             if r.returncode == 0:
                 break
             if proc.poll() is not None or time.time() > deadline:
@@ -103,9 +134,23 @@ def ray_cluster():
 def test_ray_job_submit_runs_data_and_gnn(ray_cluster, tmp_path, gnn_heldout_check):
     address, temp = ray_cluster
     run_dir = tmp_path / "run"
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
-           "python", "jobs/full.py", "--stages", "data,gnn", "--run-dir", str(run_dir),
-           *TINY_ARGS]  # fmt: skip
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/full.py",
+        "--stages",
+        "data,gnn",
+        "--run-dir",
+        str(run_dir),
+        *TINY_ARGS,
+    ]
     deadline = time.time() + 60
     while True:  # the agent may register a few seconds after the job API answers
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(), timeout=600)

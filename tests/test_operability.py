@@ -29,14 +29,32 @@ from test_jobs_submit import ray_cluster  # noqa: F401 - the one "another Ray" f
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
-    "--set", "data.n_users=120", "--set", "data.n_unseen_users=12", "--set", "gnn.dim=32",
-    "--set", "gnn.tsne=false", "--set", "gnn.eval_every=20", "--set", "gnn.ckpt_every=100",
-]  # fmt: skip
+    "--set",
+    "data.n_users=120",
+    "--set",
+    "data.n_unseen_users=12",
+    "--set",
+    "gnn.dim=32",
+    "--set",
+    "gnn.tsne=false",
+    "--set",
+    "gnn.eval_every=20",
+    "--set",
+    "gnn.ckpt_every=100",
+]
 # one small reward model with a checkpoint every 10 of its 40 steps
 REWARD = [
-    "--set", "reward.models=[uniform]", "--set", "train.max_steps=40",
-    "--set", "train.ckpt_every=10", "--set", "train.eval_every=10", "--set", "train.log_every=10",
-]  # fmt: skip
+    "--set",
+    "reward.models=[uniform]",
+    "--set",
+    "train.max_steps=40",
+    "--set",
+    "train.ckpt_every=10",
+    "--set",
+    "train.eval_every=10",
+    "--set",
+    "train.log_every=10",
+]
 NOISE = ("Traceback", "Aborted", "ConnectionError", "placement_group_cleaner")
 
 
@@ -49,9 +67,13 @@ class Job:
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "jobs/full.py", *args], cwd=REPO, env=env, start_new_session=True,
-            stdout=self.out.open("w"), stderr=self.err.open("w"),
-        )  # fmt: skip
+            [sys.executable, "jobs/full.py", *args],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=self.out.open("w"),
+            stderr=self.err.open("w"),
+        )
 
     def console(self) -> str:
         return self.out.read_text() + self.err.read_text()
@@ -103,9 +125,10 @@ def committed(storage: Path, key: str) -> int:
 def kill_train_worker(job: Job) -> int:
     """SIGKILL one Ray Train worker process of the job's own local Ray."""
     workers = [
-        p for p in psutil.Process(job.proc.pid).children(recursive=True)
+        p
+        for p in psutil.Process(job.proc.pid).children(recursive=True)
         if p.name().startswith("ray::RayTrainWorker")
-    ]  # fmt: skip
+    ]
     assert workers, "no Ray Train worker found"
     os.kill(workers[0].pid, signal.SIGKILL)
     return workers[0].pid
@@ -116,12 +139,17 @@ def test_second_run_on_a_locked_run_dir_refuses_and_kill_9_leaves_no_stale_lock(
     dies with its holder (kill -9), so the next run proceeds."""
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom copl_ray.pipeline import run_dir_lock\n"
-         f"with run_dir_lock({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom copl_ray.pipeline import run_dir_lock\n"
+            f"with run_dir_lock({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(120)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         second = Job(tmp_path, "second", ["--run-dir", str(run), "--stages", "data", *SMALL])

@@ -14,19 +14,31 @@ REPO = Path(__file__).resolve().parents[1]
 # the tiny default shrunk to a few steps of every stage; CoPL only (Oracle trains one Ray
 # Train run per group: ~50 s each here); the Oracle gap is tested in test_report_seeds.py
 SHRUNK = [
-    "data.n_users=40", "data.n_unseen_users=4", "data.synthetic.n_prompts=60",
-    "gnn.epochs=10", "gnn.tsne=false", "gnn.eval_every=5", "reward.models=[copl]",
-    "train.max_steps=6", "train.eval_every=6", "adapt.variants=[weighted]",
-    "adapt.user_opt_steps=1", "eval.label_counts=[8]",
-]  # fmt: skip
+    "data.n_users=40",
+    "data.n_unseen_users=4",
+    "data.synthetic.n_prompts=60",
+    "gnn.epochs=10",
+    "gnn.tsne=false",
+    "gnn.eval_every=5",
+    "reward.models=[copl]",
+    "train.max_steps=6",
+    "train.eval_every=6",
+    "adapt.variants=[weighted]",
+    "adapt.user_opt_steps=1",
+    "eval.label_counts=[8]",
+]
 
 
 def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
-        [sys.executable, "jobs/full.py", *args], cwd=REPO, capture_output=True, text=True,
-        env=env, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "jobs/full.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize(

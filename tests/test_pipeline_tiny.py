@@ -40,9 +40,19 @@ def test_tiny_run_report_is_complete(tiny_run, accuracy_record_check, gnn_heldou
         assert rep["figures"][key], key
         assert (tiny_run.root / rep["figures"][key]).stat().st_size > 1000, key
     md = tiny_run.report_md.read_text()
-    for heading in ("Table 1", "Table 2", "Table 4", "Table 5", "Fig. 2", "Fig. 1/4",
-                    "Fig. 3", "## Data", "Wall time per stage", "Package versions",
-                    "Resolved config"):  # fmt: skip
+    for heading in (
+        "Table 1",
+        "Table 2",
+        "Table 4",
+        "Table 5",
+        "Fig. 2",
+        "Fig. 1/4",
+        "Fig. 3",
+        "## Data",
+        "Wall time per stage",
+        "Package versions",
+        "Resolved config",
+    ):
         assert heading in md, heading
 
 
@@ -71,10 +81,16 @@ def test_tiny_run_is_reused_and_an_interrupted_stage_resumes(tiny_run, tmp_path)
 # DeepSpeed's or a library's chatter.
 OWN_LINE = re.compile(r"^(\[copl-ray [\d:]+\] |gnn[: ]|\[reward\] |\[[\w.-]+\] step \d+/\d+ )")
 NOISE = (
-    "Traceback", "placement_group_cleaner", "multiple active Ray instances",
-    "Progress bars disabled", "execution finished in", "built successfully",
-    "UserWarning", "PreemptionWatcher", "Failed to query",
-)  # fmt: skip
+    "Traceback",
+    "placement_group_cleaner",
+    "multiple active Ray instances",
+    "Progress bars disabled",
+    "execution finished in",
+    "built successfully",
+    "UserWarning",
+    "PreemptionWatcher",
+    "Failed to query",
+)
 # Lines of Ray's own that a run may show beside its own (at most MAX_FOREIGN_LINES): the
 # raylet's note that it started more worker processes than 4x its startup concurrency (=
 # the CPU count: each model starts a Train controller, two workers and two data-split

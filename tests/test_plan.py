@@ -120,13 +120,30 @@ def test_byo_run_announces_its_plan_and_caps_steps(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(byo_rows()), data)
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    args = ["--data", str(data), "--run-dir", str(run_dir), "--stages", "data,gnn",
-            "--set", "reward.models=[copl,uniform]", "--set", "gnn.epochs=2",
-            "--set", "gnn.tsne=false", "--set", "train.time_budget_min=3"]  # fmt: skip
+    args = [
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--stages",
+        "data,gnn",
+        "--set",
+        "reward.models=[copl,uniform]",
+        "--set",
+        "gnn.epochs=2",
+        "--set",
+        "gnn.tsne=false",
+        "--set",
+        "train.time_budget_min=3",
+    ]
     r = subprocess.run(
         [sys.executable, "jobs/full.py", *args],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout.splitlines()
     plan_lines = [i for i, line in enumerate(out) if "plan: " in line]

@@ -109,14 +109,32 @@ def test_unwritable_existing_folder_fails_even_for_root():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("adapt.variants=[weighted, bogus]", "adapt.variants[1]: unknown name 'bogus' (known: weighted, naive, user_opt)"),
-        ("reward.models=[copl, nope]", "reward.models[1]: unknown name 'nope' (known: oracle, uniform, copl"),
-        ("reward.target_modules=[q_proj, nope_proj]", "reward.target_modules[1]: 'nope_proj' is not a linear module of tiny-gemma; valid names: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
-        ("reward.target_modules=[embed_tokens]", "reward.target_modules[0]: 'embed_tokens' is not a linear module"),
-        ("reward.backbone=no/such-model", "reward.backbone: 'no/such-model' is neither a local folder"),
-        ("reward.backbone_kwargs={nope: 1}", "reward.backbone_kwargs: unknown GemmaConfig fields ['nope']"),
+        (
+            "adapt.variants=[weighted, bogus]",
+            "adapt.variants[1]: unknown name 'bogus' (known: weighted, naive, user_opt)",
+        ),
+        (
+            "reward.models=[copl, nope]",
+            "reward.models[1]: unknown name 'nope' (known: oracle, uniform, copl",
+        ),
+        (
+            "reward.target_modules=[q_proj, nope_proj]",
+            "reward.target_modules[1]: 'nope_proj' is not a linear module of tiny-gemma; valid names: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj",
+        ),
+        (
+            "reward.target_modules=[embed_tokens]",
+            "reward.target_modules[0]: 'embed_tokens' is not a linear module",
+        ),
+        (
+            "reward.backbone=no/such-model",
+            "reward.backbone: 'no/such-model' is neither a local folder",
+        ),
+        (
+            "reward.backbone_kwargs={nope: 1}",
+            "reward.backbone_kwargs: unknown GemmaConfig fields ['nope']",
+        ),
     ],
-)  # fmt: skip
+)
 def test_preflight_names_the_field(tmp_path, override, message):
     cfg = load_config("tiny", [override, f"run.dir={tmp_path}"])
     with pytest.raises(ConfigError) as e:
@@ -158,10 +176,19 @@ def test_oracle_is_dropped_for_data_without_groups(tmp_path, capsys):
 
 def test_oracle_named_by_the_user_fails_before_any_stage(tmp_path):
     prefs = _prefs(tmp_path / "prefs.csv")
-    args = _args("--data", str(prefs), "--set", "reward.models=[copl, oracle]",
-                 "--run-dir", str(tmp_path / "r"))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"reward.models: 'oracle' needs known user groups; "
-                       r".*prefs.csv has no group column"):  # fmt: skip
+    args = _args(
+        "--data",
+        str(prefs),
+        "--set",
+        "reward.models=[copl, oracle]",
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"reward.models: 'oracle' needs known user groups; "
+        r".*prefs.csv has no group column",
+    ):
         preflight(config_from_args(args), STAGES)
 
 
@@ -189,11 +216,17 @@ def test_ukp_has_no_groups(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.cpus_per_worker=64", "train.cpus_per_worker: 2 workers (train.num_workers) x 64 CPUs = 128 CPUs, but "),
+        (
+            "train.cpus_per_worker=64",
+            "train.cpus_per_worker: 2 workers (train.num_workers) x 64 CPUs = 128 CPUs, but ",
+        ),
         ("gnn.cpus_per_worker=3", "gnn.cpus_per_worker: 3 CPUs, but "),
-        ("train.num_workers=5", "train.cpus_per_worker: 5 workers (train.num_workers) x 0.5 CPUs = 2.5 CPUs, but "),
+        (
+            "train.num_workers=5",
+            "train.cpus_per_worker: 5 workers (train.num_workers) x 0.5 CPUs = 2.5 CPUs, but ",
+        ),
     ],
-)  # fmt: skip
+)
 def test_local_ray_request_above_the_cpus_fails(tmp_path, override, message):
     import ray
 
@@ -265,8 +298,10 @@ def test_label_counts_above_the_data_fail_after_the_data_stage(tmp_path):
 
     users = pq.read_table(tmp_path / "data" / "users.parquet").to_pandas()
     users.assign(group=None).to_parquet(tmp_path / "data" / "users.parquet")
-    with pytest.raises(ConfigError, match="reward.models: 'oracle' needs known user groups; "
-                       "the data stage found none"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match="reward.models: 'oracle' needs known user groups; the data stage found none",
+    ):
         check_with_data(cfg, RunDir(tmp_path), STAGES)
 
 
@@ -303,8 +338,12 @@ def _full(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / "full.py"), *args],
-        cwd=cwd, capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def _assert_refused(r: subprocess.CompletedProcess, run: Path, message: str) -> None:
@@ -319,17 +358,26 @@ JOB_MISUSES = [
     (["--set", "adapt.hops=3"], "adapt.hops: must be even"),
     (["--set", "gnn.lr=.inf"], "gnn.lr: expected a finite number, got inf"),
     (["--set", "eval.label_counts=[0]"], "eval.label_counts[0]: expected >= 1"),
-    (["--stages", "eval", "--set", "eval.label_counts=[-1]"], "eval.label_counts[0]: expected >= 1"),
+    (
+        ["--stages", "eval", "--set", "eval.label_counts=[-1]"],
+        "eval.label_counts[0]: expected >= 1",
+    ),
     (["--set", "train.max_steps=0"], "train.max_steps: expected -1"),
     (["--set", "reward.models=[]"], "reward.models: must not be empty"),
     (["--set", "=3"], "override '=3': empty key"),
     (["--set", "adapt.variants=[bogus]"], "adapt.variants[0]: unknown name 'bogus'"),
     (["--set", "reward.target_modules=[nope_proj]"], "valid names: down_proj, gate_proj"),
-    (["--set", "reward.adapted_layers=3"], "reward.adapted_layers: 3 adapted layers, but the backbone has 2"),
+    (
+        ["--set", "reward.adapted_layers=3"],
+        "reward.adapted_layers: 3 adapted layers, but the backbone has 2",
+    ),
     (["--set", "reward.backbone=no/such-model"], "reward.backbone: 'no/such-model' is neither"),
-    (["--set", "train.cpus_per_worker=64", "--set", "run.num_cpus=2"], "train.cpus_per_worker: 2 workers"),
+    (
+        ["--set", "train.cpus_per_worker=64", "--set", "run.num_cpus=2"],
+        "train.cpus_per_worker: 2 workers",
+    ),
     (["--set", "run.wandb_project=demo"], "run.wandb_project: no W&B API key"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("args, message", JOB_MISUSES)
@@ -369,6 +417,10 @@ def test_every_job_refuses_a_run_dir_that_is_a_file(tmp_path, job):
     env["PYTHONPATH"] = str(REPO)
     r = subprocess.run(
         [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--run-dir", str(taken), *extra],
-        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     _assert_refused(r, taken, "run.dir: ")

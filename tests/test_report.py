@@ -30,19 +30,32 @@ def _write_contract_run(root, cfg, *, copl_seen=0.8):
     for d in (run.data, run.gnn, run.eval, run.reward("copl"), run.reward("uniform")):
         d.mkdir(parents=True, exist_ok=True)
     summary = {
-        "source": "synthetic", "n_users_seen": 4, "n_users_unseen": 2, "n_responses": 40,
-        "n_pairs": 30, "n_pool_pairs": 25, "n_annotations": {"survey": 24, "val": 4, "test": 20},
+        "source": "synthetic",
+        "n_users_seen": 4,
+        "n_users_unseen": 2,
+        "n_responses": 40,
+        "n_pairs": 30,
+        "n_pool_pairs": 25,
+        "n_annotations": {"survey": 24, "val": 4, "test": 20},
         "labels_per_user": {"min": 6.0, "median": 7.0, "max": 7.0},
-        "controversial_share": 0.5, "groups": ["a", "b"],
-        "drops": {"tie": 3, "too_long": 2}, "notes": ["synthetic truth known"],
-    }  # fmt: skip
+        "controversial_share": 0.5,
+        "groups": ["a", "b"],
+        "drops": {"tie": 3, "too_long": 2},
+        "notes": ["synthetic truth known"],
+    }
     (run.data / "summary.json").write_text(json.dumps(summary))
     gnn = {
-        "heldout_accuracy": 0.9, "val_accuracy": 0.9, "test_accuracy_in_graph": 0.85,
-        "best_epoch": 7, "epochs": 10, "loss_curve": [0.7, 0.5], "val_curve": [0.6, 0.9],
-        "seconds": 3.0, "ari": 1.0,
+        "heldout_accuracy": 0.9,
+        "val_accuracy": 0.9,
+        "test_accuracy_in_graph": 0.85,
+        "best_epoch": 7,
+        "epochs": 10,
+        "loss_curve": [0.7, 0.5],
+        "val_curve": [0.6, 0.9],
+        "seconds": 3.0,
+        "ari": 1.0,
         "adaptation": {"weighted": {"gnn_accuracy": 0.8}, "naive": {"gnn_accuracy": 0.7}},
-    }  # fmt: skip
+    }
     (run.gnn / "metrics.json").write_text(json.dumps(gnn))
     results = {
         "models": {
@@ -89,8 +102,12 @@ def test_report_from_contract_artifacts(tmp_path):
     assert rep["adaptation"]["weighted"]["unseen"]["overall"] == 0.75
     assert rep["adaptation"]["naive"]["gnn_accuracy"] == 0.7
     assert rep["timings"] == {
-        "data_s": 1.0, "gnn_s": 3.0, "reward_s": 20.0, "eval_s": 4.0, "total_s": 28.0,
-    }  # fmt: skip
+        "data_s": 1.0,
+        "gnn_s": 3.0,
+        "reward_s": 20.0,
+        "eval_s": 4.0,
+        "total_s": 28.0,
+    }
     assert rep["executed"] == ["eval"]
     assert rep["paper"] is None  # synthetic data: no paper column
     assert rep["versions"]["ray"] and rep["versions"]["torch"]
@@ -127,9 +144,14 @@ def test_report_shows_gate_health_and_flip_test(tmp_path):
         "no_gnn": health_record(expert_usage(one_expert)),
     }
     results["flip_test"] = {
-        "rate": 0.52, "common": 0.04, "controversial": 0.96, "by_group": {"a": 0.5, "b": 0.54},
-        "n_pairs": 100, "n_users": 2, "variant": "weighted",
-    }  # fmt: skip
+        "rate": 0.52,
+        "common": 0.04,
+        "controversial": 0.96,
+        "by_group": {"a": 0.5, "b": 0.54},
+        "n_pairs": 100,
+        "n_users": 2,
+        "variant": "weighted",
+    }
     (run.eval / "results.json").write_text(json.dumps(results))
     rep = json.loads(build_report(cfg, run).read_text())
 

@@ -22,14 +22,26 @@ def _rep(copl_seen, oracle_seen, copl_unseen, curve, share, top, collapsed=False
     """The parts of a report.json the aggregation reads, as eval writes them."""
     split = lambda o: {"overall": o, "common": None, "n_pairs": 4000, "n_users": 400}  # noqa: E731
     return {
-        "schema_version": 1, "name": "tiny", "config": {"data": {"seed": 0}},
-        "models": {"copl": {"seen": split(copl_seen), "unseen": split(copl_unseen)},
-                   "oracle": {"seen": split(oracle_seen), "unseen": split(0.9)}},
+        "schema_version": 1,
+        "name": "tiny",
+        "config": {"data": {"seed": 0}},
+        "models": {
+            "copl": {"seen": split(copl_seen), "unseen": split(copl_unseen)},
+            "oracle": {"seen": split(oracle_seen), "unseen": split(0.9)},
+        },
         "labels_curve": {"counts": [1, 2, 4, 8], "accuracy": curve},
-        "gate_health": {"copl": {"share": share, "entropy": 0.5, "top_expert": top,
-                                 "collapsed": collapsed, "collapse_share": 0.95}},
-        "executed": ["eval"], "figures": {"tsne": "gnn/tsne.png"},
-    }  # fmt: skip
+        "gate_health": {
+            "copl": {
+                "share": share,
+                "entropy": 0.5,
+                "top_expert": top,
+                "collapsed": collapsed,
+                "collapse_share": 0.95,
+            }
+        },
+        "executed": ["eval"],
+        "figures": {"tsne": "gnn/tsne.png"},
+    }
 
 
 def test_stat_is_mean_and_sample_sd():
@@ -74,8 +86,11 @@ def test_aggregate_cells_and_gap():
     assert gate["top_expert"] == [3, 0, 1] and gate["collapsed"] is True
     assert gate["collapse_share"] == 0.95
     gap = agg["seeds"]["copl_oracle_gap"]["seen"]
-    assert gap["per_seed"] == {"0": pytest.approx(1.6), "1": pytest.approx(5.0),
-                               "2": pytest.approx(3.3)}  # fmt: skip
+    assert gap["per_seed"] == {
+        "0": pytest.approx(1.6),
+        "1": pytest.approx(5.0),
+        "2": pytest.approx(3.3),
+    }
     assert gap["mean"] == pytest.approx(3.3) and gap["worst"] == pytest.approx(5.0)
     assert gap["sd"] == pytest.approx(stat([1.6, 5.0, 3.3])["sd"])
     assert agg["seeds"]["copl_oracle_gap"]["unseen"]["worst"] == pytest.approx(-2.0)

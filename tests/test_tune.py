@@ -13,9 +13,17 @@ from copl_ray.tune import load_space, max_concurrent_trials, run_sweep, trial_co
 
 SPACE = "tune_spaces/tiny.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["data.n_users=40", "data.n_unseen_users=4", "data.synthetic.n_prompts=60",
-         "gnn.epochs=10", "train.max_steps=8", "train.eval_every=2", "train.log_every=2",
-         "train.ckpt_every=8", "train.batch_size=8"]  # fmt: skip
+SMALL = [
+    "data.n_users=40",
+    "data.n_unseen_users=4",
+    "data.synthetic.n_prompts=60",
+    "gnn.epochs=10",
+    "train.max_steps=8",
+    "train.eval_every=2",
+    "train.log_every=2",
+    "train.ckpt_every=8",
+    "train.batch_size=8",
+]
 # ASHA rungs at steps 2 and 4 of 8: a trial can be stopped while it still has steps left.
 ASHA = {"max_t": 8, "grace_period": 2, "reduction_factor": 2}
 
@@ -62,8 +70,12 @@ def test_best_trial_of_a_tie_does_not_depend_on_the_grid_order(tmp_path):
     cfg = load_config("tiny")
     grid = []
     for tid, lr, accs in (("t_00000", 0.001, [0.6, 0.65]), ("t_00001", 0.002, [0.65, 0.62])):
-        params = {"reward.num_experts": 4, "reward.rank": 2, "reward.temperature": 0.7,
-                  "train.lr": lr}  # fmt: skip
+        params = {
+            "reward.num_experts": 4,
+            "reward.rank": 2,
+            "reward.temperature": 0.7,
+            "train.lr": lr,
+        }
         grid.append(
             Result(
                 metrics={
@@ -72,7 +84,7 @@ def test_best_trial_of_a_tie_does_not_depend_on_the_grid_order(tmp_path):
                     "val_acc": accs[-1],
                     "step": 8,
                     "total_steps": 8,
-                },  # fmt: skip
+                },
                 checkpoint=None,
                 error=None,
                 path=str(tmp_path / tid),

@@ -48,11 +48,22 @@ def token_cluster(tmp_path):
     assert (tmp_path / ".ray" / "auth_token").is_file(), gen.stdout + gen.stderr
     dash = _free_port()
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=1",
-         f"--port={_free_port()}", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={_free_port()}", "--dashboard-host=127.0.0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=1",
+            f"--port={_free_port()}",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={_free_port()}",
+            "--dashboard-host=127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         yield env, f"http://127.0.0.1:{dash}"
     finally:
