@@ -63,13 +63,13 @@ RENAMES=(
   # mole
   "tests/mole/test_mole_layer.py tests/mole/test_layer.py"
   "tests/mole/test_gate_input.py tests/mole/test_layer_gate_input.py"
-  # reward (test_reward_train_data.py tests data/ray_data.py but needs this folder's
-  # small_data_run fixture: it stays here as the reward stage's training-data owner)
+  # reward
   "tests/reward/test_backbone_pretrained.py tests/reward/test_backbone.py"
   "tests/reward/test_reward_cache.py tests/reward/test_frozen_cache.py"
   "tests/reward/test_reward_model.py tests/reward/test_model.py"
   "tests/reward/test_reward_model_export.py tests/reward/test_export.py"
-  "tests/reward/test_reward_train_data.py tests/reward/test_train_data.py"
+  "tests/reward/test_reward_train_data.py tests/reward/test_shards.py"
+  "tests/reward/test_reward_scoring_path.py tests/reward/test_model_scoring_path.py"
   "tests/reward/test_reward_train_dsconfig.py tests/reward/test_ds_config.py"
   "tests/reward/test_reward_train_loop.py tests/reward/test_train.py"
   # serve -> serving
