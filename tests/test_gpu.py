@@ -125,7 +125,7 @@ def test_bf16_reward_model_trains_saves_and_reloads_on_cuda(tok, toy_batch, tmp_
 def test_gnn_full_schedule_on_cuda_matches_cpu_accuracy(tmp_path):
     """Same tiny planted graph (2 groups × 8 labels, noise-free, so the ceiling is 100%),
     trained on CPU and on CUDA: both reach the paper's Table 5 level for this shape (≥84%,
-    as tests/graph/test_graph_accuracy.py) and land within 3 points of each other (the two
+    as tests/graph/test_accuracy.py) and land within 3 points of each other (the two
     differ only by float reduction order and the dropout RNG stream)."""
     from copl_ray.data.build import build_tables
     from copl_ray.graph.export import train_gnn_local

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_jobs_submit import ray_cluster  # noqa: F401 - the one "another Ray" fixture
+
+from tests.test_jobs_submit import ray_cluster  # noqa: F401 - the one "another Ray" fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from copl_ray.reward import PersonalRewardModel
-from tests.data.test_data_ukp import make_ukp_folder
+from tests.data.test_ukp import make_ukp_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

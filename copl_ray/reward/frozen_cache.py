@@ -11,7 +11,7 @@ caches them, keyed by the text's non-pad token ids; every later step runs only t
 Exact, not approximate: the cached rows are the non-pad positions' states, and these do
 not depend on the padding (positions come from the attention mask, pad keys are masked),
 so the scores and the adapter/gate gradients equal the full forward's with the same
-adapters (tests/reward/test_reward_cache.py: < 1e-5 in fp32). The lower layers run in
+adapters (tests/reward/test_frozen_cache.py: < 1e-5 in fp32). The lower layers run in
 eval mode (no dropout): a frozen, cached layer is deterministic by construction; the
 adapted top layers keep the module's train/eval mode.
 

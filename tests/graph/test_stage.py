@@ -89,7 +89,7 @@ def test_stage_interrupted_then_resumed_from_its_checkpoint(ray_session, tmp_pat
     assert m["epochs"] == 30 and len(m["loss_curve"]) == 30
     progress = (run.gnn / "progress.log").read_text()
     assert "resumed after epoch 10" in progress and "gnn epoch 30/30" in progress
-    # learning happened (chance is 0.5); the paper-level bars live in test_graph_accuracy.py,
+    # learning happened (chance is 0.5); the paper-level bars live in test_accuracy.py,
     # this run is 120 users x 30 epochs to keep two Ray fits short
     # 30 epochs on the 4-latent-attribute synthetic data reach ~0.69 (measured); 0.6 is
     # >2 binomial sigmas above chance on its ~120 val pairs (sigma ~ 0.046)

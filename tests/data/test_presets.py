@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from copl_ray.config import load_config
-from tests.data.test_data_personalllm import write_personalllm
-from tests.data.test_data_prism import write_prism
-from tests.data.test_data_tldr import write_tldr
+from tests.data.test_personalllm import write_personalllm
+from tests.data.test_prism import write_prism
+from tests.data.test_tldr import write_tldr
 
 WRITERS = {"tldr": write_tldr, "prism": write_prism, "personalllm": write_personalllm}
 

@@ -1,6 +1,6 @@
 """The per-user sparse adaptation path (serving) equals the dense batched path (offline).
 
-The dense path is checked against hand-computed answers in test_graph_adapt.py; here both
+The dense path is checked against hand-computed answers in test_adapt.py; here both
 paths run on random graphs under every neighbour rule and weighting, on users whose
 neighbours come from the configured rule, from the any-sign fallback, or from nowhere
 (mean user), with labels on responses that have no node. Tolerance: both paths compute the

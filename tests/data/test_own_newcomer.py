@@ -10,7 +10,7 @@ import pytest
 
 from copl_ray.config import load_config
 from copl_ray.data import DataError, build_tables
-from tests.data.test_data_own import cfg_for, own_rows, write
+from tests.data.test_own import cfg_for, own_rows, write
 
 
 # ------------------------------------------------------------------ split synonyms
