@@ -201,11 +201,12 @@ def measure_fill_s(cfg: Config, n_texts: int) -> float:
 
     from copl_ray.reward.backbone import build_backbone
     from copl_ray.reward.frozen_cache import FrozenLowerLayers
+    from copl_ray.reward.pooling import position_ids_of
 
     frozen = FrozenLowerLayers(build_backbone(cfg.reward), cfg.reward.adapted_layers, 0)
     ids = torch.randint(4, max(cfg.reward.tokenizer_vocab, 5), (8, cfg.reward.max_length))
     mask = torch.ones_like(ids)
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    pos = position_ids_of(mask)
     times = []
     for _ in range(2):  # the first warms up
         t0 = time.process_time()

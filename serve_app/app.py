@@ -33,7 +33,7 @@ from copl_ray.config import ConfigError
 from copl_ray.graph.users import UserEmbedding
 from copl_ray.serving import timing
 from copl_ray.serving.ingress import use_direct_ingress
-from copl_ray.serving.scorer import RunDirIncomplete, check_run_dir
+from copl_ray.serving.scorer import Rows, RunDirIncomplete, check_run_dir
 from copl_ray.serving.settings import ServeArgsError, ServeSettings, resolve_settings
 from copl_ray.serving.store import (
     StoredUser,
@@ -171,12 +171,12 @@ async def _invalid_body(request, exc: RequestValidationError) -> JSONResponse:
 @dataclass
 class _Job:
     emb: np.ndarray  # [D]
-    rows: list[list[int]]  # token ids, one per response
+    rows: Rows  # (input_ids, attention_mask) [n, max_length], one row per response
 
 
 def _rows_in(jobs: list[_Job]) -> int:
     """Batch size counted in rows (responses), not requests."""
-    return sum(len(j.rows) for j in jobs)
+    return sum(len(j.rows[0]) for j in jobs)
 
 
 def _not_found(user_id: str) -> HTTPException:

@@ -62,7 +62,7 @@ class EvalData:
     """Test pairs of every user with group / pair type, and tokenised responses."""
 
     def __init__(self, run: RunDir, tokenizer, max_length: int) -> None:
-        from copl_ray.reward.shards import tokenize_texts
+        from copl_ray.reward.backbone import tokenize_texts
 
         ann = pq.read_table(run.data / "annotations.parquet").to_pandas()
         users = pq.read_table(run.data / "users.parquet").to_pandas()

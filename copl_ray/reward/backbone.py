@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoModel,
@@ -181,3 +182,22 @@ def load_tokenizer(name_or_dir: str | Path) -> Any:
             raise ValueError(f"tokenizer {str(name_or_dir)!r}: has neither pad nor eos token")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded, truncated ``(input_ids, attention_mask)``, both int32 ``[B, max_length]``.
+
+    The one tokeniser call of every scoring path (training shards, the frozen-state pass,
+    eval, serving): :func:`copl_ray.reward.model.trim_padding` then cuts the all-pad tail,
+    so how far rows were padded never changes a score."""
+    if len(texts) == 0:  # a batch whose rows were all filtered out
+        empty = np.zeros((0, max_length), dtype=np.int32)
+        return empty, empty.copy()
+    enc = tokenizer(
+        list(texts),
+        max_length=max_length,
+        truncation=True,
+        padding="max_length",
+        return_tensors="np",
+    )
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from copl_ray.config import ConfigError
+from copl_ray.reward.pooling import position_ids_of
 
 FIELD = "reward.adapted_layers"
 LayerArgs = tuple[tuple[Any, ...], dict[str, Any]]
@@ -246,7 +247,7 @@ class FrozenLowerLayers:
         """Cache the rows' texts ahead of training (e.g. every unique text once, in
         batches); returns how many texts are cached now."""
         mask = attention_mask.long()
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        pos = position_ids_of(mask)
         self._fill(input_ids, mask, pos, row_keys(input_ids, mask))
         return len(self.cache)
 

@@ -46,9 +46,10 @@ from copl_ray.reward.backbone import (
     backbone_path,
     build_backbone,
     load_tokenizer,
+    tokenize_texts,
 )
 from copl_ray.reward.frozen_cache import FrozenLowerLayers, adapted_module_names, cache_bytes
-from copl_ray.reward.pooling import last_token_index, pool, resolve_pooling
+from copl_ray.reward.pooling import last_token_index, pool, position_ids_of, resolve_pooling
 from copl_ray.variants import ARCHITECTURES, COPL, NO_GNN, NO_MOLE
 from copl_ray.variants import variant as variant_of
 
@@ -281,7 +282,7 @@ class PersonalRewardModel(nn.Module):
             route_in = None  # the user enters as a token, the LoRA is shared
         else:
             kwargs["input_ids"] = input_ids
-        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        position_ids = position_ids_of(mask)
         with self.mole.routed(route_in, n):
             if self.frozen is not None:
                 hidden = self.frozen.forward(input_ids, mask, position_ids)
@@ -335,17 +336,13 @@ class PersonalRewardModel(nn.Module):
         user_emb: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Tokenise with the model's tokenizer (right padding, truncation) and score."""
+        """Tokenise with the model's tokenizer (``tokenize_texts``: the scoring paths' one
+        tokeniser call) and score."""
         if self.tokenizer is None:
             raise ValueError("score_texts needs a tokenizer (build/load with one)")
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return self.score_rows(enc["input_ids"], enc["attention_mask"], user_emb, user_index)
+        ids, mask = tokenize_texts(self.tokenizer, texts, self.max_length)
+        ids, mask = (torch.from_numpy(a.astype(np.int64)) for a in (ids, mask))
+        return self.score_rows(ids, mask, user_emb, user_index)
 
     # ----------------------------------------------------------------- persistence
     def save(self, out_dir: str | Path) -> Path:

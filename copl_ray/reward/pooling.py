@@ -33,6 +33,17 @@ def _check_rows(mask: torch.Tensor) -> None:
         raise ValueError(f"attention_mask: rows {bad} have no token")
 
 
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each row's first real token: ``p_t = (Σ_{s≤t} m_s) − 1``,
+    clamped at 0 for leading pads.
+
+    The one rule of the full forward, the frozen-layer cache and the planner's timing: a
+    text keeps the same positions however far its row is padded, which is what lets the
+    cache key a text by its tokens alone.
+    """
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last position with mask 1 in each row (left or right padding)."""
     _check_rows(attention_mask)

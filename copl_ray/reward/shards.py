@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from copl_ray.data.tables import format_text
+from copl_ray.reward.backbone import tokenize_texts
 
 TOKEN_COLUMNS = (
     "chosen_input_ids",
@@ -68,21 +69,6 @@ def _cached_tokenizer(tokenizer_dir: str):
     tok = load_tokenizer(tokenizer_dir)
     tok.padding_side = "right"  # fixed-shape rows; the model reads the last non-pad token
     return tok
-
-
-def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded, truncated ``(input_ids, attention_mask)``, both int32 ``[B, max_length]``."""
-    if len(texts) == 0:  # a batch whose rows were all filtered out
-        empty = np.zeros((0, max_length), dtype=np.int32)
-        return empty, empty.copy()
-    enc = tokenizer(
-        list(texts),
-        max_length=max_length,
-        truncation=True,
-        padding="max_length",
-        return_tensors="np",
-    )
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
 
 class _Lookups:

@@ -419,9 +419,8 @@ def frozen_states_file(
     frozen_cache.py ``precompute_states``); reused while the data and reward config hold."""
     if cfg.reward.adapted_layers is None:
         return None
-    from copl_ray.reward.backbone import build_backbone, load_tokenizer
+    from copl_ray.reward.backbone import build_backbone, load_tokenizer, tokenize_texts
     from copl_ray.reward.frozen_cache import FrozenLowerLayers, cache_bytes, precompute_states
-    from copl_ray.reward.shards import tokenize_texts
 
     path = run.root / "reward" / f"frozen_states-{cfg.section_hash('data', 'reward')}.safetensors"
     if path.exists():

@@ -9,10 +9,10 @@ never split a batch per user: docs/stack-notes.md S8)::
     scores = f(rows, E)                                               [N]
     p(a ≻ b | u) = σ(f(u, a) − f(u, b))
 
-Texts are truncated to the model's ``max_length`` (``reward.max_length`` as trained) and
-right-padded only to the longest row of the batch; the rows are scored by
-``PersonalRewardModel.score_rows``, the path training and eval score by, which pools
-non-pad tokens only (``reward.pooling``: copl_ray/reward/pooling.py), so the padding
+Texts are tokenised by ``tokenize_texts`` (truncated and right-padded to the model's
+``max_length``, ``reward.max_length`` as trained) and scored by
+``PersonalRewardModel.score_rows`` — the calls training and eval make — which cuts the
+all-pad tail and pools non-pad tokens only (``reward.pooling``: copl_ray/reward/pooling.py), so the padding
 length does not change a score. Users are the GNN stage's table
 (:class:`copl_ray.graph.users.UserEmbeddings`).
 """
@@ -62,6 +62,10 @@ def find_tokenizer_dir(run: RunDir, model_name: str) -> Path:
     )
 
 
+# Encoded responses: (input_ids, attention_mask), int32 [n, max_length].
+Rows = tuple[np.ndarray, np.ndarray]
+
+
 class RewardScorer:
     """The reward model of one run directory, scoring rows with per-row user embeddings."""
 
@@ -78,52 +82,40 @@ class RewardScorer:
         self.tokenizer = load_tokenizer(find_tokenizer_dir(self.run, model_name))
         self.tokenizer.padding_side = "right"
         self.max_length = self.model.max_length
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
         users = require(path_in(self.run.gnn), "user embeddings from the GNN stage")
         self.users = UserEmbeddings.read(users)
         # The fast tokenizer is not safe to call from two threads at once (Rust borrow).
         self._tok_lock = threading.Lock()
 
     # ------------------------------------------------------------ tokenisation
-    def encode(self, prompt: str, responses: list[str]) -> list[list[int]]:
-        """Token ids of ``format_text(prompt, r)`` for each response, truncated, unpadded."""
+    def encode(self, prompt: str, responses: list[str]) -> Rows:
+        """``(input_ids, attention_mask)`` int32 ``[n, max_length]`` of ``format_text(prompt, r)``
+        per response: the tokeniser call training and eval make (``tokenize_texts``)."""
+        from copl_ray.reward.backbone import tokenize_texts  # loaded with the model already
+
         texts = [format_text(prompt, r) for r in responses]
         with self._tok_lock:
-            enc = self.tokenizer(texts, max_length=self.max_length, truncation=True)
-        return [list(ids) for ids in enc["input_ids"]]
-
-    def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad to the longest row: ``(input_ids, attention_mask)`` long ``[N, L]``."""
-        length = max(len(r) for r in rows)
-        ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), length), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        return torch.from_numpy(ids), torch.from_numpy(mask)
+            return tokenize_texts(self.tokenizer, texts, self.max_length)
 
     # ----------------------------------------------------------------- scoring
     @torch.inference_mode()
-    def score_rows(self, rows: list[list[int]], user_emb: np.ndarray) -> np.ndarray:
-        """Scores ``[N]`` float32 of ``rows`` for per-row user embeddings ``[N, D]`` (a
-        variant without a graph user input ignores them: ``score_rows`` of the model)."""
-        ids, mask = self.pad(rows)
+    def score_rows(self, rows: Rows, user_emb: np.ndarray) -> np.ndarray:
+        """Scores ``[N]`` float32 of encoded ``rows`` for per-row user embeddings ``[N, D]``
+        (a variant without a graph user input ignores them: ``score_rows`` of the model,
+        which also cuts the all-pad tail)."""
+        ids, mask = (torch.from_numpy(a.astype(np.int64)).to(self.device) for a in rows)
         emb = np.ascontiguousarray(user_emb, np.float32)
-        out = self.model.score_rows(ids.to(self.device), mask.to(self.device), emb)
+        out = self.model.score_rows(ids, mask, emb)
         return out.detach().float().cpu().numpy().reshape(-1)
 
-    def score_requests(
-        self, requests: list[tuple[np.ndarray, list[list[int]]]]
-    ) -> list[np.ndarray]:
+    def score_requests(self, requests: list[tuple[np.ndarray, Rows]]) -> list[np.ndarray]:
         """One forward over many requests ``(user_emb [D], rows)``; scores split back per request."""
-        rows: list[list[int]] = []
-        embs: list[np.ndarray] = []
-        sizes = []
-        for emb, req_rows in requests:
-            rows.extend(req_rows)
-            embs.append(np.broadcast_to(np.asarray(emb, np.float32), (len(req_rows), emb.shape[0])))
-            sizes.append(len(req_rows))
+        sizes = [len(rows[0]) for _, rows in requests]
+        embs = [
+            np.broadcast_to(np.asarray(emb, np.float32), (n, emb.shape[0]))
+            for (emb, _), n in zip(requests, sizes)
+        ]
+        rows = tuple(np.concatenate([r[k] for _, r in requests]) for k in (0, 1))
         scores = self.score_rows(rows, np.concatenate(embs, axis=0))
         return np.split(scores, np.cumsum(sizes)[:-1])
 

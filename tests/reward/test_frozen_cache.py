@@ -342,8 +342,8 @@ def test_states_computed_once_load_into_another_model_exactly(reward_cfg, minilm
     """precompute_states writes every text's frozen states once (int32 batches, as the Ray
     Data shards carry them); a fresh model (another worker) loads them and then scores and
     back-propagates with zero lower-layer calls, exactly like its uncached twin."""
+    from copl_ray.reward.backbone import tokenize_texts
     from copl_ray.reward.frozen_cache import load_states, precompute_states
-    from copl_ray.reward.shards import tokenize_texts
 
     writer = _build(reward_cfg, "minilm", minilm_tok, adapted_layers=1)
     encode = lambda t: tokenize_texts(minilm_tok, t, 64)  # noqa: E731

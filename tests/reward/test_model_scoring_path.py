@@ -1,7 +1,7 @@
 """One scoring path: eval's ``Scorer`` and serving's ``RewardScorer`` both score token rows
 through ``PersonalRewardModel.score_rows``, so the same pairs in the same batches give the
-same numbers, bit for bit, although the two tokenise differently (eval pads every text to
-``max_length`` once and trims per batch; serving pads a batch to its longest row).
+same numbers, bit for bit: both tokenise with ``tokenize_texts`` (eval once per response,
+serving per request) and the model cuts the all-pad tail per batch.
 
 Truth built in: a small synthetic run directory with a saved, non-trivial CoPL model
 (LoRA ``B`` drawn at random, so users score differently) and a user-embedding table.
@@ -57,10 +57,11 @@ def test_eval_and_serving_give_identical_scores(small_data_run, tmp_path):
     served_c, served_r = [], []
     for i in range(0, len(pairs), batch):  # the same batches: [chosen; rejected] rows
         part = pairs.iloc[i : i + batch]
-        rows = [
-            serving.encode(text.at[r, "prompt"], [text.at[r, "text"]])[0]
+        encoded = [
+            serving.encode(text.at[r, "prompt"], [text.at[r, "text"]])
             for r in [*part["chosen"], *part["rejected"]]
         ]
+        rows = tuple(np.concatenate([e[k] for e in encoded]) for k in (0, 1))
         s = serving.score_rows(rows, np.concatenate([emb[i : i + batch]] * 2))
         served_c.append(s[: len(part)])
         served_r.append(s[len(part) :])
@@ -73,8 +74,9 @@ def test_eval_and_serving_give_identical_scores(small_data_run, tmp_path):
         a = model.score_rows(data.ids[[first]], data.mask[[first]], emb[:1])
         b = model.score_rows(data.ids[[first]], data.mask[[first]], other)
     assert abs(float(a - b)) > 1e-4
-    # and serving's tokenisation is eval's: the same ids once the padding is cut
-    row = serving.encode(
+    # and serving's tokenisation is eval's: the same ids and mask
+    ids, mask = serving.encode(
         text.at[pairs["chosen"].iloc[0], "prompt"], [text.at[pairs["chosen"].iloc[0], "text"]]
-    )[0]
-    assert row == data.ids[first][: int(data.mask[first].sum())].tolist()
+    )
+    np.testing.assert_array_equal(ids[0], data.ids[first])
+    np.testing.assert_array_equal(mask[0], data.mask[first])

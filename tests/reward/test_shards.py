@@ -7,14 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from copl_ray.data.tables import format_text
-from copl_ray.reward.backbone import load_tokenizer
-from copl_ray.reward.shards import (
-    collate_pairs,
-    count_pairs,
-    pair_dataset,
-    read_lookups,
-    tokenize_texts,
-)
+from copl_ray.reward.backbone import load_tokenizer, tokenize_texts
+from copl_ray.reward.shards import collate_pairs, count_pairs, pair_dataset, read_lookups
 from copl_ray.reward.stage import load_user_table
 
 

@@ -103,9 +103,8 @@ def ref(tiny_run):
     """In-process reference: the saved model, tokenizer, tables and GNN artifacts."""
     from copl_ray.data.tables import PreferenceTables, format_text
     from copl_ray.graph.artifacts import GNNArtifacts
-    from copl_ray.reward.backbone import load_tokenizer
+    from copl_ray.reward.backbone import load_tokenizer, tokenize_texts
     from copl_ray.reward.model import PersonalRewardModel
-    from copl_ray.reward.shards import tokenize_texts
     from copl_ray.serving.adapter import run_adapt_config
     from copl_ray.serving.scorer import find_tokenizer_dir
 
