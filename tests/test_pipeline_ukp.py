@@ -21,7 +21,7 @@ from tests.data.test_ukp import make_ukp_folder
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_ukp_preset_runs_end_to_end_on_a_mini_folder(tmp_path: Path) -> None:
+def test_ukp_preset_runs_end_to_end_on_a_mini_folder(tmp_path: Path, accuracy_record_check) -> None:
     make_ukp_folder(tmp_path / "ukp")
     run = tmp_path / "run"
     sets = [
@@ -60,7 +60,7 @@ def test_ukp_preset_runs_end_to_end_on_a_mini_folder(tmp_path: Path) -> None:
     rep = json.loads((run / "report.json").read_text())
     assert set(rep["models"]) == {"copl", "uniform"}
     for split in ("seen", "unseen"):
-        assert rep["models"]["copl"][split]["n_pairs"] > 0
+        accuracy_record_check(rep["models"]["copl"][split], run / "data", split == "seen", split)
         gnn = rep["gnn_scorer"][split]
         assert gnn["n_pairs"] + gnn["n_skipped"] == rep["models"]["copl"][split]["n_pairs"]
     assert rep["gnn_scorer"]["seen"]["n_pairs"] > 0  # the arguments are graph nodes
