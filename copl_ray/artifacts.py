@@ -87,7 +87,11 @@ class RunDir:
         )
 
     def stage_seconds(self, stage: str) -> float | None:
+        """The marker's wall time; None when not done or the marker is damaged (as is_done)."""
         m = self._marker(stage)
         if not m.exists():
             return None
-        return json.loads(m.read_text()).get("seconds")
+        try:
+            return json.loads(m.read_text()).get("seconds")
+        except json.JSONDecodeError:
+            return None
