@@ -59,25 +59,6 @@ def test_tiny_default_is_not_capped(tmp_path: Path) -> None:
     assert "fits, not capped" in text and "full run" not in text
 
 
-def test_plan_json_carries_the_cap_for_this_config_only(tmp_path: Path) -> None:
-    from copl_ray.data.build import run_data_stage
-
-    cfg = load_config("tiny", ["train.time_budget_min=0.5", "reward.models=[copl,uniform]"])
-    run = RunDir(tmp_path)
-    run_data_stage(cfg, run)
-    plan = plan_run(cfg, run)
-    assert plan.capped and not plan.reused
-    cap = {j.job: j.budget_steps for j in plan.jobs}
-    assert all(MIN_STEPS <= n < 129 for n in cap.values())
-    assert planned_steps(cfg, run, "copl") == cap["copl"]
-    # a rerun of the same config: the same plan, not measured again
-    again = plan_run(cfg, run)
-    assert again.reused and {j.job: j.budget_steps for j in again.jobs} == cap
-    # another config (no budget): plan.json is not its plan
-    other = load_config("tiny", ["train.time_budget_min=null", "reward.models=[copl,uniform]"])
-    assert planned_steps(other, run, "copl") is None
-
-
 def test_too_few_pairs_for_the_workers_fails_in_the_plan(tmp_path: Path) -> None:
     """Known from the data's tables: one line naming the field, before the GNN trains."""
     from copl_ray.data.build import run_data_stage
