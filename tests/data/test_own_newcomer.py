@@ -146,15 +146,6 @@ def test_one_user_file_fails_in_the_data_stage(tmp_path: Path, data_cli) -> None
     assert len(r.stderr.strip().splitlines()) == 1 and "seen user" in r.stderr
 
 
-def test_tsne_skips_too_few_points(tmp_path: Path) -> None:
-    from copl_ray.graph.plots import plot_user_tsne
-
-    out = tmp_path / "tsne.png"
-    emb = np.random.default_rng(0).normal(size=(2, 8))
-    assert plot_user_tsne(emb, ["a", "b"], np.array([True, False]), out) is None
-    assert not out.exists()
-
-
 def test_wrong_typed_huge_value_gives_a_short_error(tmp_path: Path) -> None:
     rows = own_rows()
     rows[3]["chosen"] = {"blob": "x" * 1_000_000}

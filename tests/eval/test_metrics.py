@@ -1,4 +1,4 @@
-"""Accuracy summaries, expert allocation and the eval figures on hand-made inputs."""
+"""Accuracy summaries and expert allocation on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage
-from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
 
 
 def test_accuracy_summary_splits_by_group_and_pair_type():
@@ -44,13 +43,3 @@ def test_allocation_matrix_global_and_per_module():
     u = expert_usage(w)
     assert u["share"] == pytest.approx([0.5, 0.25, 0.25]) and u["idle_experts"] == 0
     assert expert_usage(np.array([[1.0, 0.0], [0.9, 0.0]]))["idle_experts"] == 1
-
-
-def test_figures_are_written(tmp_path):
-    p = plot_expert_allocation(["x", "y"], np.array([[1.0, 0.0], [0.2, 0.8]]), tmp_path / "a.png")
-    q = plot_expert_allocation(
-        ["x", "y"], np.random.rand(3, 2, 4), tmp_path / "b.png", ["l0.q", "l0.v", "l1.q"]
-    )
-    c = plot_labels_curve([1, 2, 4, 8], [0.6, 0.7, None, 0.9], tmp_path / "c.png", {"uniform": 0.6})
-    for f in (p, q, c):
-        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
