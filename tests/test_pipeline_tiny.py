@@ -91,7 +91,7 @@ NOISE = (
     "PreemptionWatcher",
     "Failed to query",
 )
-# Lines of Ray's own that a run may show beside its own (at most MAX_FOREIGN_LINES): the
+# Lines of Ray's own that a run may show beside its own (counted, MAX_FOREIGN_LINES): the
 # raylet's note that it started more worker processes than 4x its startup concurrency (=
 # the CPU count: each model starts a Train controller, two workers and two data-split
 # coordinators), and the GCS's "Failed to kill actor ... Socket closed" when ray.shutdown
@@ -100,7 +100,9 @@ RAY_LIFECYCLE_LINE = re.compile(
     r"worker processes have been started on node"
     r"|\(gcs_server\) gcs_actor_scheduler\.cc:\d+: Failed to kill actor .*Socket closed"
 )
-MAX_FOREIGN_LINES = 2
+# The tiny run starts 5 Ray Train runs (GNN, copl, uniform, oracle x 2 groups); each may
+# end in one GCS kill race at its shutdown, and the raylet notes its worker count once.
+MAX_FOREIGN_LINES = 5 + 1
 
 
 def test_readme_command_prints_the_report_path_last_on_a_quiet_console(tiny_job):

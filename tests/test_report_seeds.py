@@ -104,7 +104,7 @@ def test_aggregate_cells_and_gap():
 
 def test_seeds_report_files(tmp_path):
     """Real per-seed reports (build_report on contract artifacts) → report.json / .md."""
-    from test_report import _write_contract_run
+    from tests.test_report import _write_contract_run
 
     paths = {}
     for seed, copl in ((0, 0.8), (1, 0.7)):
