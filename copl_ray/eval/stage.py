@@ -96,11 +96,10 @@ class EvalData:
         self.unseen = test[~test["seen"]].reset_index(drop=True)
 
 
-def adapted_table(adapted: pd.DataFrame | UserEmbeddings, source: str) -> UserEmbeddings:
+def adapted_table(adapted: pd.DataFrame, source: str) -> UserEmbeddings:
     """Users adapted from labels (``adapt_unseen_users`` rows, or one variant's rows of
-    ``adaptation.parquet``) as a :class:`UserEmbeddings` table of unseen, adapted users."""
-    if isinstance(adapted, UserEmbeddings):
-        return adapted
+    ``adaptation.parquet``) as a :class:`UserEmbeddings` table of unseen, adapted users
+    (an ``adaptation.parquet`` written before the rows carried ``seen``/``kind`` still reads)."""
     fill = {"seen": False, "kind": ADAPTED}
     missing = {c: v for c, v in fill.items() if c not in adapted.columns}
     return UserEmbeddings(adapted.assign(**missing), source)
