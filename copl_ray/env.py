@@ -72,7 +72,8 @@ def _unraisable_unless_exit(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
-RAY_DATA_SIGNALER_THREAD = "completion-signaler"  # ray/data/_internal/dynamic_work_queue.py
+# ray/data/_internal/dynamic_work_queue.py names it "pool-<n>/completion-signaler"
+RAY_DATA_SIGNALER_THREAD = "completion-signaler"
 
 
 def _thread_error_unless_ray_data_shutdown(args) -> None:
@@ -87,7 +88,7 @@ def _thread_error_unless_ray_data_shutdown(args) -> None:
     if (
         issubclass(args.exc_type, InterruptedError)
         and thread is not None
-        and thread.name == RAY_DATA_SIGNALER_THREAD
+        and thread.name.rsplit("/", 1)[-1] == RAY_DATA_SIGNALER_THREAD
     ):
         return
     threading.__excepthook__(args)

@@ -36,25 +36,33 @@ def test_worker_finaliser_exit_is_silent_but_real_errors_print():
 def test_ray_data_signaler_interrupt_is_dropped_other_thread_errors_print(capfd):
     """Ray Data's "completion-signaler" thread ending in its queue's InterruptedError at
     pool shutdown prints nothing; the same error in another thread, or another error in
-    that thread, still prints its traceback."""
+    that thread, still prints its traceback. The threads are started by Ray's own pool
+    (its thread names, its interruptible queue)."""
     import threading
+
+    from ray.data._internal.dynamic_work_queue import _WorkerPool
 
     from copl_ray.env import RAY_DATA_SIGNALER_THREAD, _thread_error_unless_ray_data_shutdown
 
-    def run(name: str, exc: type[BaseException]) -> str:
-        def boom() -> None:
-            raise exc()
+    def put_after_shutdown(pool: _WorkerPool) -> None:
+        pool.work_queue.put(object())  # what the signaler does after the pool shut down
 
+    def value_error(pool: _WorkerPool) -> None:
+        raise ValueError("a real bug")
+
+    def run(name: str, target) -> str:
+        pool = _WorkerPool()
+        pool.interrupted.set()
         saved = threading.excepthook
         threading.excepthook = _thread_error_unless_ray_data_shutdown
         try:
-            t = threading.Thread(target=boom, name=name)
-            t.start()
-            t.join()
+            thread = pool.start_thread(target=target, args=(pool,), name=name)
+            thread.join()
         finally:
             threading.excepthook = saved
+        assert thread.name.endswith("/" + name)  # Ray prefixes its pool's name
         return capfd.readouterr().err
 
-    assert run(RAY_DATA_SIGNALER_THREAD, InterruptedError) == ""
-    assert "InterruptedError" in run("other-thread", InterruptedError)
-    assert "ValueError" in run(RAY_DATA_SIGNALER_THREAD, ValueError)
+    assert run(RAY_DATA_SIGNALER_THREAD, put_after_shutdown) == ""
+    assert "InterruptedError" in run("worker", put_after_shutdown)
+    assert "ValueError: a real bug" in run(RAY_DATA_SIGNALER_THREAD, value_error)
