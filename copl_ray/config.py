@@ -332,6 +332,12 @@ class RewardConfig:
         "auto",
         "text vector the score head reads: auto = the backbone's own (copl_ray/reward/pooling.py)",
     )
+    frozen_pooling: Literal["same", "last", "first", "mean"] = setting(
+        "mean",
+        "text vector of the frozen-feature baselines (LoRe, VPL): same = reward.pooling. "
+        "Without a backbone update a decoder's last token summarises the text only if the "
+        "backbone was trained to (LoRe read a reward model's); the mean of the states does",
+    )
     target_modules: list[str] = setting(
         help="linear layers that get MoLE/LoRA adapters (name suffixes)",
         factory=lambda: ["q_proj", "v_proj"],
@@ -368,7 +374,31 @@ class RewardConfig:
         '"standardized": centred on the mean seen user and scaled to unit RMS, frozen at '
         "training start (copl_ray/mole/layer.py MoLEGate.standardize_inputs)",
     )
-    baseline_rank: int = setting(64, "LoRA rank of the user-free and no_mole models", POS_INT)
+    baseline_rank: int = setting(
+        64, "LoRA rank of the user-free, no_mole and baseline models", POS_INT
+    )
+    user_lr_scale: float = setting(
+        1.0,
+        "learning-rate multiple of the free per-user rows (baselines, no_gnn): each row sees "
+        "only its own user's few pairs per epoch, so it needs larger steps than the shared "
+        "weights (PAL trains its user weights at 50x its projectors' rate)",
+        POSITIVE,
+    )
+    vpl_context: int = setting(
+        8, "labelled pairs of a user VPL's encoder reads (its context)", POS_INT
+    )
+    vpl_beta: float = setting(
+        1e-3, "weight of VPL's KL term once annealed (copl_ray/reward/baselines.py)", NONNEG
+    )
+    vpl_anneal: float = setting(
+        0.5, "share of the steps over which VPL's KL weight ramps from 0 to vpl_beta", FRACTION
+    )
+    num_prototypes: int = setting(
+        10,
+        "K of PAL / PReF / LoRe and P of I2E-proxy (copl_ray/reward/baselines.py); the "
+        "baselines' papers use 10 proxies",
+        POS_INT,
+    )
     models: list[str] = setting(
         help="reward models (variants) the run trains",
         factory=lambda: list(DEFAULT_MODELS),
@@ -456,6 +486,13 @@ class TrainConfig:
 class EvalConfig:
     label_counts: list[int] = setting(help="Fig. 2", factory=lambda: [1, 2, 4, 8])
     batch_size: int = setting(64, "pairs per scoring batch", POS_INT)
+    fit_steps: int = setting(
+        100, "Adam steps fitting an unseen user's row (baselines that fit)", POS_INT
+    )
+    fit_lr: float = setting(0.05, "learning rate of that fit", POSITIVE)
+    fit_l2: float = setting(
+        0.01, "pull of the fitted row towards the mean seen user's row (a prior)", NONNEG
+    )
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The CoPL paper's published accuracies (Tables 1-3), for the report's comparison columns.
 
-Rows are keyed by the variant names of :mod:`copl_ray.variants`; the paper's other
-baselines (I2E, VPL, PAL), which this package does not train, are paper-only rows named
-here with their labels (:data:`PAPER_BASELINES`).
+Rows are keyed by the variant names of :mod:`copl_ray.variants`; the paper's Table 1
+baselines (I2E, VPL, PAL: :data:`PAPER_BASELINES`) show as reference rows when a run does
+not train them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from copl_ray.config import Config
-from copl_ray.variants import COPL, NO_GNN, NO_MOLE, ORACLE, REGISTRY, UNIFORM
+from copl_ray.variants import COPL, I2E, NO_GNN, NO_MOLE, ORACLE, PAL, REGISTRY, UNIFORM, VPL
 
-I2E, VPL, PAL = "i2e", "vpl", "pal"
-# The paper's baselines that are not variants (yet): rows of its tables only.
-PAPER_BASELINES = {I2E: "I2E (paper)", VPL: "VPL (paper)", PAL: "PAL (paper)"}
+# The paper's Table 1 baselines besides Uniform and Oracle.
+PAPER_BASELINES = (I2E, VPL, PAL)
 
 # The paper's results (docs/method.md §6): accuracy %, gemma-2b-it, mean of 3 seeds;
 # columns UF-P-{2,4}-{ALL,AVG}.
@@ -38,10 +37,8 @@ PAPER_T2 = {  # UF-P-2-ALL only
 
 
 def model_label(name: str) -> str:
-    """A report row's label: the variant's, a paper-only baseline's, else the name."""
-    if name in REGISTRY:
-        return REGISTRY[name].label
-    return PAPER_BASELINES.get(name, name)
+    """A report row's label: the variant's, else the name."""
+    return REGISTRY[name].label if name in REGISTRY else name
 
 
 def paper_numbers(cfg: Config) -> dict[str, Any] | None:

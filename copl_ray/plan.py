@@ -173,11 +173,14 @@ def measure_reward_step_s(cfg: Config, variant: str, micro: int, n_users: int) -
             ids = torch.randint(4, max(cfg.reward.tokenizer_vocab, 5), (2 * B, L))
             mask = torch.ones_like(ids)
             emb = torch.randn(B, cfg.gnn.dim)
+            if model.user_input == "context":  # VPL reads C labelled pairs' features per user
+                hidden = model.backbone.config.get_text_config().hidden_size
+                emb = torch.randn(B, cfg.reward.vpl_context, 2 * hidden + 1)
             index = torch.zeros(B, dtype=torch.long)
             times = []
             for _ in range(TIMED_STEPS):
                 t0 = time.process_time()
-                s = model(ids, mask, emb, index)
+                s = model.score_rows(ids, mask, emb, index)
                 loss = btl_loss(s[:B], s[B:]) + model.aux_loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -20,12 +20,14 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
   ``truth_accuracy`` (vs the true group labels, synthetic data), ``best_epoch``,
   ``epochs``, ``ari``, ``seconds``} (each null when unknown)
 - ``models``: {name: {``seen``: S, ``unseen``: S, ``training``: {scalar metrics of
-  reward/<name>/metrics.json}}} where
+  reward/<name>/metrics.json, ``seconds`` its training time}, and for VPL
+  ``active_units``: {``share``, ``active``, ``units``, ``n_users``}}} where
   S = {``overall``, ``common``, ``controversial``, ``by_group``: {group: acc},
   ``n_pairs``: int|null, ``n_users``: int|null}
 - ``adaptation``: {variant: {``unseen``: S, ``gnn_accuracy``: acc|null,
   ``gnn_truth_accuracy``: acc|null}}
-- ``labels_curve``: null | {``counts``: [int], ``accuracy``: [acc] or {model: [acc]}}
+- ``labels_curve``: null | {``counts``: [int], ``accuracy``: [acc] (CoPL) or {model:
+  [acc]} (every model that adapts: CoPL and the baselines that fit or encode a user)}
   (unseen-user accuracy when adapted from that many labels, Fig. 2)
 - ``expert_usage``: the eval stage's expert-allocation record, verbatim (Fig. 3)
 - ``gate_health``: {model: {``share``: [users per expert, top-1, seen users],
@@ -180,6 +182,8 @@ def _models(cfg: Config, run: RunDir, results: dict, where: str) -> dict[str, An
             "unseen": normalize_split(r.get("unseen"), f"{where}:models.{name}.unseen"),
             "training": _scalars(_load_json(run.reward(name) / "metrics.json")),
         }
+        if r.get("active_units") is not None:  # VPL: the latent units its users use
+            models[name]["active_units"] = _scalars(r["active_units"])
     return models
 
 

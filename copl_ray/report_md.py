@@ -79,6 +79,7 @@ def _table1(rep: dict) -> list[str]:
         "seen users / test labels",
         "Unseen acc. %",
         "unseen users / test labels",
+        "train s",
     ]
     if paper:
         header += [f"paper seen % ({paper['column']})", "paper unseen %"]
@@ -95,6 +96,7 @@ def _table1(rep: dict) -> list[str]:
             f"{_n(seen.get('n_users'))} / {_n(seen.get('n_pairs'))}",
             _pct(unseen.get("overall")),
             f"{_n(unseen.get('n_users'))} / {_n(unseen.get('n_pairs'))}",
+            _num((r or {}).get("training", {}).get("seconds"), ".0f"),
         ]
         if paper:
             row += [_pct(paper["seen"].get(m)), _pct(paper["unseen"].get(m))]
@@ -109,6 +111,7 @@ def _table1(rep: dict) -> list[str]:
                 f"{_n(seen['n_users'])} / {_n(seen['n_pairs'])}",
                 _pct(unseen["overall"]),
                 f"{_n(unseen['n_users'])} / {_n(unseen['n_pairs'])}",
+                "—",
             ]
             + (["—", "—"] if paper else [])
         )
@@ -226,11 +229,23 @@ def _warnings(rep: dict) -> list[str]:
     ]
 
 
+def _latent_units(rep: dict) -> list[str]:
+    """A line per model with a variational user latent (VPL): how much of it is used."""
+    return [
+        f"{_name(m)} latent: {au['active']} of {au['units']} units active "
+        f"({_pct(au['share'])} %: posterior-mean variance over {au['n_users']} seen users "
+        "> 0.01); 0 % is a collapsed latent, the reward then ignores who the user is.\n"
+        for m, r in rep["models"].items()
+        if (au := r.get("active_units"))
+    ]
+
+
 def _gate_and_signal(rep: dict) -> list[str]:
     health, flip = rep.get("gate_health") or {}, rep.get("flip_test")
-    if not health and flip is None:
+    latent = _latent_units(rep)
+    if not health and flip is None and not latent:
         return []
-    out = ["## Gate health and user signal", ""]
+    out = ["## Gate health and user signal", "", *latent]
     if health:
         rows = [
             [

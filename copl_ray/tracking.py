@@ -158,9 +158,14 @@ def eval_scalars(results: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
         for i, share in enumerate(u.get("share", []) if isinstance(u, dict) else []):
             head[f"expert_usage/{split}/expert_{i}"] = float(share)
     rows = [(0, head)] if head else []
-    curve = results.get("labels_curve", {})
-    for k, acc in zip(curve.get("counts", []), curve.get("accuracy", [])):
-        rows.append((int(k), {"labels_curve/unseen_accuracy": float(acc)}))
+    curve = results.get("labels_curve") or {}
+    acc = curve.get("accuracy") or []
+    series = acc if isinstance(acc, dict) else {None: acc}  # one curve, or one per model
+    for model, values in series.items():
+        key = "labels_curve/unseen_accuracy" + (f"/{model}" if model else "")
+        for k, a in zip(curve.get("counts", []), values):
+            if _number(a):
+                rows.append((int(k), {key: float(a)}))
     return rows
 
 

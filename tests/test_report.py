@@ -75,7 +75,7 @@ def _write_contract_run(root, cfg, *, copl_seen=0.8):
     }
     (run.eval / "results.json").write_text(json.dumps(results))
     (run.reward("copl") / "metrics.json").write_text(
-        json.dumps({"val_accuracy": 0.78, "steps": 50, "curve": [0.5, 0.7]})
+        json.dumps({"val_accuracy": 0.78, "steps": 50, "curve": [0.5, 0.7], "seconds": 61.4})
     )
     for stage, sec in (("data", 1.0), ("gnn", 3.0), ("reward", 20.0), ("eval", 4.0)):
         run.mark_done(stage, cfg, sec)
@@ -98,7 +98,7 @@ def test_report_from_contract_artifacts(tmp_path):
             assert set(m[split]) == set(SPLIT_KEYS)
     assert rep["models"]["copl"]["seen"]["overall"] == 0.8
     assert rep["models"]["oracle"]["unseen"]["overall"] is None  # no such split: null
-    assert rep["models"]["copl"]["training"] == {"val_accuracy": 0.78, "steps": 50}
+    assert rep["models"]["copl"]["training"] == {"val_accuracy": 0.78, "steps": 50, "seconds": 61.4}
     assert rep["adaptation"]["weighted"]["unseen"]["overall"] == 0.75
     assert rep["adaptation"]["naive"]["gnn_accuracy"] == 0.7
     assert rep["timings"] == {
@@ -120,7 +120,7 @@ def test_report_from_contract_artifacts(tmp_path):
     assert rep["figures"]["tsne"] is None
 
     md = run.report_md.read_text()
-    assert "| CoPL | 80.00 | 4 / 40 | 75.00 | 2 / 100 |" in md
+    assert "| CoPL | 80.00 | 4 / 40 | 75.00 | 2 / 100 | 61 |" in md  # + training seconds
     assert "| Uniform (one BTL) | seen | 95.00 | 25.00 |" in md  # Table 2 row
     assert "| tie | 3 |" in md and "Dropped rows: 5" in md
     assert "| weighted | 75.00 |" in md  # Table 4
@@ -217,7 +217,7 @@ def test_paper_numbers_stand_beside_ufp_runs(
     build_report(cfg, run)
     md = run.report_md.read_text()
     assert f"paper seen % ({column})" in md
-    assert f"| CoPL | 80.00 | 4 / 40 | 75.00 | 2 / 100 | {100 * copl_seen:.2f} |" in md
+    assert f"| CoPL | 80.00 | 4 / 40 | 75.00 | 2 / 100 | 61 | {100 * copl_seen:.2f} |" in md
     if column == "UF-P-2-ALL":  # Table 2 figures exist only for UF-P-2-ALL
         assert "| 71.23 | 56.89 |" in md
 

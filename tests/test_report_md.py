@@ -29,6 +29,7 @@ REPORT = {
         COPL: {
             "seen": _split(0.61234, 0.7, 0.55, {"detail": 0.625}, users=400, pairs=4000),
             "unseen": _split(0.61236, users=40, pairs=2000),
+            "training": {"seconds": 61.4},  # the "train s" column; Uniform has none (—)
         },
         UNIFORM: {"seen": _split(0.5), "unseen": _split(None, users=None, pairs=None)},
     },
@@ -59,8 +60,8 @@ def test_table1_rows_in_report_order_with_rounding() -> None:
     rows = [ln for ln in lines if ln.startswith(("| CoPL |", "| Uniform (one BTL) |"))]
     assert rows == [
         # Table 1 row: % to 2 decimals (61.234 -> 61.23, 61.236 -> 61.24), users / labels
-        "| Uniform (one BTL) | 50.00 | 10 / 100 | — | — / — |",
-        "| CoPL | 61.23 | 400 / 4000 | 61.24 | 40 / 2000 |",
+        "| Uniform (one BTL) | 50.00 | 10 / 100 | — | — / — | — |",
+        "| CoPL | 61.23 | 400 / 4000 | 61.24 | 40 / 2000 | 61 |",
         # Table 2: only the split with a common/controversial figure
         "| CoPL | seen | 70.00 | 55.00 |",
         # by preference group
@@ -97,11 +98,11 @@ def test_paper_columns_and_paper_only_rows() -> None:
     }
     lines = _lines(rep)
     assert "Paper figures: CoPL paper, UF-P-2-ALL, gemma-2b-it, mean of 3 seeds." in lines
-    assert "| CoPL | 61.23 | 400 / 4000 | 61.24 | 40 / 2000 | 63.81 | 63.92 |" in lines
+    assert "| CoPL | 61.23 | 400 / 4000 | 61.24 | 40 / 2000 | 61 | 63.81 | 63.92 |" in lines
     # a model the paper has no figure for, and a paper baseline this run did not train
-    assert "| Uniform (one BTL) | 50.00 | 10 / 100 | — | — / — | — | — |" in lines
-    assert "| I2E (paper) | — | — / — | — | — / — | 61.48 | — |" in lines
-    assert not any(ln.startswith("| VPL (paper)") for ln in lines)  # not in paper["seen"]
+    assert "| Uniform (one BTL) | 50.00 | 10 / 100 | — | — / — | — | — | — |" in lines
+    assert "| I2E (user token) | — | — / — | — | — / — | — | 61.48 | — |" in lines
+    assert not any(ln.startswith("| VPL") for ln in lines)  # not in paper["seen"]
 
 
 def test_seed_stats_render_mean_and_sd() -> None:
@@ -111,8 +112,8 @@ def test_seed_stats_render_mean_and_sd() -> None:
     rep["models"][COPL]["unseen"]["overall"] = stat
     rep["models"][UNIFORM]["seen"]["overall"] = {**stat, "sd": None}
     lines = _lines(rep)
-    assert "| CoPL | 61.23 | 400 / 4000 | 60.00 ± 1.20 | 40 / 2000 |" in lines
-    assert "| Uniform (one BTL) | 60.00 ± — | 10 / 100 | — | — / — |" in lines
+    assert "| CoPL | 61.23 | 400 / 4000 | 60.00 ± 1.20 | 40 / 2000 | 61 |" in lines
+    assert "| Uniform (one BTL) | 60.00 ± — | 10 / 100 | — | — / — | — |" in lines
 
 
 def test_collapsed_gate_warning_on_top() -> None:

@@ -64,8 +64,8 @@ def test_every_registered_variant_builds_and_unknown_names_fail_in_one_line():
         assert model.variant == v.architecture
         # a per-group variant trains its architecture once per group, without user input
         assert not v.per_group or v.user_input == "none"
-    with pytest.raises(ValueError, match=r"^unknown model 'vpl' \(known: oracle, uniform, copl"):
-        variants.variant("vpl")
+    with pytest.raises(ValueError, match=r"^unknown model 'vlp' \(known: oracle, uniform, copl"):
+        variants.variant("vlp")
 
 
 def test_user_embedding_file_has_one_owner():
@@ -89,3 +89,13 @@ def test_no_file_cites_a_document_the_repository_lacks():
     files = [*_sources(), REPO / "README.md", *(REPO / "docs").glob("*.md")]
     hits = [str(p.relative_to(REPO)) for p in files if cited.search(p.read_text())]
     assert hits == []
+
+
+def test_tiny_baselines_preset_trains_every_model_of_the_comparison():
+    """The comparison preset: CoPL, Uniform, Oracle and every baseline, on the tiny data."""
+    from copl_ray.config import load_config
+
+    cfg, tiny = load_config("tiny-baselines"), load_config("tiny")
+    assert set(cfg.reward.models) == {*variants.DEFAULT_MODELS, *variants.BASELINES}
+    assert cfg.data == tiny.data and cfg.gnn == tiny.gnn and cfg.train == tiny.train
+    assert all(variants.variant(m).adapts for m in variants.BASELINES)

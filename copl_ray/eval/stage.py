@@ -43,14 +43,16 @@ import pyarrow.parquet as pq
 from copl_ray import tracking
 from copl_ray.artifacts import RunDir
 from copl_ray.config import Config, config_from_dict
+from copl_ray.console import log
 from copl_ray.data.tables import format_text
 from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage, gate_health
 from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
 from copl_ray.graph.users import ADAPTED, UserEmbeddings
-from copl_ray.variants import COPL, variant
+from copl_ray.variants import COPL, Variant, variant
 
 if TYPE_CHECKING:
     from copl_ray.config import AdaptConfig
+    from copl_ray.config import EvalConfig as FitConfig
     from copl_ray.graph.artifacts import GNNArtifacts
     from copl_ray.reward.model import PersonalRewardModel
 
@@ -77,7 +79,13 @@ class EvalData:
             contr.reindex(test["pair_id"].to_numpy()).map({True: 1, False: 0}).fillna(-1).to_numpy()
         )
         test["group"] = test["group"].fillna("")
-        needed = np.unique(np.concatenate([test["chosen"].to_numpy(), test["rejected"].to_numpy()]))
+        # every survey label: the unseen users' are what adaptation reads and the baselines
+        # fit on; VPL encodes every user's
+        survey = ann[ann["split"] == "survey"].copy()
+        texts_of = [test, survey]
+        needed = np.unique(
+            np.concatenate([f[c].to_numpy() for f in texts_of for c in ("chosen", "rejected")])
+        )
         resp = resp.set_index("response_id")
         missing = np.setdiff1d(needed, resp.index.to_numpy())
         if len(missing):
@@ -90,10 +98,14 @@ class EvalData:
         self.response_ids = needed
         self.ids, self.mask = ids.astype(np.int64), mask.astype(np.int64)
         row = pd.Index(needed)
-        test["chosen_row"] = row.get_indexer(test["chosen"].to_numpy())
-        test["rejected_row"] = row.get_indexer(test["rejected"].to_numpy())
+        for frame in texts_of:
+            frame["chosen_row"] = row.get_indexer(frame["chosen"].to_numpy())
+            frame["rejected_row"] = row.get_indexer(frame["rejected"].to_numpy())
         self.seen = test[test["seen"]].reset_index(drop=True)
         self.unseen = test[~test["seen"]].reset_index(drop=True)
+        self.survey = survey.reset_index(drop=True)
+        unseen_ids = set(self.unseen["user_id"])
+        self.unseen_survey = self.survey[self.survey["user_id"].isin(unseen_ids)]
 
 
 def adapted_table(adapted: pd.DataFrame, source: str) -> UserEmbeddings:
@@ -114,13 +126,22 @@ class Scorer:
 
         self.torch = torch
         self.data, self.batch_size, self.device = data, batch_size, device
+        self._features: dict[int, Any] = {}
+        self.fitted: dict[tuple, np.ndarray] = {}  # fitted_correct, by model, labels, pairs
 
-    def _forward(self, model, rows_c, rows_r, user_emb=None, user_index=None) -> tuple:
+    def features(self, model):
+        """User-free pooled features of every response row (user-head models), once."""
+        if id(model) not in self._features:
+            d = self.data
+            self._features[id(model)] = model.response_features(d.ids, d.mask, 2 * self.batch_size)
+        return self._features[id(model)]
+
+    def _forward(self, model, rows_c, rows_r, user_emb=None, user_index=None, user_row=None):
         """Scores of chosen rows ``rows_c`` and rejected rows ``rows_r`` in one forward,
         through ``PersonalRewardModel.score_rows`` (the path serving scores by)."""
         ids = np.concatenate([self.data.ids[rows_c], self.data.ids[rows_r]])
         mask = np.concatenate([self.data.mask[rows_c], self.data.mask[rows_r]])
-        s = model.score_rows(ids, mask, user_emb, user_index).cpu().numpy()
+        s = model.score_rows(ids, mask, user_emb, user_index, user_row=user_row).cpu().numpy()
         return s[: len(rows_c)], s[len(rows_c) :]
 
     def response_scores(self, model) -> np.ndarray:
@@ -137,10 +158,10 @@ class Scorer:
         return out
 
     def pair_scores(
-        self, model, pairs: pd.DataFrame, user_emb=None, user_index=None
+        self, model, pairs: pd.DataFrame, user_emb=None, user_index=None, user_row=None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(chosen, rejected)`` scores per row of ``pairs``, ``batch_size`` pairs per
-        forward; ``user_emb`` / ``user_index`` have one row per pair."""
+        forward; ``user_emb`` / ``user_index`` / ``user_row`` have one row per pair."""
         chosen = np.zeros(len(pairs), dtype=np.float32)
         rejected = np.zeros(len(pairs), dtype=np.float32)
         c_rows, r_rows = pairs["chosen_row"].to_numpy(), pairs["rejected_row"].to_numpy()
@@ -153,12 +174,15 @@ class Scorer:
                     r_rows[sl],
                     None if user_emb is None else user_emb[sl],
                     None if user_index is None else user_index[sl],
+                    None if user_row is None else user_row[sl],
                 )
         return chosen, rejected
 
-    def pair_correct(self, model, pairs: pd.DataFrame, user_emb=None, user_index=None):
+    def pair_correct(
+        self, model, pairs: pd.DataFrame, user_emb=None, user_index=None, user_row=None
+    ):
         """``correct`` (chosen scored above rejected) per row of ``pairs``."""
-        chosen, rejected = self.pair_scores(model, pairs, user_emb, user_index)
+        chosen, rejected = self.pair_scores(model, pairs, user_emb, user_index, user_row)
         return chosen > rejected
 
 
@@ -318,16 +342,113 @@ def score_per_group(scorer: Scorer, model_dir: Path, device: str) -> dict[str, A
     return res
 
 
-def score_table(scorer: Scorer, model: PersonalRewardModel, model_dir: Path) -> dict[str, Any]:
-    """A model with a free embedding row per seen user (``user_ids.json`` gives the rows):
-    the seen users' pairs; unseen users have no row (null)."""
+def score_table(
+    scorer: Scorer, model: PersonalRewardModel, model_dir: Path, fit: FitConfig | None
+) -> dict[str, Any]:
+    """A model with a free row per seen user (``user_ids.json`` gives the rows): the seen
+    users' pairs; unseen users' rows fitted on their survey labels (``fit``, the variant's
+    ``unseen == "fit"``) or, without a fit, no row (null)."""
     data = scorer.data
     ids = json.loads((model_dir / "user_ids.json").read_text())
     index = pd.Index(ids).get_indexer(data.seen["user_id"])
     ok = index >= 0
     seen = data.seen[ok]
     correct = scorer.pair_correct(model, seen, user_index=index[ok])
-    return {"seen": _summary(seen, correct), "unseen": _summary(data.unseen, None)}
+    unseen = None
+    if fit is not None and len(data.unseen):
+        unseen = fitted_correct(scorer, model, data.unseen_survey, data.unseen, fit)
+    return {"seen": _summary(seen, correct), "unseen": _summary(data.unseen, unseen)}
+
+
+def fitted_correct(
+    scorer: Scorer,
+    model: PersonalRewardModel,
+    labels: pd.DataFrame,
+    pairs: pd.DataFrame,
+    fit: FitConfig,
+) -> np.ndarray:
+    """``correct`` per row of ``pairs`` with each user's row fitted on their ``labels``
+    (copl_ray/reward/fit_users.py; a user without labels keeps the mean seen row)."""
+    from copl_ray.reward.fit_users import fit_user_rows
+
+    users = pd.Index(pd.unique(pairs["user_id"]))
+    labels = labels[labels["user_id"].isin(users)]
+    key = (id(model), tuple(labels.index), tuple(pairs.index))
+    if key in scorer.fitted:  # the curve's largest k is often every label: fitted already
+        return scorer.fitted[key]
+    d = scorer.data
+    c_rows, r_rows = labels["chosen_row"].to_numpy(), labels["rejected_row"].to_numpy()
+    rows = fit_user_rows(
+        model,
+        d.ids[c_rows],
+        d.mask[c_rows],
+        d.ids[r_rows],
+        d.mask[r_rows],
+        users.get_indexer(labels["user_id"]),
+        len(users),
+        fit.fit_steps,
+        fit.fit_lr,
+        fit.fit_l2,
+        scorer.batch_size,
+    )
+    user_row = rows[users.get_indexer(pairs["user_id"])].astype(np.float32)
+    scorer.fitted[key] = scorer.pair_correct(model, pairs, user_row=user_row)
+    return scorer.fitted[key]
+
+
+def user_contexts(scorer: Scorer, model, labels: pd.DataFrame, users: pd.Index, c: int):
+    """VPL contexts ``[len(users), C, 2H + 1]`` of ``users`` from their ``labels``."""
+    from copl_ray.reward.baselines import context_tensor
+
+    labels = labels[labels["user_id"].isin(users)]
+    return context_tensor(
+        scorer.features(model),
+        labels["chosen_row"].to_numpy(),
+        labels["rejected_row"].to_numpy(),
+        users.get_indexer(labels["user_id"]),
+        len(users),
+        c,
+    )
+
+
+def encoded_correct(
+    scorer: Scorer, model, labels: pd.DataFrame, pairs: pd.DataFrame, cfg: Config
+) -> np.ndarray:
+    """``correct`` per row of ``pairs`` with each user encoded from their ``labels``
+    (VPL; no optimisation)."""
+    users = pd.Index(pd.unique(pairs["user_id"]))
+    ctx = user_contexts(scorer, model, labels, users, cfg.reward.vpl_context)
+    return scorer.pair_correct(model, pairs, user_emb=ctx[users.get_indexer(pairs["user_id"])])
+
+
+def score_context(scorer: Scorer, model, cfg: Config) -> dict[str, Any]:
+    """VPL: seen and unseen users encoded from their survey labels, and the share of
+    latent units the seen users use (copl_ray/reward/baselines.py active_units)."""
+    from copl_ray.reward.baselines import active_units
+
+    d = scorer.data
+    unseen = (
+        encoded_correct(scorer, model, d.unseen_survey, d.unseen, cfg) if len(d.unseen) else None
+    )
+    users = pd.Index(pd.unique(d.seen["user_id"]))
+    ctx = user_contexts(scorer, model, d.survey, users, cfg.reward.vpl_context)
+    with scorer.torch.no_grad():
+        mu = model.head.posterior(ctx)[0].cpu().numpy()
+    return {
+        "seen": _summary(d.seen, encoded_correct(scorer, model, d.survey, d.seen, cfg)),
+        "unseen": _summary(d.unseen, unseen),
+        "active_units": active_units(mu),
+    }
+
+
+def answered_correct(
+    scorer: Scorer, model, v: Variant, labels: pd.DataFrame, pairs: pd.DataFrame, cfg: Config
+) -> np.ndarray:
+    """``correct`` per row of ``pairs``, each user answered from their ``labels`` the way
+    the variant takes a new user: its row fitted, or its labels encoded."""
+    if v.unseen == "fit":
+        return fitted_correct(scorer, model, labels, pairs, cfg.eval)
+    return encoded_correct(scorer, model, labels, pairs, cfg)
 
 
 def score_graph(
@@ -358,27 +479,50 @@ def score_models(
         "health": {},
         "adapt_model": None,
         "prefers": None,
+        "answering": {},  # baselines that take a new user from labels: their curves
     }
     for name in cfg.reward.models:
-        v, path = variant(name), run.reward(name)
-        if v.per_group:
-            out["models"][name] = score_per_group(scorer, path, device)
-            continue
-        model = _load_model(path, device)
-        if v.user_input == "none":
-            out["models"][name] = score_shared(scorer, model)
-        elif v.user_input == "table":
-            out["models"][name] = score_table(scorer, model, path)
-            if model.mole.gate is not None:
-                out["health"][name] = health_record(table_gate_usage(model, device))
+        t0 = time.time()
+        _score_model(cfg, run, scorer, tables, device, name, out)
+        log(f"eval: {name} scored in {time.time() - t0:.1f}s")
+    return out
+
+
+def _score_model(
+    cfg: Config,
+    run: RunDir,
+    scorer: Scorer,
+    tables: dict[str, UserEmbeddings],
+    device: str,
+    name: str,
+    out: dict[str, Any],
+) -> None:
+    """One model's seen / unseen records into ``out`` (see :func:`score_models`)."""
+    v, path = variant(name), run.reward(name)
+    if v.per_group:
+        out["models"][name] = score_per_group(scorer, path, device)
+        return
+    model = _load_model(path, device)
+    if v.user_input == "none":
+        out["models"][name] = score_shared(scorer, model)
+    elif v.user_input == "table":
+        fit = cfg.eval if v.unseen == "fit" else None
+        out["models"][name] = score_table(scorer, model, path, fit)
+        if model.mole.gate is not None:
+            out["health"][name] = health_record(table_gate_usage(model, device))
+        if fit is None:
             out["notes"].append(
                 f"{name}: unseen users have no row in the free embedding table (null)"
             )
         else:
-            out["models"][name], prefers = score_graph(scorer, model, tables, name)
-            if name == COPL:
-                out["adapt_model"], out["prefers"] = model, prefers
-    return out
+            out["answering"][name] = (v, model)
+    elif v.user_input == "context":
+        out["models"][name] = score_context(scorer, model, cfg)
+        out["answering"][name] = (v, model)
+    else:
+        out["models"][name], prefers = score_graph(scorer, model, tables, name)
+        if name == COPL:
+            out["adapt_model"], out["prefers"] = model, prefers
 
 
 def adaptation_variants(scorer: Scorer, copl: PersonalRewardModel, gnn_dir: Path) -> dict[str, Any]:
@@ -395,6 +539,19 @@ def adaptation_variants(scorer: Scorer, copl: PersonalRewardModel, gnn_dir: Path
         correct = scorer.pair_correct(copl, unseen, user_emb=e)
         out[str(name)] = {"unseen": _summary(unseen, correct)}
     return out
+
+
+def answered_curve(scorer: Scorer, model, v: Variant, cfg: Config) -> list[float]:
+    """A baseline's unseen accuracy with each unseen user answered (row fitted or labels
+    encoded) from their first ``k`` survey labels, for every ``k`` of
+    ``eval.label_counts`` (users with at least one label, as in CoPL's curve)."""
+    survey, unseen = scorer.data.unseen_survey, scorer.data.unseen
+    curve = []
+    for k in cfg.eval.label_counts:
+        first_k = survey.groupby("user_id", sort=False).head(k)
+        pairs = unseen[unseen["user_id"].isin(set(first_k["user_id"]))]
+        curve.append(float(answered_correct(scorer, model, v, first_k, pairs, cfg).mean()))
+    return curve
 
 
 def labels_curve(
@@ -445,12 +602,6 @@ def copl_expert_usage(
     return usage
 
 
-def _unseen_survey(data: EvalData) -> pd.DataFrame:
-    """The survey labels of the users with unseen test pairs (what adaptation reads)."""
-    ann = data.annotations
-    return ann[(ann["split"] == "survey") & ann["user_id"].isin(set(data.unseen["user_id"]))]
-
-
 def _adaptation_analyses(
     cfg: Config, run: RunDir, scorer: Scorer, scored: dict[str, Any], art: GNNArtifacts
 ) -> dict[str, Any]:
@@ -460,7 +611,7 @@ def _adaptation_analyses(
     if copl is None or not len(data.unseen):
         empty = {"counts": list(cfg.eval.label_counts), "accuracy": []}
         return {"adaptation": {}, "labels_curve": empty, "flip_test": None}
-    survey = _unseen_survey(data)
+    survey = data.unseen_survey
     return {
         "adaptation": adaptation_variants(scorer, copl, run.gnn),
         "labels_curve": labels_curve(scorer, copl, art, survey, cfg),
@@ -489,19 +640,26 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
     art = GNNArtifacts.load(run.gnn)
     results["gnn_scorer"] = gnn_scorer(art, data, tables)
     results.update(_adaptation_analyses(cfg, run, scorer, scored, art))
+    copl_curve = results["labels_curve"]["accuracy"]
+    if scored["answering"] and len(data.unseen):  # one curve per model that adapts
+        curves = {
+            m: answered_curve(scorer, model, v, cfg)
+            for m, (v, model) in scored["answering"].items()
+        }
+        results["labels_curve"]["accuracy"] = {
+            **({COPL: copl_curve} if copl_curve else {}),
+            **curves,
+        }
     results["expert_usage"] = {}
     if copl is not None and copl.mole.gate is not None:
         results["expert_usage"] = copl_expert_usage(copl, data, tables, run.eval, device)
         if "seen" in results["expert_usage"]:
             health = {COPL: health_record(results["expert_usage"]["seen"]), **health}
     results["gate_health"] = health
-    if results["labels_curve"]["accuracy"]:
+    if copl_curve:  # the paper's Fig. 2 (every model's curve: the report's figure)
         ref = {f"{m} (unseen)": models[m]["unseen"]["overall"] for m in models if m != COPL}
         plot_labels_curve(
-            results["labels_curve"]["counts"],
-            results["labels_curve"]["accuracy"],
-            run.eval / "labels_curve.png",
-            ref,
+            results["labels_curve"]["counts"], copl_curve, run.eval / "labels_curve.png", ref
         )
     results["seconds"] = round(time.time() - t0, 2)
     return results
@@ -527,12 +685,12 @@ def run_eval_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
         results = evaluate(cfg, run)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2))
     tracking.log_eval(cfg, run.root, results)
-    from copl_ray.console import log
-
     for line in collapse_warnings(results["gate_health"]):
         log(line)
     headline = {
-        f"{m}/{split}": r[split]["overall"] for m, r in results["models"].items() for split in r
+        f"{m}/{split}": r[split]["overall"]
+        for m, r in results["models"].items()
+        for split in ("seen", "unseen")
     }
     headline["seconds"] = results["seconds"]
     return headline

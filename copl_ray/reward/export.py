@@ -34,9 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from copl_ray.reward.backbone import TINY_GEMMA, backbone_path
+from copl_ray.reward.baselines import TOKEN_ARCHITECTURES
 from copl_ray.reward.model import BACKBONE_PREFIX, PersonalRewardModel
 from copl_ray.reward.pooling import pool
-from copl_ray.variants import NO_MOLE
 
 HEAD_FILE = "copl_reward_head.json"  # per-user export: {"pooling", "hf_head", "weights"}
 HEAD_WEIGHTS = "score.safetensors"
@@ -74,13 +74,14 @@ def _user_lora(
     model: PersonalRewardModel, user_emb: torch.Tensor | None, user_index: int | None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``module name -> (A, B)`` of one user's LoRA (the gated MoLE collapsed, exact)."""
-    if model.variant == NO_MOLE:
+    if model.variant in TOKEN_ARCHITECTURES or model.head is not None:
+        how = "as an input token" if model.head is None else "to its user head"
         raise ValueError(
-            f"export_user_peft: variant {model.variant!r} feeds the user as an input token; "
+            f"export_user_peft: variant {model.variant!r} feeds the user {how}; "
             "it has no per-user LoRA form"
         )
     mole = model.mole
-    dev = model.score.weight.device
+    dev = model.device
     if model.user_input == "table":
         if user_index is None:
             raise ValueError(f"export_user_peft: variant {model.variant!r} needs user_index")

@@ -11,12 +11,14 @@ the user (copl_ray/mole). Variants
 - ``uniform`` — one LoRA of rank ``baseline_rank``, no user input (Oracle = one per group);
 - ``no_gnn``  — MoLE gated by a free learnable table ``nn.Embedding(n_users, user_dim)``;
 - ``no_mole`` — ``e_u`` → Linear → one extra input token prepended (via ``inputs_embeds``),
-  plus one LoRA of rank ``baseline_rank``.
+  plus one LoRA of rank ``baseline_rank``;
+- ``i2e``, ``i2e_proxy``, ``pal``, ``pref``, ``lore`` — the personalised baselines, a free
+  row per seen user read as an input token or by a user head (copl_ray/reward/baselines.py).
 
 ``reward.adapted_layers = k`` puts the adapters in the top ``k`` transformer layers only and
 runs the frozen layers below once per text, cached (copl_ray/reward/frozen_cache.py; same
-scores and gradients). ``no_mole`` feeds the user into the first layer, so it keeps the full
-forward (adapters still only in the top ``k``).
+scores and gradients). Token variants (no_mole, i2e, i2e_proxy) feed the user into the first
+layer, so they keep the full forward (adapters still only in the top ``k``).
 
 Baseline LoRAs keep the scaling ``α/r`` of the MoLE (their α is ``alpha·baseline_rank/rank``).
 Batching of pairs: pass ``[chosen_1..B, rejected_1..B]`` (2B rows) with ``B`` users; the
@@ -48,9 +50,19 @@ from copl_ray.reward.backbone import (
     load_tokenizer,
     tokenize_texts,
 )
+from copl_ray.reward.baselines import (
+    FROZEN_ARCHITECTURES,
+    HEAD_ARCHITECTURES,
+    TOKEN_ARCHITECTURES,
+    ProxyMix,
+    UserHead,
+    VPLHead,
+    init_user_rows,
+    user_row_dim,
+)
 from copl_ray.reward.frozen_cache import FrozenLowerLayers, adapted_module_names, cache_bytes
 from copl_ray.reward.pooling import last_token_index, pool, position_ids_of, resolve_pooling
-from copl_ray.variants import ARCHITECTURES, COPL, NO_GNN, NO_MOLE
+from copl_ray.variants import ARCHITECTURES, COPL, I2E_PROXY, NO_GNN, VPL
 from copl_ray.variants import variant as variant_of
 
 __all__ = ["PersonalRewardModel", "btl_loss", "last_token_index", "trim_padding"]
@@ -134,6 +146,8 @@ class PersonalRewardModel(nn.Module):
         hidden = backbone.config.get_text_config().hidden_size
         folder = None if reward_cfg.backbone == TINY_GEMMA else backbone_path(reward_cfg.backbone)
         self.pooling = resolve_pooling(reward_cfg.pooling, backbone.config, folder)
+        if variant in FROZEN_ARCHITECTURES and reward_cfg.frozen_pooling != "same":
+            self.pooling = reward_cfg.frozen_pooling  # the frozen-feature baselines' own
         k = getattr(reward_cfg, "adapted_layers", None)
         targets = adapted_module_names(backbone, list(reward_cfg.target_modules), k)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
@@ -153,20 +167,38 @@ class PersonalRewardModel(nn.Module):
                     alpha=reward_cfg.alpha * r / reward_cfg.rank,
                 )
             self.mole = MoLEModel(backbone, mole_cfg)
-            dev = next(backbone.parameters()).device
-            self.score = nn.Linear(hidden, 1, bias=False, dtype=adapter_dtype, device=dev)
-            nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden))
-            self.user_table = self.user_proj = None
-            if self.user_input == "table":
-                self.user_table = nn.Embedding(n_users, user_dim, dtype=adapter_dtype, device=dev)
-                nn.init.normal_(self.user_table.weight, std=1.0 / math.sqrt(user_dim))
-            if variant == NO_MOLE:
-                self.user_proj = nn.Linear(user_dim, hidden, dtype=adapter_dtype, device=dev)
+            if variant in FROZEN_ARCHITECTURES:  # the method reads frozen features (B = 0)
+                for name, p in self.mole.named_parameters():
+                    if "lora_" in name:
+                        p.requires_grad_(False)
+            self._build_user_parts(hidden, adapter_dtype, next(backbone.parameters()).device)
         # plain attribute, not a submodule: it holds the backbone by reference
         self.frozen: FrozenLowerLayers | None = None
-        if k is not None and variant != NO_MOLE:
+        if k is not None and variant not in TOKEN_ARCHITECTURES:
             max_bytes = cache_bytes(reward_cfg)
             self.frozen = FrozenLowerLayers(backbone, k, max_bytes)
+
+    def _build_user_parts(self, hidden: int, dtype: torch.dtype, dev: torch.device) -> None:
+        """The score vector or user head, the free user table and the user-token projection
+        of the variant (seeded by the caller)."""
+        variant, k = self.variant, self.reward_cfg.num_prototypes
+        self.score = self.head = self.user_table = self.user_proj = self.proxy_mix = None
+        self.kl_weight = 0.0  # VPL's β_t (set_progress)
+        if variant == VPL:
+            self.head = VPLHead(hidden, self.user_dim, dtype, dev)
+        elif variant in HEAD_ARCHITECTURES:
+            self.head = UserHead(variant, hidden, k, self.user_dim, dtype, dev)
+        else:
+            self.score = nn.Linear(hidden, 1, bias=False, dtype=dtype, device=dev)
+            nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden))
+        if self.user_input == "table":
+            width = user_row_dim(variant, self.user_dim, k)
+            self.user_table = nn.Embedding(self.n_users, width, dtype=dtype, device=dev)
+            init_user_rows(self.user_table, variant)
+        if variant in TOKEN_ARCHITECTURES:
+            self.user_proj = nn.Linear(self.user_dim, hidden, dtype=dtype, device=dev)
+        if variant == I2E_PROXY:
+            self.proxy_mix = ProxyMix(k, self.user_dim, dtype, dev)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -202,8 +234,18 @@ class PersonalRewardModel(nn.Module):
 
     @property
     def aux_loss(self) -> torch.Tensor:
-        """Load-balancing term of the last forward (coef·M·Σ f_i P_i); 0 without a gate."""
+        """Extra loss of the last forward: the MoLE load-balancing term (coef·M·Σ f_i P_i;
+        0 without a gate), or VPL's ``β_t·KL``."""
+        if self.variant == VPL:
+            return self.kl_weight * self.head.kl
         return self.mole.aux_loss
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress ``step / total``: VPL's KL weight ramps from 0 to
+        ``reward.vpl_beta`` over the first ``reward.vpl_anneal`` of the steps."""
+        rc = self.reward_cfg
+        ramp = 1.0 if rc.vpl_anneal <= 0 else min(1.0, fraction / rc.vpl_anneal)
+        self.kl_weight = rc.vpl_beta * ramp
 
     def expert_usage(self) -> torch.Tensor | None:
         return self.mole.expert_usage()
@@ -225,13 +267,43 @@ class PersonalRewardModel(nn.Module):
             self.backbone.enable_input_require_grads()
 
     # ----------------------------------------------------------------- routing
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def user_at_head(self) -> bool:
+        """The user enters only after pooling (PAL / PReF / LoRe): ``h(x)`` is user-free."""
+        return self.head is not None
+
     def gate_input(
-        self, user_emb: torch.Tensor | None, user_index: torch.Tensor | None
+        self,
+        user_emb: torch.Tensor | None,
+        user_index: torch.Tensor | None,
+        user_row: torch.Tensor | None = None,
+        user_context: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """What drives the gate / user token: ``e_u`` (copl, no_mole) or the table row."""
+        """What drives the gate / user token / user head: ``e_u`` (graph variants), the
+        table row of ``user_index``, ``user_row`` given directly (a row being fitted
+        for an unseen user, copl_ray/reward/fit_users.py) or VPL's latent of the user's
+        ``user_context`` ``[B, C, 2H + 1]``."""
         if self.user_input == "none":
             return None
+        if self.user_input == "context":
+            if user_context is None or user_context.dim() != 3:
+                got = None if user_context is None else tuple(user_context.shape)
+                raise ValueError(
+                    f"variant {self.variant!r} needs user_context [B, C, 2H+1], got {got}"
+                )
+            return self.head.encode(user_context)
         if self.user_input == "table":
+            if user_row is not None:
+                width = self.user_table.embedding_dim
+                if user_row.dim() != 2 or user_row.shape[1] != width:
+                    raise ValueError(
+                        f"user_row: expected shape [B, {width}], got {tuple(user_row.shape)}"
+                    )
+                return user_row
             if user_index is None:
                 raise ValueError(f"variant {self.variant!r} needs user_index (LongTensor [B])")
             if user_index.numel() and (user_index.min() < 0 or user_index.max() >= self.n_users):
@@ -263,34 +335,50 @@ class PersonalRewardModel(nn.Module):
         attention_mask: torch.Tensor,
         user_emb: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
+        user_row: torch.Tensor | None = None,
+        user_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores ``[N]`` fp32. ``user_emb``/``user_index`` have ``B`` rows, ``N = k·B``."""
+        """Scores ``[N]`` fp32. The user input has ``B`` rows, ``N = k·B``."""
+        # the user input (GNN embedding or user-table rows) is built ONCE per forward,
+        # outside any checkpointed block: under ZeRO each trainable parameter must get its
+        # gradient in one backward graph task (RouteContext)
+        user = self.gate_input(user_emb, user_index, user_row, user_context)
+        return self.head_scores(self.features(input_ids, attention_mask, user), user)
+
+    def features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, user: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Pooled final hidden states ``h [N, H]``; ``user`` routes the MoLE gate or becomes
+        the input token (user-free for the head and user-free variants)."""
         n = input_ids.shape[0]
-        # the gate input (GNN embedding or user-table rows) is built ONCE per forward, outside
-        # any checkpointed block: under ZeRO each trainable parameter must get its gradient
-        # in one backward graph task (RouteContext)
-        gate_in = route_in = self.gate_input(user_emb, user_index)
         mask = attention_mask.long()
         kwargs: dict[str, Any] = {}
-        if self.variant == NO_MOLE:
+        token = self.variant in TOKEN_ARCHITECTURES
+        if token:  # the user enters as a token, the LoRA is shared
             embed = self.backbone.get_input_embeddings()
-            token = self.user_proj(_tile(gate_in, n, "user_emb").to(self.user_proj.weight.dtype))
+            v = user if self.proxy_mix is None else self.proxy_mix(user)
+            t = self.user_proj(_tile(v, n, "user input").to(self.user_proj.weight.dtype))
             kwargs["inputs_embeds"] = torch.cat(
-                [token[:, None].to(embed.weight.dtype), embed(input_ids)], 1
+                [t[:, None].to(embed.weight.dtype), embed(input_ids)], 1
             )
             mask = torch.cat([mask.new_ones(n, 1), mask], 1)
-            route_in = None  # the user enters as a token, the LoRA is shared
         else:
             kwargs["input_ids"] = input_ids
         position_ids = position_ids_of(mask)
-        with self.mole.routed(route_in, n):
+        with self.mole.routed(user if self.mole.gate is not None else None, n):
             if self.frozen is not None:
                 hidden = self.frozen.forward(input_ids, mask, position_ids)
             else:
                 hidden = self.backbone(
                     attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
                 ).last_hidden_state
-        pooled = pool(hidden, mask, self.pooling, n_prefix=int(self.variant == NO_MOLE))
+        return pool(hidden, mask, self.pooling, n_prefix=int(token))
+
+    def head_scores(self, pooled: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+        """Scores ``[N]`` fp32 of pooled features: the score vector, or the user head with
+        the users' rows tiled over the ``N`` rows."""
+        if self.head is not None:
+            return self.head(pooled, _tile(user, pooled.shape[0], "user rows")).float()
         return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
 
     # ----------------------------------------------------------------- scoring
@@ -299,12 +387,19 @@ class PersonalRewardModel(nn.Module):
         """Token length texts are truncated to, as trained (saved in reward_config.json)."""
         return int(self.reward_cfg.max_length)
 
-    def user_inputs(self, user_emb: Any = None, user_index: Any = None) -> dict[str, Any]:
+    def user_inputs(
+        self, user_emb: Any = None, user_index: Any = None, user_row: Any = None
+    ) -> dict[str, Any]:
         """The user keyword of :meth:`forward` this variant reads (the rest is dropped):
-        ``user_emb`` (graph embedding), ``user_index`` (free table row) or none."""
-        dev = self.score.weight.device
+        ``user_emb`` (graph embedding; VPL: the user's context), ``user_row`` or
+        ``user_index`` (free table row)."""
+        dev = self.device
         if self.user_input == "graph" and user_emb is not None:
             return {"user_emb": _as_tensor(user_emb, dev)}
+        if self.user_input == "context" and user_emb is not None:
+            return {"user_context": _as_tensor(user_emb, dev)}
+        if self.user_input == "table" and user_row is not None:
+            return {"user_row": _as_tensor(user_row, dev)}
         if self.user_input == "table" and user_index is not None:
             return {"user_index": _as_tensor(user_index, dev)}
         return {}
@@ -316,6 +411,7 @@ class PersonalRewardModel(nn.Module):
         user_emb: Any = None,
         user_index: Any = None,
         forward: Callable[..., torch.Tensor] | None = None,
+        user_row: Any = None,
     ) -> torch.Tensor:
         """Scores ``[N]`` fp32 of right-padded token rows for a user input: the one path
         from tokenised rows to scores (training, eval and serving all call it).
@@ -325,10 +421,22 @@ class PersonalRewardModel(nn.Module):
         ``forward`` runs the model: the DeepSpeed engine wrapping it in training (its
         hooks gather ZeRO-3 parameters), the model itself otherwise.
         """
-        dev = self.score.weight.device
+        dev = self.device
         ids, mask = trim_padding(_as_tensor(input_ids, dev), _as_tensor(attention_mask, dev))
-        kwargs = self.user_inputs(user_emb, user_index)
+        kwargs = self.user_inputs(user_emb, user_index, user_row)
         return (forward or self)(ids, mask, **kwargs).float()
+
+    def response_features(self, input_ids: Any, attention_mask: Any, batch_size: int = 256):
+        """User-free pooled features ``h [R, H]`` fp32 of right-padded token rows, no
+        gradient, ``batch_size`` rows per forward: what a user head (PAL / PReF / LoRe /
+        VPL) reads, computed once for many users."""
+        dev, out = self.device, []
+        with torch.no_grad():
+            for i in range(0, len(input_ids), batch_size):
+                ids = _as_tensor(input_ids[i : i + batch_size], dev)
+                mask = _as_tensor(attention_mask[i : i + batch_size], dev)
+                out.append(self.features(*trim_padding(ids, mask), None).float())
+        return torch.cat(out) if out else torch.zeros(0, 0, device=dev)
 
     def score_texts(
         self,

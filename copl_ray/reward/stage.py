@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 from copl_ray.artifacts import RunDir
@@ -42,7 +43,7 @@ from copl_ray.graph.users import UserEmbeddings, path_in
 from copl_ray.recovery import await_restart_if_peer_lost, new_attempts_file
 from copl_ray.reward.ds_config import warmup_steps
 from copl_ray.reward.shards import UserTable, count_pairs, pair_dataset, read_lookups
-from copl_ray.variants import Variant
+from copl_ray.variants import PREF, Variant
 from copl_ray.variants import variant as variant_of
 
 TOKENIZER_STAMP = "copl_tokenizer_source.json"
@@ -375,6 +376,8 @@ def train_reward_model(
         total,
         len(users.user_ids),
         user_embeddings,
+        user_init=initial_user_rows(cfg, run, variant, users),
+        context=context_tokens(cfg, run, variant, users, tokenizer_dir, lookups[0]),
         tokenizer_dir=str(tokenizer_dir),
         has_val="val" in datasets,
         interrupt_at_step=interrupt_at_step,
@@ -396,6 +399,52 @@ def train_reward_model(
     metrics = _model_metrics(cfg, job, variant, sched, total, len(member_ids), fit)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def survey_labels(run: RunDir) -> pd.DataFrame:
+    """``user_id, pair_id, chosen, rejected`` of the survey split (what users labelled)."""
+    cols = ["user_id", "pair_id", "chosen", "rejected", "split"]
+    ann = pq.read_table(run.data / "annotations.parquet", columns=cols).to_pandas()
+    return ann[ann["split"] == "survey"].drop(columns="split")
+
+
+def initial_user_rows(cfg: Config, run: RunDir, variant: str, users: UserTable) -> Any:
+    """PReF's start for its user weights: the SVD of the seen users' survey labels
+    (copl_ray/reward/baselines.py); None for every other variant (their own init)."""
+    if variant != PREF:
+        return None
+    from copl_ray.reward.baselines import svd_user_factors
+
+    k = cfg.reward.num_prototypes
+    return svd_user_factors(survey_labels(run), users.user_ids, k, cfg.train.seed)
+
+
+def context_tokens(
+    cfg: Config, run: RunDir, variant: str, users: UserTable, tokenizer_dir: Path, texts
+) -> dict[str, np.ndarray] | None:
+    """VPL's context source: each seen user's first ``reward.vpl_context`` survey pairs as
+    rows into the tokenised responses they use (the worker turns them into frozen features,
+    copl_ray/reward/train.py); None for every variant that reads no context."""
+    if registered(variant).user_input != "context":
+        return None
+    from copl_ray.reward.backbone import load_tokenizer, tokenize_texts
+
+    ann = survey_labels(run)
+    ann = ann[ann["chosen"].isin(texts.index) & ann["rejected"].isin(texts.index)]
+    user = pd.Index(users.user_ids).get_indexer(ann["user_id"].astype(str))
+    ann = ann.assign(user=user)[user >= 0]
+    ann = ann.groupby("user", sort=False).head(cfg.reward.vpl_context)
+    resp = pd.Index(np.unique(np.concatenate([ann["chosen"], ann["rejected"]])))
+    tok = load_tokenizer(tokenizer_dir)
+    tok.padding_side = "right"
+    ids, mask = tokenize_texts(tok, texts.loc[resp].tolist(), cfg.reward.max_length)
+    return {
+        "ids": ids,
+        "mask": mask,
+        "chosen": resp.get_indexer(ann["chosen"]),
+        "rejected": resp.get_indexer(ann["rejected"]),
+        "user": ann["user"].to_numpy(),
+    }
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -475,5 +524,8 @@ def run_reward_stage(cfg: Config, run: RunDir) -> dict[str, Any]:
         if registered(name).per_group:  # the groups eval routes users by
             groups = sorted({g for g in users.groups if g})
             (run.reward(name) / "groups.json").write_text(json.dumps(groups))
+            # the model's training time: its groups' fits together
+            seconds = sum(out["models"][f"{name}-{g}"]["seconds"] for g in groups)
+            (run.reward(name) / "metrics.json").write_text(json.dumps({"seconds": seconds}))
     out["seconds"] = round(time.time() - t0, 2)
     return out

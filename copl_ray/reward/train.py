@@ -197,6 +197,10 @@ class RewardRecipe:
             n_users=config["n_users"],
             tokenizer=tokenizer,
         )
+        if config.get("user_init") is not None:  # PReF: the SVD start of its user weights
+            with torch.no_grad():
+                init = torch.tensor(np.array(config["user_init"], dtype=np.float32))
+                model.user_table.weight.copy_(init.to(model.user_table.weight.dtype))
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         self.user_table = None
@@ -208,6 +212,18 @@ class RewardRecipe:
                 # every rank holds the same table, so every rank freezes the same (mu, sigma)
                 model.mole.gate.standardize_inputs(self.user_table)
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters; the free user rows in their own group at
+        ``reward.user_lr_scale`` times the learning rate."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        users = [p for n, p in named if n.startswith("user_table.")]
+        groups: list[dict[str, Any]] = [
+            {"params": [p for n, p in named if not n.startswith("user_table.")]}
+        ]
+        if users:
+            groups.append({"params": users, "lr": self.tc.lr * self.cfg.reward.user_lr_scale})
+        return groups
+
     def _build_engine(self, ds_config: dict) -> None:
         """DeepSpeed engine and cosine schedule; the frozen-layer states loaded after it."""
         import deepspeed
@@ -215,11 +231,10 @@ class RewardRecipe:
 
         from copl_ray.schedule import cosine_with_warmup
 
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         total, n_warm = self.total, self.config["warmup_steps"]
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model,
-            model_parameters=trainable,
+            model_parameters=self._param_groups(),
             config=ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
                 opt, cosine_with_warmup(total, n_warm)
@@ -227,11 +242,36 @@ class RewardRecipe:
         )
         if self.user_table is not None and self.tc.bf16:
             self.user_table = self.user_table.to(torch.bfloat16)
+        if self.config.get("context") is not None:  # VPL: the users' labelled pairs
+            self.user_table = self._context_table()
         if self.config.get("frozen_states") and self.model.frozen is not None:
             from copl_ray.reward.frozen_cache import load_states
 
             # after deepspeed.initialize: moving the model (.to) clears the cache
             load_states(self.model.frozen, self.config["frozen_states"])  # computed by the stage
+
+    def _context_table(self):
+        """VPL's context of every seen user ``[U, C, 2H + 1]``: the frozen features of the
+        responses of their labelled pairs (copl_ray/reward/baselines.py context_tensor),
+        computed once by this worker's own model (ZeRO-3: parameters gathered for it)."""
+        import deepspeed
+
+        from copl_ray.reward.baselines import context_tensor
+
+        ctx, model = self.config["context"], self.model
+        gather = contextlib.nullcontext()
+        if self.tc.zero_stage == 3:
+            gather = deepspeed.zero.GatheredParameters(list(model.parameters()))
+        with gather:
+            feats = model.response_features(np.asarray(ctx["ids"]), np.asarray(ctx["mask"]))
+        return context_tensor(
+            feats,
+            np.asarray(ctx["chosen"]),
+            np.asarray(ctx["rejected"]),
+            np.asarray(ctx["user"]),
+            self.config["n_users"],
+            self.cfg.reward.vpl_context,
+        )
 
     def _resume(self) -> None:
         """Restore from Ray Train's latest checkpoint, if any, and say so on rank 0."""
@@ -373,6 +413,7 @@ class RewardRecipe:
 
         if mole is not None:  # dense-to-sparse gate warm-up (same step on every rank)
             mole.dense_routing = self.step < self.n_dense
+        self.model.set_progress(self.step / max(self.total, 1))  # VPL's KL annealing
         c, r = pair_forward(self.engine, batch, self.user_table)
         loss = -torch.nn.functional.logsigmoid(c - r).mean()
         aux = getattr(self.model, "aux_loss", None)

@@ -157,7 +157,7 @@ def test_bad_inputs_raise_clear_errors(make_model, reward_cfg, tok):
     with pytest.raises(ValueError, match="user_index: values must be in \\[0, 5\\)"):
         no_gnn(ids, mask, user_index=torch.tensor([0, 1, 5]))
     with pytest.raises(ValueError, match="variant: expected one of"):
-        PersonalRewardModel.build(reward_cfg(), "vpl", USER_DIM)
+        PersonalRewardModel.build(reward_cfg(), "not_a_variant", USER_DIM)
     with pytest.raises(ValueError, match="reward.target_modules"):
         PersonalRewardModel.build(reward_cfg(target_modules=["c_attn"]), "copl", USER_DIM)
 

@@ -154,3 +154,51 @@ def test_zero3_gradient_checkpointing_trains_copl(ray_session, small_data_run, t
     for name in lora_b:  # B starts at 0: the shared block and the expert blocks learnt
         assert state[name][:, :r].abs().sum() > 0, name
         assert state[name][:, r:].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("variant", ["vpl", "pref"])
+def test_zero3_trains_the_baselines_with_their_own_inputs(
+    ray_session, small_data_run, tmp_path, variant
+):
+    """VPL under ZeRO-3 (each worker builds its users' contexts from its own partitioned
+    model, parameters gathered) and PReF (its user weights start from the SVD, in their
+    own learning-rate group): both train, and the saved model holds trained heads at full
+    size with the backbone's LoRA untouched where the method freezes it (VPL)."""
+    cfg, run, tok_dir = small_data_run(
+        tmp_path,
+        *SMALL_TRAIN,
+        f"reward.models=[{variant}]",
+        "train.zero_stage=3",
+        "train.max_steps=3",
+        "train.ckpt_every=3",
+        "train.eval_every=3",
+        "reward.num_prototypes=3",
+        "reward.user_lr_scale=5",
+    )
+    users, _ = load_user_table(cfg, run, need_embeddings=False)
+    metrics = train_reward_model(
+        cfg,
+        run,
+        job=variant,
+        variant=variant,
+        out_dir=run.reward(variant),
+        users=users,
+        user_embeddings=None,
+        tokenizer_dir=tok_dir,
+        lookups=read_lookups(run.data, users),
+    )
+    assert metrics["steps"] == 3
+    assert all(math.isfinite(p["loss"]) for p in metrics["loss_curve"])
+    state = load_file(str(run.reward(variant) / "model.safetensors"))
+    fresh = PersonalRewardModel.build(
+        cfg.reward, variant, cfg.gnn.dim, len(users.user_ids), tokenizer=load_tokenizer(tok_dir)
+    )
+    init = fresh.state_dict()
+    for name, tensor in state.items():
+        assert tensor.shape == init[name].shape, name
+    heads = [k for k in state if k.startswith("head.")]
+    assert heads and all(not torch.equal(state[k], init[k]) for k in heads if "weight" in k)
+    if variant == "vpl":  # frozen backbone: B stays 0
+        assert all(state[k].abs().sum() == 0 for k in state if k.endswith("lora_B"))
+    else:  # the SVD start, then trained
+        assert not torch.equal(state["user_table.weight"], init["user_table.weight"])
