@@ -144,7 +144,10 @@ class VPLHead(nn.Module):
         )
         self.stats = nn.Linear(latent, 2 * latent, **kw)
         self.decoder = nn.Sequential(
-            nn.Linear(hidden + latent, latent, **kw), nn.ReLU(), nn.Linear(latent, 1, **kw)
+            # no bias on the output: a constant cancels in every BTL margin (never learns)
+            nn.Linear(hidden + latent, latent, **kw),
+            nn.ReLU(),
+            nn.Linear(latent, 1, bias=False, **kw),
         )
         self.kl = torch.zeros(())  # KL of the last encoding (the loss adds β_t·kl)
 

@@ -290,6 +290,8 @@ class PersonalRewardModel(nn.Module):
         if self.user_input == "none":
             return None
         if self.user_input == "context":
+            if user_context is None:  # positional callers pass it where others pass e_u
+                user_context = user_emb
             if user_context is None or user_context.dim() != 3:
                 got = None if user_context is None else tuple(user_context.shape)
                 raise ValueError(

@@ -41,10 +41,22 @@ def users(n=3, seed=0):
     return torch.randn(n, USER_DIM, generator=g), torch.tensor([0, 4, 2][:n])
 
 
+def user_input(model, n=3):
+    """``(e, idx)`` for ``model(ids, mask, e, idx)``: GNN embeddings and table rows, or for
+    VPL (``user_input == "context"``) each user's context of 2 labelled pairs' features."""
+    e, idx = users(n)
+    if model.user_input == "context":
+        hidden = model.backbone.config.get_text_config().hidden_size
+        g = torch.Generator().manual_seed(1)
+        feats = torch.randn(n, 2, 2 * hidden, generator=g)
+        e = torch.cat([feats, torch.ones(n, 2, 1)], -1)
+    return e, idx
+
+
 @pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_left_and_right_padding_give_the_same_scores(make_model, tok, variant):
     model = make_model(variant)
-    e, idx = users(3)
+    e, idx = user_input(model)
     texts = TEXTS[:3] + TEXTS[3:]  # 6 rows = 2 × 3 users
     right = model(*encode(tok, texts, "right"), e, idx)
     left = model(*encode(tok, texts, "left"), e, idx)
@@ -127,7 +139,7 @@ def test_btl_loss():
 @pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_save_load_reproduces_scores_exactly(make_model, tok, variant, tmp_path):
     model = make_model(variant, gate_per_module=variant == "no_gnn")
-    e, idx = users(3)
+    e, idx = user_input(model)
     ids, mask = encode(tok, TEXTS, "right")
     before = model(ids, mask, e, idx)
     model.save(tmp_path / "m")
@@ -229,7 +241,7 @@ def test_gradient_checkpointing_same_gradients(make_model, tok, reentrant, varia
         model.train()
         hooks = count_grad_hooks(model)
         ids, mask = encode(tok, TEXTS, "right")
-        e, idx = users(3)
+        e, idx = user_input(model)
         torch.manual_seed(0)
         s = model(ids, mask, e, idx)
         loss = btl_loss(s[:3], s[3:])
