@@ -115,9 +115,12 @@ def pin_ray_address() -> None:
 def clear_stale_build_locks(root: Path | None = None, max_age_s: float = 300.0) -> None:
     """A JIT build killed mid-way leaves ``<ext>/lock`` behind, and torch then waits on it
     forever (every later DeepSpeed init hangs: seen when a run was killed during DeepSpeed's
-    first shm-comm op build). Remove locks older than any real build (that op builds in
-    < 1 min even on a loaded 2-core box). Called at setup and again by each training worker
-    right before DeepSpeed initialises, so a lock left while a job was queued is caught too."""
+    first shm-comm op build). Remove a lock older than ``max_age_s`` unless a build is
+    still running in its folder: torch runs ninja (and ninja the compiler) with the
+    extension's folder as working directory, and on a loaded 2-core box a live build can
+    outlast any fixed age (one took 8 minutes; removing its lock crashed it). Called at
+    setup and again by each training worker right before DeepSpeed initialises, so a lock
+    left while a job was queued is caught too."""
     import time
 
     if root is None:
@@ -126,7 +129,18 @@ def clear_stale_build_locks(root: Path | None = None, max_age_s: float = 300.0) 
         return
     for lock in list(root.glob("*/lock")) + list(root.glob("*/*/lock")):
         try:
-            if time.time() - lock.stat().st_mtime > max_age_s:
+            if time.time() - lock.stat().st_mtime > max_age_s and not _building_in(lock.parent):
                 lock.unlink()
         except OSError:
             pass
+
+
+def _building_in(folder: Path) -> bool:
+    """Whether a running process (ninja, the compiler) has ``folder`` as working directory."""
+    import psutil
+
+    target = str(folder.resolve())
+    for proc in psutil.process_iter(["cwd"]):
+        if proc.info.get("cwd") == target:
+            return True
+    return False

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 SCRIPT = """
 import sys
@@ -66,3 +69,32 @@ def test_ray_data_signaler_interrupt_is_dropped_other_thread_errors_print(capfd)
     assert run(RAY_DATA_SIGNALER_THREAD, put_after_shutdown) == ""
     assert "InterruptedError" in run("worker", put_after_shutdown)
     assert "ValueError: a real bug" in run(RAY_DATA_SIGNALER_THREAD, value_error)
+
+
+def test_stale_build_lock_is_removed_unless_a_build_runs_in_its_folder(tmp_path):
+    """A lock left by a killed JIT build is removed once old; a lock whose build is still
+    running (a process working in the extension's folder) is kept whatever its age."""
+    from copl_ray.env import clear_stale_build_locks
+
+    def lock(name: str, age_s: float) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / "lock"
+        path.touch()
+        then = time.time() - age_s
+        os.utime(path, (then, then))
+        return path
+
+    killed, young, running = lock("killed", 900), lock("young", 10), lock("running", 900)
+    build = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=running.parent
+    )
+    try:
+        time.sleep(0.5)
+        clear_stale_build_locks(tmp_path, max_age_s=300)
+    finally:
+        build.kill()
+    assert not killed.exists() and young.exists() and running.exists()
+    build.wait()
+    clear_stale_build_locks(tmp_path, max_age_s=300)
+    assert not running.exists()
