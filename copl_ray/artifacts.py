@@ -23,7 +23,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data",),
     "gnn": ("data", "gnn", "adapt"),
     "reward": ("data", "gnn", "reward", "train"),
-    "eval": ("data", "gnn", "adapt", "reward", "train", "eval"),
+    "eval": ("data", "gnn", "adapt", "reward", "train", "eval", "onboarding"),
 }
 # The stages that write an artifact, in run order (the report is written from them).
 STAGES: tuple[str, ...] = tuple(STAGE_SECTIONS)

@@ -65,6 +65,11 @@ PROBABILITY: Bounds = (0, 1, "[]")
 # value sets shared with copl_ray/mole/config.py (the MoLE adapter's own config)
 DType = Literal["float32", "bfloat16", "float16"]
 GateInput = Literal["raw", "standardized"]
+# Active-onboarding question selectors, named here once (copl_ray/graph/onboard.py has
+# their rules). Two share a name with the variant whose idea they carry, not the model.
+Selector = Literal["copl", "pref", "random"]
+SELECTORS: tuple[str, ...] = typing.get_args(Selector)
+COPL_SELECTOR, PREF_SELECTOR, RANDOM_SELECTOR = SELECTORS
 
 
 def setting(
@@ -496,6 +501,37 @@ class EvalConfig:
 
 
 @dataclass
+class OnboardingConfig:
+    """Active onboarding (copl_ray/graph/onboard.py): which survey pairs to ask a new user,
+    and the eval stage's simulation of it on the unseen users."""
+
+    selectors: list[str] = setting(
+        help="selectors the eval stage simulates (copl, pref, random)",
+        factory=lambda: list(SELECTORS),
+    )
+    answer_counts: list[int] = setting(
+        help="answers after which the simulated users are scored",
+        factory=lambda: [1, 2, 4, 8, 16],
+    )
+    max_users: int = setting(
+        256, "seen users kept in the posterior per selection (those of largest γ)", POS_INT
+    )
+    shortlist: int = setting(
+        512, "candidates scored per selection: the pool's highest opening scores", POS_INT
+    )
+    pref_ridge: float = setting(1.0, "ρ of the pref selector's Σ = ρI + Fisher", POSITIVE)
+    random_repeats: int = setting(
+        3, "draws of the random control averaged (its curve is the bar to beat)", POS_INT
+    )
+    seed: int = setting(0, "seed of the random control's draws and of the user sample")
+    eval_users: int | None = setting(
+        200,
+        "unseen users simulated (a seeded sample; null = every one): bounds eval time",
+        POS_INT,
+    )
+
+
+@dataclass
 class ServeConfig:
     host: str = setting("127.0.0.1", "address the HTTP proxy binds")
     port: int = setting(8000, "port of the HTTP proxy", (1, 65535, "[]"))
@@ -520,6 +556,10 @@ class ServeConfig:
     model: str = setting(COPL, "reward model of the run served (run_dir/reward/<model>)")
     adapt_variant: Literal["weighted", "naive"] = setting("weighted", "optimisation-free only")
     users_dir: str | None = setting(None, "adapted-user store (None = run_dir/serve/users)")
+    question_selector: Selector = setting(
+        COPL_SELECTOR, "selector of POST /v1/users/{id}/questions when the request names none"
+    )
+    max_questions: int = setting(16, "questions one request may ask for", POS_INT)
 
 
 @dataclass
@@ -568,6 +608,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    onboarding: OnboardingConfig = field(default_factory=OnboardingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -701,6 +742,17 @@ def check_rules(cfg: Config) -> None:
     for i, n in enumerate(cfg.eval.label_counts):
         if n < 1:
             raise ConfigError(f"eval.label_counts[{i}]: expected >= 1 adaptation labels, got {n}")
+    check_names("onboarding.answer_counts", cfg.onboarding.answer_counts)
+    for i, n in enumerate(cfg.onboarding.answer_counts):
+        if n < 1:
+            raise ConfigError(f"onboarding.answer_counts[{i}]: expected >= 1 answers, got {n}")
+    if cfg.onboarding.selectors:
+        check_names("onboarding.selectors", cfg.onboarding.selectors)
+    unknown = [s for s in cfg.onboarding.selectors if s not in SELECTORS]
+    if unknown:
+        raise ConfigError(
+            f"onboarding.selectors: unknown {unknown} (known: {', '.join(SELECTORS)})"
+        )
     if not cfg.run.dir.strip():
         raise ConfigError("run.dir: must not be empty")
 

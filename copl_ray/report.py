@@ -41,13 +41,20 @@ All accuracies are fractions in [0, 1]; ``null`` means "does not exist / not run
 - ``gnn_scorer``: null | {``seen``: S, ``unseen``: S} with ``n_skipped`` in each S: the
   GNN alone (``<e_u, e_x>``) on the test pairs whose two responses are graph nodes (the
   reward models' users and embeddings; pairs with an unseen response are skipped)
+- ``onboarding``: null | {``selectors``: {name: {``answers``: [int], ``accuracy``: [acc],
+  ``draws``, ``selection_ms_p50``}}, ``answers_to_match_random16``: {name: int|null},
+  ``reference_answers`` (16), ``random_reference_accuracy``, ``truth`` ("group": synthetic
+  users answer as their group prefers; "own": real users' own survey labels),
+  ``n_users``, ``n_pairs``, ``n_pool``, ``candidates_per_user``, ``seconds``}: CoPL's
+  unseen accuracy after that many answers to the questions each selector chose
+  (copl_ray/eval/onboarding.py)
 - ``paper``: null unless ``data.source == "ufp"``; then {``column``: e.g. "UF-P-2-ALL",
   ``backbone``, ``seen``: {model: acc}, ``unseen``: {model: acc}, ``common``: {model: acc},
   ``controversial``: {model: acc}} (the paper's, docs/method.md §6, converted from % to fractions)
 - ``timings``: {``<stage>_s``: float|null for data, gnn, reward, eval; ``total_s``}
   (wall seconds of the run that produced each artifact)
 - ``executed``: [stages executed by the invocation that wrote this report]
-- ``figures``: {``tsne``, ``expert_allocation``, ``labels_curve``, ``accuracy``}: paths
+- ``figures``: {``tsne``, ``expert_allocation``, ``onboarding``, ``labels_curve``, ``accuracy``}: paths
   relative to the run directory, null when absent
 - ``config``: the resolved config (same tree as config.yaml)
 - ``versions``: {package: version} (python, copl-ray, ray, torch, ...)
@@ -170,6 +177,18 @@ def _gnn_scorer(g: dict | None, where: str) -> dict[str, Any] | None:
     }
 
 
+def _onboarding(o: dict | None, where: str) -> dict[str, Any] | None:
+    """The eval stage's onboarding record with every curve point checked."""
+    if o is None:
+        return None
+    for name, curve in (o.get("selectors") or {}).items():
+        if len(curve.get("answers") or []) != len(curve.get("accuracy") or []):
+            raise ReportError(f"{where}.selectors.{name}: answers and accuracy differ in length")
+        for i, a in enumerate(curve["accuracy"]):
+            _acc(a, f"{where}.selectors.{name}.accuracy[{i}]")
+    return dict(o)
+
+
 def _models(cfg: Config, run: RunDir, results: dict, where: str) -> dict[str, Any]:
     """``models``: the configured and the evaluated models, each with its S records and
     the scalar training metrics of reward/<name>/metrics.json."""
@@ -239,6 +258,7 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
         "expert_allocation": (
             "eval/expert_allocation.png" if (run.eval / "expert_allocation.png").exists() else None
         ),
+        "onboarding": "eval/onboarding.png" if (run.eval / "onboarding.png").exists() else None,
         "labels_curve": None,
         "accuracy": None,
     }
@@ -256,6 +276,7 @@ def collect(cfg: Config, run: RunDir, executed: dict[str, float] | None = None) 
         "gate_health": results.get("gate_health") or {},
         "flip_test": _flip_test(results.get("flip_test"), f"{where}:flip_test"),
         "gnn_scorer": _gnn_scorer(results.get("gnn_scorer"), f"{where}:gnn_scorer"),
+        "onboarding": _onboarding(results.get("onboarding"), f"{where}:onboarding"),
         "paper": paper_numbers(cfg),
         "timings": timings,
         "executed": sorted(executed or {}, key=STAGES.index),

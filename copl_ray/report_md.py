@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from copl_ray.artifacts import STAGES
+from copl_ray.config import COPL_SELECTOR
 from copl_ray.paper import PAPER_BASELINES, model_label
 from copl_ray.variants import COPL, REPORT_ORDER, UNIFORM
 
@@ -283,6 +284,48 @@ def _gate_and_signal(rep: dict) -> list[str]:
     return out
 
 
+def _onboarding(rep: dict) -> list[str]:
+    """Active onboarding: accuracy after n answers to each selector's questions."""
+    o = rep.get("onboarding")
+    if not o or not o.get("selectors"):
+        return []
+    curves = o["selectors"]
+    answers = next(iter(curves.values()))["answers"]
+    truth = {"group": "as their group prefers (known truth)", "own": "with their own labels"}
+    out = [
+        "## Active onboarding",
+        "",
+        f"Unseen-user accuracy of CoPL after n answers to the questions each selector chose, "
+        f"one at a time ({_n(o['n_users'])} unseen users answering "
+        f"{truth.get(o['truth'], o['truth'])}, {_n(o['n_pairs'])} test pairs; "
+        f"{_n(o['candidates_per_user'])} candidate pairs per user).",
+        "",
+    ]
+    rows = [
+        [name, *(_pct(a) for a in c["accuracy"]), _n(o["answers_to_match_random16"].get(name))]
+        for name, c in curves.items()
+    ]
+    ref = o["reference_answers"]
+    out += _table(["selector", *(str(n) for n in answers), f"answers to match random@{ref}"], rows)
+    if COPL_SELECTOR in curves and o.get("random_reference_accuracy") is not None:
+        n = o["answers_to_match_random16"].get(COPL_SELECTOR)
+        target = _pct(o["random_reference_accuracy"])
+        if n is not None:
+            out += [
+                f"CoPL's selector reaches random's {ref}-answer accuracy ({target} %) "
+                f"after {_n(n)} answer{'' if n == 1 else 's'}.",
+                "",
+            ]
+        else:
+            best = curves[COPL_SELECTOR]["accuracy"][-1]
+            out += [
+                f"CoPL's selector falls short of random's {ref}-answer accuracy "
+                f"({target} %): {_pct(best)} % after {answers[-1]} answers.",
+                "",
+            ]
+    return out
+
+
 def _figures(rep: dict) -> list[str]:
     f = rep["figures"]
     out = ["## Figures", ""]
@@ -290,6 +333,7 @@ def _figures(rep: dict) -> list[str]:
         ("labels_curve", "Fig. 2 — unseen-user accuracy vs number of labels"),
         ("tsne", "Fig. 1/4 — t-SNE of GNN user embeddings"),
         ("expert_allocation", "Fig. 3 — expert allocation by group"),
+        ("onboarding", "Active onboarding — unseen accuracy vs answers, per selector"),
         ("accuracy", "Accuracy by model, seen vs unseen"),
     ]
     for key, title in items:
@@ -409,7 +453,8 @@ def render_markdown(rep: dict) -> str:
         p = rep["paper"]
         head += [f"Paper figures: CoPL paper, {p['column']}, {p['backbone']}, mean of 3 seeds.", ""]
     head += _seeds(rep) + _warnings(rep)
-    body = _table1(rep) + _table2(rep) + _gate_and_signal(rep) + _gnn(rep) + _figures(rep)
+    body = _table1(rep) + _table2(rep) + _gate_and_signal(rep) + _onboarding(rep) + _gnn(rep)
+    body += _figures(rep)
     body += _data(rep) + _run_info(rep)
     return "\n".join(head + body)
 

@@ -46,6 +46,9 @@ from serve_app.schemas import (
     AnnotationsRequest,
     CompareRequest,
     CompareResponse,
+    QuestionOut,
+    QuestionsRequest,
+    QuestionsResponse,
     ScoreRequest,
     ScoreResponse,
     UserCreated,
@@ -207,15 +210,18 @@ class RewardServer:
     def __init__(self, settings: dict[str, Any]):
         from copl_ray.env import setup_env
         from copl_ray.serving.adapter import UserAdapter
+        from copl_ray.serving.questions import QuestionService
         from copl_ray.serving.scorer import RewardScorer
 
         setup_env()
         s = ServeSettings(**settings)
         self.settings = s
-        configure_limits(s.max_responses, s.max_chars, s.max_annotations)
+        configure_limits(s.max_responses, s.max_chars, s.max_annotations, s.max_questions)
         self.scorer = RewardScorer(s.run_dir, model_name=s.model, device=s.device)
         self.adapter = UserAdapter(s.run_dir, variant=s.adapt_variant)
         self.store = UserStore(s.users_dir)
+        self.questions = QuestionService(self.adapter)
+        self.questions.warmup()
         self._score_batch.set_max_batch_size(max(s.batch_max_size, 2 * s.max_responses))
         self._score_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self._in_flight = 0  # /v1/score + /v1/compare requests between encode and answer
@@ -345,6 +351,42 @@ class RewardServer:
             )
             self.store.put(refined)
         return refined
+
+    @api.post("/v1/questions", response_model=QuestionsResponse)
+    async def opening_questions(self, req: QuestionsRequest) -> QuestionsResponse:
+        """The first questions to ask a new user (no answer yet; the same for everyone).
+        Create the user from the answers with POST /v1/users."""
+        return self._questions(None, [], req)
+
+    @api.post("/v1/users/{user_id}/questions", response_model=QuestionsResponse)
+    async def next_questions(self, user_id: str, req: QuestionsRequest) -> QuestionsResponse:
+        """The next questions for a created user, chosen from their answers so far; answer
+        them through POST /v1/users/{user_id}/annotations."""
+        if self.scorer.users.get(user_id) is not None:
+            raise HTTPException(
+                status_code=409,
+                detail=f"user {user_id!r} belongs to the run (GNN stage): it has a trained "
+                "embedding; questions are for users created through POST /v1/users",
+            )
+        stored = self.store.get(user_id)
+        if stored is None:
+            raise _not_found(user_id)
+        return await asyncio.to_thread(self._questions, user_id, stored.annotations, req)
+
+    def _questions(self, user_id: str | None, anns: list, req: QuestionsRequest):
+        from copl_ray.serving.questions import NoCandidates
+
+        name = req.selector or self.settings.question_selector
+        try:
+            asked = self.questions.ask(anns, req.k, name, user_id or "")
+        except NoCandidates as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
+        return QuestionsResponse(
+            user_id=user_id,
+            selector=name,
+            n_answered=len(anns),
+            questions=[QuestionOut(**vars(q)) for q in asked],
+        )
 
     @api.get("/v1/users/{user_id}", response_model=UserInfo)
     async def get_user(

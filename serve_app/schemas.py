@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from copl_ray.config import Selector
+
 if TYPE_CHECKING:
     from copl_ray.graph.users import UserEmbedding
     from copl_ray.serving.store import StoredUser
@@ -33,15 +35,19 @@ class Limits:
     max_responses: int = 16
     max_chars: int = 8000
     max_annotations: int = 64
+    max_questions: int = 16
 
 
 LIMITS = Limits()
 
 
-def configure_limits(max_responses: int, max_chars: int, max_annotations: int) -> None:
+def configure_limits(
+    max_responses: int, max_chars: int, max_annotations: int, max_questions: int = 16
+) -> None:
     LIMITS.max_responses = int(max_responses)
     LIMITS.max_chars = int(max_chars)
     LIMITS.max_annotations = int(max_annotations)
+    LIMITS.max_questions = int(max_questions)
 
 
 def _check_unicode(v: str) -> str:
@@ -78,6 +84,12 @@ def _check_annotations(v: list) -> list:
         raise ValueError(
             f"{len(v)} annotations; the limit is serve.max_annotations={LIMITS.max_annotations}"
         )
+    return v
+
+
+def _check_questions(v: int) -> int:
+    if v > LIMITS.max_questions:
+        raise ValueError(f"{v} questions; the limit is serve.max_questions={LIMITS.max_questions}")
     return v
 
 
@@ -141,6 +153,34 @@ class AnnotationsRequest(_Strict):
     annotations: Annotated[
         list[AnnotationIn], Field(min_length=1), AfterValidator(_check_annotations)
     ]
+
+
+class QuestionsRequest(_Strict):
+    k: Annotated[
+        int, Field(ge=1, description="how many questions"), AfterValidator(_check_questions)
+    ] = 4
+    selector: Selector | None = Field(
+        default=None,
+        description="copl (expected change of the adapted embedding), pref (PReF's "
+        "D-optimal rule) or random; default serve.question_selector",
+    )
+
+
+class QuestionOut(BaseModel):
+    pair_id: int
+    prompt: str
+    a: str
+    b: str
+
+
+class QuestionsResponse(BaseModel):
+    user_id: str | None = Field(description="null for the opening questions of a new user")
+    selector: str
+    n_answered: int = Field(description="labels the selection conditioned on")
+    questions: list[QuestionOut] = Field(
+        description="best first; answer each through POST /v1/users (the first answers) or "
+        "POST /v1/users/{user_id}/annotations, with the preferred text as chosen"
+    )
 
 
 N_UNKNOWN = (

@@ -155,7 +155,7 @@ def test_every_field_has_help_text():
     sections = [
         f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])
     ]
-    assert len(sections) == 8
+    assert len(sections) == 9
     assert [p for s in sections for p in missing(hints[s], f"{s}.")] == []
 
 
@@ -170,6 +170,11 @@ def test_every_field_has_help_text():
         ("reward.target_modules=[]", "reward.target_modules: must not be empty"),
         ("eval.label_counts=[0]", "eval.label_counts[0]: expected >= 1"),
         ("eval.label_counts=[1, -1]", "eval.label_counts[1]: expected >= 1"),
+        ("onboarding.answer_counts=[0, 4]", "onboarding.answer_counts[0]: expected >= 1"),
+        ("onboarding.selectors=[copl, greedy]", "onboarding.selectors: unknown ['greedy']"),
+        ("onboarding.selectors=[copl, copl]", "onboarding.selectors: duplicate entries"),
+        ("onboarding.shortlist=0", "onboarding.shortlist: expected a value in [1, inf]"),
+        ("serve.question_selector=bald", "serve.question_selector"),
         ("train.max_steps=0", "train.max_steps: expected -1 (the epochs decide) or >= 1, got 0"),
         ("train.max_steps=-2", "train.max_steps: expected -1"),
         ("gnn.lr=.inf", "gnn.lr: expected a finite number, got inf"),

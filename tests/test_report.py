@@ -255,3 +255,46 @@ def test_report_shows_the_gnn_only_row_beside_the_reward_models(tmp_path):
         tmp_path / "old", load_config("tiny", [f"run.dir={tmp_path / 'old'}"])
     )
     assert json.loads(build_report(cfg, rep_without).read_text())["gnn_scorer"] is None
+
+
+def test_report_carries_the_onboarding_curves_and_what_they_mean(tmp_path):
+    """report.json's onboarding record is the eval stage's (the answers-to-match numbers
+    computed by copl_ray/eval/onboarding.py from the curves); report.md shows a row per
+    selector and says whether CoPL's selector reaches random's 16-answer accuracy."""
+    from copl_ray.eval.onboarding import onboarding_summary
+
+    cfg = load_config("tiny", [f"run.dir={tmp_path}"])
+    run = _write_contract_run(tmp_path, cfg)
+    counts = [1, 2, 4, 8, 16]
+    curves = {
+        "copl": {"answers": counts, "accuracy": [0.7, 0.8, 0.86, 0.9, 0.92]},
+        "pref": {"answers": counts, "accuracy": [0.6, 0.7, 0.8, 0.85, 0.87]},
+        "random": {"answers": counts, "accuracy": [0.55, 0.62, 0.74, 0.82, 0.86]},
+    }
+    record = {**onboarding_summary(curves, counts), "truth": "group", "n_users": 40}
+    record.update(n_pairs=2000, n_pool=979, candidates_per_user=979.0, seconds=12.0)
+    results = json.loads((run.eval / "results.json").read_text())
+    results["onboarding"] = record
+    (run.eval / "results.json").write_text(json.dumps(results))
+    rep = json.loads(build_report(cfg, run).read_text())
+
+    o = rep["onboarding"]
+    assert o["answers_to_match_random16"] == {"copl": 4, "pref": 16, "random": 16}
+    assert o["selectors"]["copl"]["accuracy"] == curves["copl"]["accuracy"]
+    assert o["random_reference_accuracy"] == 0.86 and o["reference_answers"] == 16
+    md = run.report_md.read_text()
+    assert "| copl | 70.00 | 80.00 | 86.00 | 90.00 | 92.00 | 4 |" in md
+    assert "reaches random's 16-answer accuracy (86.00 %) after 4 answers" in md
+
+    curves["copl"]["accuracy"] = [0.5, 0.6, 0.7, 0.8, 0.85]  # never reaches 0.86
+    results["onboarding"] = {**record, **onboarding_summary(curves, counts)}
+    (run.eval / "results.json").write_text(json.dumps(results))
+    rep = json.loads(build_report(cfg, run).read_text())
+    assert rep["onboarding"]["answers_to_match_random16"]["copl"] is None
+    assert "falls short of random's 16-answer accuracy (86.00 %): 85.00 % after 16" in (
+        run.report_md.read_text()
+    )
+    results["onboarding"]["selectors"]["pref"]["accuracy"][0] = 60.0  # a percentage
+    (run.eval / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ReportError, match="onboarding.selectors.pref.accuracy"):
+        build_report(cfg, run)

@@ -83,7 +83,7 @@ def test_gnn_table_stage_times_and_missing_values() -> None:
     assert "| reward | — | — |" in lines and "| total | 2.2 |  |" in lines
     assert "| ray | — |" in lines
     assert "Data stage not run." in lines
-    assert "![tsne](gnn/tsne.png)" in lines and lines.count("(not produced)") == 3
+    assert "![tsne](gnn/tsne.png)" in lines and lines.count("(not produced)") == 4
 
 
 def test_paper_columns_and_paper_only_rows() -> None:

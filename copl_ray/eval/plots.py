@@ -1,4 +1,4 @@
-"""Evaluation figures: expert allocation heatmap (paper Fig. 3) and labels curve (Fig. 2)."""
+"""Evaluation figures: expert allocation heatmap (paper Fig. 3), labels curve (Fig. 2) and\nthe active-onboarding curves."""
 
 from __future__ import annotations
 
@@ -88,5 +88,21 @@ def plot_labels_curve(
     ax.set_ylabel("accuracy")
     ax.set_xscale("log", base=2)
     ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_onboarding(answers: list[int], curves: dict[str, list[float]], path: str | Path) -> Path:
+    """Unseen-user accuracy vs answers to the questions each selector chose (one line each)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name, accuracy in curves.items():
+        ax.plot(
+            answers, accuracy, marker="o", label=name, linestyle="--" if name == "random" else "-"
+        )
+    ax.set_xlabel("answers per unseen user (questions chosen by the selector)")
+    ax.set_ylabel("accuracy")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=7, title="selector", title_fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -46,7 +46,7 @@ from copl_ray.config import Config, config_from_dict
 from copl_ray.console import log
 from copl_ray.data.tables import format_text
 from copl_ray.eval.metrics import accuracy_summary, allocation_matrix, expert_usage, gate_health
-from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve
+from copl_ray.eval.plots import plot_expert_allocation, plot_labels_curve, plot_onboarding
 from copl_ray.graph.users import ADAPTED, UserEmbeddings
 from copl_ray.variants import COPL, Variant, variant
 
@@ -236,18 +236,12 @@ def flip_test(
     Cost: one adaptation pass and one scoring pass over the unseen test pairs (one point of
     the labels curve).
     """
-    from copl_ray.graph.adapt import adapt_unseen_users
-
     t0 = time.time()
     if not len(survey):
         return None
-    adapted = adapt_unseen_users(art, flipped_labels(survey), adapt_cfg, variant=ADAPTED_VARIANT)
-    table = adapted_table(adapted, "flip_test")
-    keep = unseen["user_id"].isin(set(table.ids)).to_numpy()
-    pairs = unseen[keep]
-    e = table.matrix_for(pairs["user_id"].tolist(), "flip_test")
-    flips = scorer.pair_correct(model, pairs, user_emb=e) != prefers[keep]
-    s = accuracy_summary(pairs.assign(correct=flips))
+    pairs, correct = adapted_correct(scorer, model, art, flipped_labels(survey), adapt_cfg, "flip")
+    keep = unseen["user_id"].isin(set(pairs["user_id"])).to_numpy()
+    s = accuracy_summary(pairs.assign(correct=correct != prefers[keep]))
     seconds = round(time.time() - t0, 2)
     return {"rate": s.pop("overall"), **s, "variant": ADAPTED_VARIANT, "seconds": seconds}
 
@@ -541,6 +535,30 @@ def adaptation_variants(scorer: Scorer, copl: PersonalRewardModel, gnn_dir: Path
     return out
 
 
+def adapted_correct(
+    scorer: Scorer,
+    copl: PersonalRewardModel,
+    art: GNNArtifacts,
+    labels: pd.DataFrame,
+    adapt_cfg: AdaptConfig,
+    where: str,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The unseen test pairs of the users of ``labels`` and CoPL's ``correct`` on them, each
+    user adapted (optimisation-free, as the run's unseen users) from their rows of ``labels``
+    (user_id, chosen, rejected). ``where`` names the caller in a lookup error."""
+    from copl_ray.graph.adapt import adapt_unseen_users
+
+    table = adapted_table(adapt_unseen_users(art, labels, adapt_cfg, ADAPTED_VARIANT), where)
+    pairs = scorer.data.unseen[scorer.data.unseen["user_id"].isin(set(table.ids))]
+    e = table.matrix_for(pairs["user_id"].tolist(), where)
+    return pairs, scorer.pair_correct(copl, pairs, user_emb=e)
+
+
+def first_labels(labels: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Each user's first ``k`` rows of ``labels`` (the labels curve's ``k`` labels)."""
+    return labels.groupby("user_id", sort=False).head(k)
+
+
 def answered_curve(scorer: Scorer, model, v: Variant, cfg: Config) -> list[float]:
     """A baseline's unseen accuracy with each unseen user answered (row fitted or labels
     encoded) from their first ``k`` survey labels, for every ``k`` of
@@ -548,7 +566,7 @@ def answered_curve(scorer: Scorer, model, v: Variant, cfg: Config) -> list[float
     survey, unseen = scorer.data.unseen_survey, scorer.data.unseen
     curve = []
     for k in cfg.eval.label_counts:
-        first_k = survey.groupby("user_id", sort=False).head(k)
+        first_k = first_labels(survey, k)
         pairs = unseen[unseen["user_id"].isin(set(first_k["user_id"]))]
         curve.append(float(answered_correct(scorer, model, v, first_k, pairs, cfg).mean()))
     return curve
@@ -559,16 +577,11 @@ def labels_curve(
 ) -> dict[str, Any]:
     """CoPL's unseen accuracy with each unseen user re-adapted from their first ``k``
     survey labels, for every ``k`` of ``eval.label_counts`` (paper Fig. 2)."""
-    from copl_ray.graph.adapt import adapt_unseen_users
-
     curve = []
     for k in cfg.eval.label_counts:
-        first_k = survey.groupby("user_id", sort=False).head(k)
-        adapted = adapt_unseen_users(art, first_k, cfg.adapt, variant=ADAPTED_VARIANT)
-        table = adapted_table(adapted, f"labels_curve/k={k}")
-        pairs = scorer.data.unseen[scorer.data.unseen["user_id"].isin(set(table.ids))]
-        e = table.matrix_for(pairs["user_id"].tolist(), f"labels_curve/k={k}")
-        curve.append(float(scorer.pair_correct(copl, pairs, user_emb=e).mean()))
+        first_k = first_labels(survey, k)
+        _, correct = adapted_correct(scorer, copl, art, first_k, cfg.adapt, f"labels_curve/k={k}")
+        curve.append(float(correct.mean()))
     return {"counts": list(cfg.eval.label_counts), "accuracy": curve}
 
 
@@ -621,6 +634,24 @@ def _adaptation_analyses(
     }
 
 
+def onboarding_record(
+    cfg: Config, run: RunDir, scorer: Scorer, copl, art: GNNArtifacts
+) -> dict[str, Any] | None:
+    """Simulated active onboarding of the unseen users with CoPL (copl_ray/eval/onboarding.py)
+    and its figure ``onboarding.png``; None without a CoPL model or unseen users."""
+    from copl_ray.eval.onboarding import simulate_onboarding
+
+    if copl is None:
+        return None
+    record = simulate_onboarding(scorer, copl, art, run, cfg)
+    if record is not None:
+        curves = {s: c["accuracy"] for s, c in record["selectors"].items()}
+        plot_onboarding(
+            record["selectors"][next(iter(curves))]["answers"], curves, run.eval / "onboarding.png"
+        )
+    return record
+
+
 def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
     """All metrics of the results contract (pure computation; no Ray)."""
     from copl_ray.graph.artifacts import GNNArtifacts
@@ -640,6 +671,7 @@ def evaluate(cfg: Config, run: RunDir, device: str = "cpu") -> dict[str, Any]:
     art = GNNArtifacts.load(run.gnn)
     results["gnn_scorer"] = gnn_scorer(art, data, tables)
     results.update(_adaptation_analyses(cfg, run, scorer, scored, art))
+    results["onboarding"] = onboarding_record(cfg, run, scorer, copl, art)
     copl_curve = results["labels_curve"]["accuracy"]
     if scored["answering"] and len(data.unseen):  # one curve per model that adapts
         curves = {

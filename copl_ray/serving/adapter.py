@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -36,19 +37,22 @@ from copl_ray.serving.store import Annotation
 OPTIMIZATION_FREE_VARIANTS = ("weighted", "naive")
 
 
-def run_adapt_config(run: RunDir) -> AdaptConfig:
-    """The ``adapt`` section the pipeline saved in ``run_dir/config.yaml`` (defaults if none).
+def run_config_section(run: RunDir, section: str) -> Any:
+    """The ``section`` the pipeline saved in ``run_dir/config.yaml`` (defaults if none).
 
     Only this section is read, so a run saved by an older or newer config tree still serves.
     """
     path = run.root / "config.yaml"
-    if not path.exists():
-        return AdaptConfig()
-    saved = yaml.safe_load(path.read_text()) or {}
+    saved = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     try:
-        return config_from_dict({"adapt": saved.get("adapt") or {}}).adapt
+        return getattr(config_from_dict({section: saved.get(section) or {}}), section)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def run_adapt_config(run: RunDir) -> AdaptConfig:
+    """The run's ``adapt`` section (:func:`run_config_section`)."""
+    return run_config_section(run, "adapt")
 
 
 def annotation_bodies(
@@ -91,6 +95,7 @@ class UserAdapter:
             columns=["response_id", "prompt", "text"],
         ).to_pandas()
         self.index = response_index(responses)
+        self.responses = responses.set_index("response_id")
 
     def resolve(self, items: list[tuple[str, str, str]]) -> list[Annotation]:
         """Texts -> annotations with response ids (None where the text is not in the run)."""

@@ -43,6 +43,10 @@ os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 SCORE_ATOL = 1e-4
 EMB_ATOL = 1e-6  # same float32 arithmetic on the same ids: equal up to summation order
+# A user onboarded by 8 answers to CoPL's questions, scored on their 50 test pairs: the
+# tiny run scores unseen users at ~94 % (SE ~3.4 points on 50 pairs); a user routed to
+# the wrong group gets ~50 % (wrong on every controversial pair, 54 % of them).
+ONBOARDED_ACCURACY = 0.85
 TOKEN_ENV = "COPL_TEST_SERVE_TOKEN"
 TOKEN = "test-token-4f1c"
 APP = "copl_test"
@@ -516,3 +520,109 @@ def test_blank_annotation_texts_are_422_with_field(served):
         r = _post(url, "/v1/users", {"annotations": [ann]}, AUTH)
         assert ("body", "annotations", 0, field) in _loc(r), r.text
         assert "blank" in r.text
+
+
+# ------------------------------------------------------------------- active onboarding
+def _answer(ref, group: str, question: dict) -> dict:
+    """The annotation a user of ``group`` gives to ``question`` (the group's known label)."""
+    pairs = ref["tables"].pairs.set_index("pair_id")
+    a_wins = pairs.at[question["pair_id"], f"label_{group}"] > 0
+    chosen, rejected = (question["a"], question["b"]) if a_wins else (question["b"], question["a"])
+    return {"prompt": question["prompt"], "chosen": chosen, "rejected": rejected}
+
+
+def test_onboarding_loop_over_http(served, ref):
+    """A new user of a known group is asked the opening questions, created from the
+    answers, then asked and answers in rounds through the annotations endpoint. Every
+    round's questions are the ones the in-process selector picks for the same answers (the
+    code path the eval stage simulates), none is asked twice, and the user ends where
+    offline adaptation puts those answers — on their group's side of the test pairs."""
+    from copl_ray.graph.adapt import adapt_one_user
+    from copl_ray.graph.onboard import QuestionPool, QuestionSelector
+    from copl_ray.serving.adapter import run_config_section
+
+    url, tables, art = served["url"], ref["tables"], ref["art"]
+    users = tables.users
+    u = users[~users["seen"]].iloc[0]
+    group = str(u["group"])
+    pool = QuestionPool.from_pairs(art, tables.pairs)
+    onboarding = run_config_section(served["run"], "onboarding")
+    selector = QuestionSelector(art, pool, ref["adapt_cfg"], onboarding)
+    by_pair = tables.pairs.set_index("pair_id")
+
+    def expected(answered: list[int], k: int) -> list[int]:
+        a = by_pair.loc[answered]
+        wins = a[f"label_{group}"].to_numpy() > 0
+        chosen = np.where(wins, a["response_a"], a["response_b"])
+        rejected = np.where(wins, a["response_b"], a["response_a"])
+        return pool.pair_ids[selector.select("copl", chosen, rejected, k)].tolist()
+
+    r = _post(url, "/v1/questions", {"k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_id"] is None and body["n_answered"] == 0 and body["selector"] == "copl"
+    asked = [q["pair_id"] for q in body["questions"]]
+    assert asked == expected([], 2)
+    created = _post(
+        url, "/v1/users", {"annotations": [_answer(ref, group, q) for q in body["questions"]]}, AUTH
+    )
+    assert created.status_code == 201, created.text
+    uid = created.json()["user_id"]
+    for _ in range(3):
+        r = _post(url, f"/v1/users/{uid}/questions", {"k": 2})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["user_id"] == uid and body["n_answered"] == len(asked)
+        new = [q["pair_id"] for q in body["questions"]]
+        assert new == expected(asked, 2) and not set(new) & set(asked)
+        answers = [_answer(ref, group, q) for q in body["questions"]]
+        r = _post(url, f"/v1/users/{uid}/annotations", {"annotations": answers}, AUTH)
+        assert r.status_code == 200, r.text
+        asked += new
+    info = requests.get(f"{url}/v1/users/{uid}", params={"include_embedding": 1}, timeout=30)
+    a = by_pair.loc[asked]
+    wins = a[f"label_{group}"].to_numpy() > 0
+    off = adapt_one_user(
+        art,
+        np.where(wins, a["response_a"], a["response_b"]),
+        np.where(wins, a["response_b"], a["response_a"]),
+        ref["adapt_cfg"],
+    )
+    np.testing.assert_allclose(info.json()["embedding"], off.embedding, atol=EMB_ATOL)
+
+    # known truth: on u's test pairs (their group's labels) the onboarded user is scored
+    # at least as well as the tiny run's CoPL scores unseen users after 8 random labels
+    test = tables.annotations
+    test = test[(test["user_id"] == u["user_id"]) & (test["split"] == "test")]
+    resp = tables.responses.set_index("response_id")
+    right = 0
+    for c, rj in zip(test["chosen"], test["rejected"]):
+        prompt = str(resp.at[c, "prompt"])
+        r = _post(
+            url,
+            "/v1/compare",
+            {
+                "user_id": uid,
+                "prompt": prompt,
+                "a": str(resp.at[c, "text"]),
+                "b": str(resp.at[rj, "text"]),
+            },
+        )
+        right += r.json()["p_a_over_b"] > 0.5
+    assert right / len(test) >= ONBOARDED_ACCURACY, (right, len(test))
+
+
+def test_questions_refusals(served, ref):
+    url = served["url"]
+    seen = str(ref["tables"].users.query("seen")["user_id"].iloc[0])
+    r = _post(url, f"/v1/users/{seen}/questions", {})
+    assert r.status_code == 409 and "trained embedding" in r.json()["detail"]
+    r = _post(url, "/v1/users/nobody-here/questions", {})
+    assert r.status_code == 404 and "unknown user" in r.json()["detail"]
+    r = _post(url, "/v1/questions", {"k": 17})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "k"]
+    assert "serve.max_questions=16" in r.json()["detail"][0]["msg"]
+    r = _post(url, "/v1/questions", {"selector": "greedy"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "selector"]
+    r = _post(url, "/v1/questions", {"k": 3, "selector": "random"})
+    assert r.status_code == 200 and len(r.json()["questions"]) == 3
