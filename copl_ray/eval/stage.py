@@ -384,10 +384,20 @@ def fitted_correct(
         fit.fit_lr,
         fit.fit_l2,
         scorer.batch_size,
+        features=_row_features(scorer, model, c_rows, r_rows),
     )
     user_row = rows[users.get_indexer(pairs["user_id"])].astype(np.float32)
     scorer.fitted[key] = scorer.pair_correct(model, pairs, user_row=user_row)
     return scorer.fitted[key]
+
+
+def _row_features(scorer: Scorer, model, c_rows: np.ndarray, r_rows: np.ndarray):
+    """The scorer's pooled features of the chosen and rejected rows (user-head models; None
+    for a model whose user enters before pooling)."""
+    if not model.user_at_head:
+        return None
+    feats = scorer.features(model)
+    return feats[scorer.torch.from_numpy(c_rows)], feats[scorer.torch.from_numpy(r_rows)]
 
 
 def user_contexts(scorer: Scorer, model, labels: pd.DataFrame, users: pd.Index, c: int):
@@ -508,15 +518,14 @@ def _score_model(
             out["notes"].append(
                 f"{name}: unseen users have no row in the free embedding table (null)"
             )
-        else:
-            out["answering"][name] = (v, model)
     elif v.user_input == "context":
         out["models"][name] = score_context(scorer, model, cfg)
-        out["answering"][name] = (v, model)
     else:
         out["models"][name], prefers = score_graph(scorer, model, tables, name)
         if name == COPL:
             out["adapt_model"], out["prefers"] = model, prefers
+    if v.adapts and v.unseen != "adapt":  # fitted or encoded from labels: a curve of its own
+        out["answering"][name] = (v, model)
 
 
 def adaptation_variants(scorer: Scorer, copl: PersonalRewardModel, gnn_dir: Path) -> dict[str, Any]:

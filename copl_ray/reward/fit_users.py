@@ -37,9 +37,12 @@ def fit_user_rows(
     lr: float,
     l2: float,
     batch_size: int = 256,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Rows ``[n_users, D]`` fitted on the labels; ``label_user[i]`` is label ``i``'s user
-    (0..n_users-1). Users without a label keep the mean seen row."""
+    (0..n_users-1). Users without a label keep the mean seen row. ``features``: the pooled
+    features of the chosen and rejected rows when the caller holds them already
+    (user-head models; computed here otherwise)."""
     table = model.user_table.weight.detach().float()
     prior = table.mean(0, keepdim=True).expand(n_users, -1).clone()
     rows = prior.clone().requires_grad_(True)
@@ -61,19 +64,19 @@ def fit_user_rows(
             lr,
             l2,
             batch_size,
+            features,
         )
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
-def _fit(model, tokens, user, weight, rows, prior, steps, lr, l2, batch_size) -> np.ndarray:
+def _fit(model, tokens, user, weight, rows, prior, steps, lr, l2, batch_size, feats) -> np.ndarray:
     """The Adam loop of :func:`fit_user_rows` (model weights already frozen)."""
     chosen_ids, chosen_mask, rejected_ids, rejected_mask = tokens
     n = len(user)
     opt = torch.optim.Adam([rows], lr=lr)
-    feats = None
-    if model.user_at_head:  # h(x) is user-free: computed once, only the head re-runs
+    if feats is None and model.user_at_head:  # h(x) is user-free: once, only the head re-runs
         feats = [
             model.response_features(ids, mask, batch_size)
             for ids, mask in ((chosen_ids, chosen_mask), (rejected_ids, rejected_mask))

@@ -396,10 +396,8 @@ class PersonalRewardModel(nn.Module):
         ``user_emb`` (graph embedding; VPL: the user's context), ``user_row`` or
         ``user_index`` (free table row)."""
         dev = self.device
-        if self.user_input == "graph" and user_emb is not None:
-            return {"user_emb": _as_tensor(user_emb, dev)}
-        if self.user_input == "context" and user_emb is not None:
-            return {"user_context": _as_tensor(user_emb, dev)}
+        if self.user_input in ("graph", "context") and user_emb is not None:
+            return {"user_emb": _as_tensor(user_emb, dev)}  # VPL: gate_input reads it as context
         if self.user_input == "table" and user_row is not None:
             return {"user_row": _as_tensor(user_row, dev)}
         if self.user_input == "table" and user_index is not None:
