@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 from copl_ray.config import RANDOM_SELECTOR, Config
 from copl_ray.console import log
 from copl_ray.data.tables import label_column
+from copl_ray.eval.scoring import Scorer, adapted_correct, first_labels
 
 if TYPE_CHECKING:
     from copl_ray.artifacts import RunDir
-    from copl_ray.eval.stage import Scorer
     from copl_ray.graph.artifacts import GNNArtifacts
     from copl_ray.graph.onboard import QuestionSelector
     from copl_ray.reward.model import PersonalRewardModel
@@ -119,8 +119,6 @@ def answered_accuracy(
 ) -> list[float]:
     """CoPL's accuracy on the respondents' test pairs after their first ``n`` answers,
     for every ``n`` of ``counts``."""
-    from copl_ray.eval.stage import adapted_correct, first_labels
-
     where = "onboarding/n={}"
     return [
         float(

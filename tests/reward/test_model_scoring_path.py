@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from copl_ray.eval.stage import EvalData, Scorer
+from copl_ray.eval.scoring import EvalData, Scorer
 from copl_ray.graph.users import UserEmbedding, UserEmbeddings
 from copl_ray.reward import PersonalRewardModel
 from copl_ray.reward.backbone import load_tokenizer
