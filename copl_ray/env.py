@@ -7,13 +7,24 @@ and compiled DeepSpeed ops are cached inside the workspace.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
 from pathlib import Path
 
-# where torch JIT-builds extensions (DeepSpeed's CPU ops): one place, not the user's global cache
-TORCH_EXTENSIONS_DIR = Path.home() / ".cache" / "copl_ray" / "torch_extensions"
+
+def _environment_tag() -> str:
+    """The Python environment of this process (its prefix), as a short folder name. An op
+    built against one environment's torch is stale in another, and torch rebuilds it on
+    every switch: two environments sharing one folder rebuild each other's DeepSpeed ops
+    at every run and collide on the build lock."""
+    return hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+
+
+# where torch JIT-builds extensions (DeepSpeed's CPU ops): one folder per Python
+# environment, not the user's global cache
+TORCH_EXTENSIONS_DIR = Path.home() / ".cache" / "copl_ray" / "torch_extensions" / _environment_tag()
 
 
 def setup_env() -> dict[str, str]:

@@ -142,7 +142,8 @@ def eval_scalars(results: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
     """``(step, scalars)`` rows of the eval results (``run.eval/results.json``).
 
     Step 0: accuracy (overall / common / controversial) per model and split, adaptation
-    variants, expert usage; the labels curve uses the number of labels as its step.
+    variants, expert usage; the labels curve uses the number of labels as its step, the
+    onboarding curves (one per selector) the number of answers.
     """
     head: dict[str, float] = {}
     for model, splits in results.get("models", {}).items():
@@ -166,6 +167,10 @@ def eval_scalars(results: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
         for k, a in zip(curve.get("counts", []), values):
             if _number(a):
                 rows.append((int(k), {key: float(a)}))
+    for selector, c in ((results.get("onboarding") or {}).get("selectors") or {}).items():
+        for n, a in zip(c.get("answers", []), c.get("accuracy", [])):
+            if _number(a):
+                rows.append((int(n), {f"onboarding/unseen_accuracy/{selector}": float(a)}))
     return rows
 
 

@@ -243,6 +243,7 @@ def test_eval_results_logged(tmp_path):
         "adaptation": {"weighted": {"unseen": {"overall": 0.81}}},
         "labels_curve": {"counts": [1, 2, 4], "accuracy": [0.6, 0.7, 0.8]},
         "expert_usage": {"seen": {"share": [0.5, 0.5, 0.0]}, "allocation": {}},
+        "onboarding": {"selectors": {"copl": {"answers": [1, 16], "accuracy": [0.9, 0.95]}}},
     }
     cfg = load_config("tiny", [f"run.dir={tmp_path}"])
     log_eval(cfg, tmp_path, results)
@@ -250,6 +251,7 @@ def test_eval_results_logged(tmp_path):
     rounded = {t: [(s, round(v, 6)) for s, v in rows] for t, rows in tb.items()}  # float32
     assert rounded == {
         "labels_curve/unseen_accuracy": [(1, 0.6), (2, 0.7), (4, 0.8)],
+        "onboarding/unseen_accuracy/copl": [(1, 0.9), (16, 0.95)],
         "accuracy/seen/copl": [(0, 0.9)],
         "accuracy_common/seen/copl": [(0, 0.95)],
         "accuracy_controversial/seen/copl": [(0, 0.85)],
