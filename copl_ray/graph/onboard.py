@@ -28,7 +28,9 @@ the most — the answer that changes what the reward model is told about the use
 ``random`` — uniform over the candidates not yet asked: the control.
 
 **Support and cost.** ``w`` is kept over the ``onboarding.max_users`` seen users of
-largest ``γ`` (every seen user when there are fewer); the users cut carry a share
+largest ``γ`` (every seen user when there are fewer), not cut to the hop neighbours
+adaptation averages over: the next answer adds neighbours (whoever chose what the user
+chooses), so which users it can reweight is not known before it is given. The users cut carry a share
 ``≤ (U − M)·e^{(γ_M − γ_1)/κ}`` of the mass, negligible once a few answers are in
 (κ = 0.07 makes each answer a factor up to ``2^{14}``). Before any answer the posterior
 is the uniform prior, represented by a fixed uniform sample of ``max_users`` seen users;
